@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one entry point: ./run.sh <stage> [args]. Builds .venv from requirements.txt on first use.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$here/.venv"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
+# Nothing in the pipeline may reach the network at run time.
+export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+  echo "run.sh: setting up $venv from requirements.txt (first use; a few minutes)..." >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+  echo "$want" > "$stamp"
+fi
+cd "$here"
+exec "$venv/bin/python" -m pipeline "$@"
