@@ -1,0 +1,67 @@
+"""Command line: one sub-command per stage. Each stage module has `add_arguments(parser)` and `run(args)`;
+its docstring's first line is the summary and the rest (with an example) is the stage's --help text."""
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+# stage name -> module (imported lazily so `--help` and light stages start fast)
+STAGES = {
+    "make-data": "pipeline.synth",
+    "folds": "pipeline.folds",
+    "train": "pipeline.train",
+    "embed": "pipeline.embed",
+    "ensemble": "pipeline.ensemble",
+    "score": "pipeline.score",
+    "validate": "pipeline.validate",
+    "demo": "pipeline.demo",
+    "test": "pipeline.selftest",
+}
+
+EPILOG = """typical flow:
+  ./run.sh make-data --out data/demo          # or point --data at a real competition folder
+  ./run.sh folds --data data/demo
+  ./run.sh train m1 --data data/demo --fold 0
+  ./run.sh embed m1 --data data/demo --fold 0
+  ./run.sh ensemble m1 m2 --data data/demo --out my_sub
+  ./run.sh validate submissions/my_sub.csv --data data/demo
+run './run.sh <stage> --help' for a stage's options and an example."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="./run.sh", description="Image-retrieval pipeline for Kaggle instance-identification competitions.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>")
+    for name, modname in STAGES.items():
+        mod = importlib.import_module(modname)
+        doc = (mod.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n")
+        p = sub.add_parser(name, help=summary, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.stage is None:
+        parser.print_help()
+        return 0
+    # key=value config overrides may stand anywhere after the stage (./run.sh train m1 --fold 0 epochs=2)
+    if extra:
+        bad = [x for x in extra if "=" not in x or x.startswith("-")]
+        if bad or not hasattr(args, "overrides"):
+            parser.parse_args(argv)  # argparse's own one-line usage error and exit 2
+        args.overrides = list(args.overrides) + extra
+    try:
+        return args._module.run(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

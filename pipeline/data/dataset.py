@@ -1,0 +1,58 @@
+"""Torch datasets and samplers. A sample is addressed by (index, seed): its augmentation depends on nothing
+else, so results are identical for any number of loader workers and after a resume."""
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .images import read_image
+from .transforms import apply
+
+
+class ImageDataset(Dataset):
+    def __init__(self, items, transform, label_codes=None):
+        self.items, self.transform, self.codes = items, transform, label_codes
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, key):
+        index, seed = key if isinstance(key, tuple) else (key, key)
+        item = self.items[index]
+        x = torch.from_numpy(apply(self.transform, read_image(item.path), seed))
+        y = self.codes[item.label] if self.codes is not None and item.label is not None else -1
+        return x, y
+
+
+def epoch_seed(seed, epoch):
+    return int(np.random.default_rng([seed, epoch]).integers(2**31))
+
+
+class EpochBatchSampler(Sampler):
+    """Shuffled full batches of (index, sample_seed) for one epoch, a pure function of (seed, epoch);
+    `start` skips the batches already done before a mid-epoch resume."""
+
+    def __init__(self, n, batch_size, seed, epoch, start=0):
+        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+
+    def __len__(self):
+        return self.n // self.batch_size - self.start
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n)
+        sample_seeds = rng.integers(0, 2**31, size=self.n)
+        for b in range(self.start, self.n // self.batch_size):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(int(i), int(sample_seeds[i])) for i in idx]
+
+
+def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="cpu"):
+    """DataLoader with worker processes; an explicit generator so loading never consumes the global RNG."""
+    from torch.utils.data import DataLoader
+
+    kw = dict(num_workers=num_workers, pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
+    if num_workers:
+        kw.update(persistent_workers=False, prefetch_factor=4)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
