@@ -93,15 +93,16 @@ def load_config(name, overrides=(), **cli):
     `overrides` are 'key=value' strings; `cli` are values from command-line flags (None = not given)."""
     cfg = _read_yaml(CONFIG_DIR / "default.yaml")
     path = config_path(name)
+    saved_name = None
     if path.name != "default.yaml":
         data = _read_yaml(path)
-        data.pop("name", None)  # a saved run config carries its name
+        saved_name = data.pop("name", None)  # a run's saved config.yaml keeps its config's name
         _merge(cfg, data, str(path))
     for text in overrides:
         _merge(cfg, parse_override(text), "command line")
     flags = {k: v for k, v in cli.items() if v is not None}
     _merge(cfg, flags, "command line")
-    cfg["name"] = path.stem
+    cfg["name"] = saved_name or path.stem
     return cfg
 
 

@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
+sys.path.insert(0, str(ROOT))
+
+# A tiny, fast model setup for pipeline tests: timm's test model, small images and embeddings, no workers.
+TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embedding_dim=32", "batch_size=8",
+        "eval_batch_size=32", "num_workers=0", "epochs=2", "lr=0.05"]
+
+
+def cli(*args, cwd=ROOT, env=None, timeout=600):
+    """Run `python -m pipeline ARGS` as a user would; returns the CompletedProcess."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:"), err
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A small embedded dataset (generated once per test session) with its folds file."""
+    from pipeline.data.layouts import load_dataset
+    from pipeline.folds import write_folds
+    from pipeline.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "data", seed=3, hotels=10)
+    write_folds(load_dataset(data), root / "folds.csv", n_folds=5, seed=1)
+    return root
+
+
+def tiny_overrides(root, runs, *extra):
+    return [f"data={root / 'data'}", f"folds_file={root / 'folds.csv'}", f"runs_dir={runs}", *TINY, *extra]
