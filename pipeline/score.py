@@ -1,0 +1,25 @@
+"""Score a submission against a truth CSV: prints MAP@5 and how many rows were scored.
+
+The submission must list every image id of the truth file and no others (1 to 5 space-separated labels per row,
+each label once); the truth file has one label per image id.
+
+example: ./run.sh score submissions/my_sub.csv --truth data/demo/test_truth.csv"""
+
+
+def add_arguments(p):
+    p.add_argument("submission", help="submission CSV (image_id,hotel_id with up to 5 labels per row)")
+    p.add_argument("--truth", required=True, help="truth CSV: one image id and its label per row")
+    p.add_argument("--id-column", default="image_id", help="image id column of both files (default image_id)")
+    p.add_argument("--label-column", default="hotel_id", help="label column of both files (default hotel_id)")
+
+
+def run(args):
+    from .metrics import map_at_k
+    from .submission import read_truth, validate_submission
+
+    truth = read_truth(args.truth, args.id_column, args.label_column)
+    rows = validate_submission(args.submission, list(truth), None, args.id_column, args.label_column, n=5,
+                               exact=False)
+    score = map_at_k([labels for _, labels in rows], [truth[i] for i, _ in rows], k=5)
+    print(f"MAP@5: {score:.5f} ({len(rows)} rows scored against {args.truth})")
+    return 0
