@@ -1,0 +1,70 @@
+"""What a user sees: help for every stage, and one-line errors (no traceback, non-zero exit) for bad input."""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
+from pipeline.cli import STAGES
+
+
+def test_top_level_help_lists_every_stage():
+    p = cli("--help")
+    assert p.returncode == 0
+    for stage in STAGES:
+        assert stage in p.stdout
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_help_has_an_example(stage):
+    p = cli(stage, "--help")
+    assert p.returncode == 0, p.stderr
+    assert f"example: ./run.sh {stage}" in p.stdout
+
+
+def test_run_sh_is_a_fast_noop_when_set_up():
+    import time
+
+    t = time.time()
+    p = subprocess.run([str(ROOT / "run.sh"), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "<stage>" in p.stdout
+    assert time.time() - t < 5  # the venv check itself is a hash compare
+
+
+def test_missing_data_folder(tmp_path):
+    assert_one_line_error(cli("folds", "--data", tmp_path / "nope"), "nope", "not found")
+
+
+def test_image_file_that_is_not_an_image(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "data", data)
+    bad = next((data / "train_images").iterdir()) / "zz_not_an_image.jpg"
+    bad.write_text("this is text")
+    assert cli("folds", "--data", data, "--out", tmp_path / "folds.csv").returncode == 0
+    p = cli("train", "default", *tiny_overrides(tmp_path, tmp_path / "runs", "epochs=1"))
+    assert_one_line_error(p, "zz_not_an_image.jpg", "not a readable image")
+
+
+def test_csv_without_label_column(tmp_path):
+    (tmp_path / "train.csv").write_text("image\na.jpg\n")
+    assert_one_line_error(cli("folds", "--data", tmp_path), "train.csv", "missing column(s) label")
+
+
+def test_unknown_config_key(tiny_data, tmp_path):
+    p = cli("train", "m1", *tiny_overrides(tiny_data, tmp_path), "epoch=2")
+    assert_one_line_error(p, "unknown config key 'epoch'")
+
+
+def test_wrong_type(tiny_data, tmp_path):
+    assert_one_line_error(cli("train", "m1", "batch_size=big"), "'batch_size' must be int")
+
+
+def test_unknown_backbone(tiny_data, tmp_path):
+    p = cli("train", "default", *tiny_overrides(tiny_data, tmp_path, "backbone=resnet_nope"))
+    assert_one_line_error(p, "unknown backbone 'resnet_nope'")
+    assert not (tmp_path / "default").exists() or not any((tmp_path / "default").rglob("*.pt"))
+
+
+def test_embed_before_training(tiny_data, tmp_path):
+    p = cli("embed", "default", *tiny_overrides(tiny_data, tmp_path))
+    assert_one_line_error(p, "best.pt not found", "./run.sh train")
