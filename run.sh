@@ -10,7 +10,12 @@ export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "run.sh: setting up $venv from requirements.txt (first use; a few minutes)..." >&2
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$here/requirements.txt" >&2
+  log="$venv/pip-install.log"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -r "$here/requirements.txt" >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    echo "run.sh: installing requirements.txt failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 cd "$here"

@@ -45,6 +45,15 @@ def build_parser():
     return parser
 
 
+def one_line(err):
+    """A UserError raised in a DataLoader worker comes back with the worker's traceback in its text: keep the
+    user's message, its last line."""
+    text = str(err).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1].removeprefix(f"{UserError.__module__}.UserError: ")
+    return text
+
+
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -60,7 +69,7 @@ def main(argv=None):
     try:
         return args._module.run(args) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

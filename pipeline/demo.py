@@ -1,7 +1,9 @@
-"""Run the whole pipeline offline on the embedded dataset: make-data, folds, train three small models (one
-fine-tuned from the real ImageNet lite0 weights), embed, evaluate each and the ensemble on the validation fold,
-score the test submission against the generated truth, and compare with a random-init network.
-Writes runs/demo/report.json and runs/demo/report.md.
+"""Run the whole pipeline offline on the embedded dataset, then print and save a report.
+
+make-data, folds, train three small models (all fine-tuned from the real ImageNet lite0 weights, the only
+ImageNet weights available offline; heads, pooling, sizes and seeds differ so the ensemble is diverse), embed,
+evaluate each and the equal-weight ensemble on the validation fold, score the test submissions against the
+generated truth, and compare with a random-init network. Writes runs/demo/report.json and runs/demo/report.md.
 
 example: ./run.sh demo"""
 import json
@@ -9,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-DEMO_MODELS = ["demo_lite0", "demo_lite0_gem", "demo_scratch"]
+DEMO_MODELS = ["demo_lite0", "demo_lite0_gem", "demo_lite0_small"]
 ROOT = Path("runs/demo")
 
 

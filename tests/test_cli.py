@@ -41,7 +41,7 @@ def test_image_file_that_is_not_an_image(tiny_data, tmp_path):
     bad = next((data / "train_images").iterdir()) / "zz_not_an_image.jpg"
     bad.write_text("this is text")
     assert cli("folds", "--data", data, "--out", tmp_path / "folds.csv").returncode == 0
-    p = cli("train", "default", *tiny_overrides(tmp_path, tmp_path / "runs", "epochs=1"))
+    p = cli("train", "default", *tiny_overrides(tmp_path, tmp_path / "runs", "epochs=1", "num_workers=2"))
     assert_one_line_error(p, "zz_not_an_image.jpg", "not a readable image")
 
 
