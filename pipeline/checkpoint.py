@@ -8,7 +8,7 @@ from .errors import UserError
 from .io import atomic_path
 
 # Keys that change the model's shape or meaning: a checkpoint made under other values cannot be resumed/used.
-ARCH_KEYS = ("backbone", "pooling", "embedding_dim", "head")
+ARCH_KEYS = ("backbone", "pooling", "neck", "embedding_dim", "head")
 
 
 def save(state, path):

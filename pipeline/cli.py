@@ -13,6 +13,8 @@ STAGES = {
     "train": "pipeline.train",
     "embed": "pipeline.embed",
     "ensemble": "pipeline.ensemble",
+    "evaluate": "pipeline.evaluate",
+    "compare": "pipeline.compare",
     "score": "pipeline.score",
     "validate": "pipeline.validate",
     "demo": "pipeline.demo",
@@ -55,6 +57,7 @@ def one_line(err):
 
 
 def main(argv=None):
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file or pipe as they happen
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.stage is None:

@@ -22,7 +22,7 @@ def add_arguments(p):
     p.add_argument("config", help="config name (m1 ...) or .yaml path of a trained run")
     p.add_argument("--data", help="competition folder (overrides the config's data)")
     p.add_argument("--fold", type=int, help="fold of the run (default 0)")
-    p.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default: config's, best)")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default: config's, best)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 

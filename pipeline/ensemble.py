@@ -17,7 +17,7 @@ def add_arguments(p):
     p.add_argument("--data", help="competition folder (overrides each config's data)")
     p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
     p.add_argument("--out", help="submission name (default: the config names joined by '+')")
-    p.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint (default best)")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
     p.add_argument("--max-memory", type=int, help="bytes of extra memory for ranking (default 2 GiB)")
     p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
 

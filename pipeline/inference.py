@@ -23,6 +23,7 @@ def embed_items(model, items, transform, cfg, device, head=None, codes=None, pro
     ds = ImageDataset(items, transform, codes)
     dl = loader(ds, batch_size=cfg["eval_batch_size"], num_workers=cfg["num_workers"], device=device)
     out, losses, correct = [], [], 0
+    logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
     for x, y in dl:
         x = x.to(device, non_blocking=True)
         if cfg["channels_last"]:
@@ -32,10 +33,13 @@ def embed_items(model, items, transform, cfg, device, head=None, codes=None, pro
         if head is not None:
             y = y.to(device)
             losses.append(head(e, y).item() * len(y))
-            correct += (head.logits(e).argmax(1) == y).sum().item()
+            if logits is not None:
+                correct += (logits(e).argmax(1) == y).sum().item()
         out.append(F.normalize(e, dim=1).cpu().numpy().astype(np.float16))
         if progress:
             progress(len(x))
     emb = np.concatenate(out) if out else np.zeros((0, 0), np.float16)
-    stats = {"loss": sum(losses) / len(items), "acc": correct / len(items)} if head is not None and items else None
+    stats = None
+    if head is not None and items:
+        stats = {"loss": sum(losses) / len(items), "acc": correct / len(items) if logits is not None else None}
     return emb, stats

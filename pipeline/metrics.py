@@ -1,4 +1,7 @@
-"""Kaggle MAP@k with one true label per query (Hotel-ID's metric): 1/rank of the first correct label, else 0."""
+"""Kaggle MAP@k with one true label per query (Hotel-ID's metric): 1/rank of the first correct label, else 0;
+instance-level retrieval metrics over ranked gallery items (mAP@k, acc@1, precision@k, recall@k); and the
+class-level MAP@5 of embeddings searched leave-one-out (each query against the others)."""
+import numpy as np
 
 
 def average_precision_at_k(pred_row, true_label, k=5):
@@ -20,3 +23,82 @@ def map_at_k(predictions, truth, k=5):
     if not truth:
         return 0.0
     return sum(average_precision_at_k(p, t, k) for p, t in zip(predictions, truth)) / len(truth)
+
+
+# Instance-level retrieval metrics (seed 000's Accuracy@1 / Precision@k, seed 001's mAP@k, seed 002's
+# Recall@K). Input: per query, the relevance of its ranked gallery items (True where the item's label is the
+# query's) and M_q, the number of relevant items in the whole gallery (the query itself excluded when query
+# set = gallery). A query with M_q = 0 scores 0 on every metric and still counts in the mean: a query the
+# gallery cannot answer is a miss, not a query to drop (the class-level map_at_k treats it the same way).
+
+
+def relevance(ranked_labels, query_labels):
+    """(Q, K) bool: ranked_labels[q][i] == query_labels[q]. Rows shorter than the longest are padded False."""
+    ranked_labels = [list(r) for r in ranked_labels]
+    width = max((len(r) for r in ranked_labels), default=0)
+    rel = np.zeros((len(ranked_labels), width), bool)
+    for q, (row, label) in enumerate(zip(ranked_labels, query_labels)):
+        rel[q, :len(row)] = [x == label for x in row]
+    return rel
+
+
+def instance_ap_at_k(rel, n_relevant, k):
+    """Seed 001's AP@k per query: 1/min(k, M_q) * sum_{i<=k} P@i * rel(i), P@i = relevant in top i / i.
+    rel: (Q, K) bool ranked relevance, n_relevant: (Q,) M_q. 0 where M_q = 0. Returns (Q,) float64."""
+    rel = np.asarray(rel, bool)[:, :k].astype(np.float64)
+    m = np.asarray(n_relevant, np.float64)
+    if rel.shape[0] != m.shape[0]:
+        raise ValueError(f"instance_ap_at_k: {rel.shape[0]} relevance rows for {m.shape[0]} M_q values")
+    prec = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    denom = np.minimum(k, m)
+    return np.divide((prec * rel).sum(axis=1), denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def instance_metrics(rel, n_relevant, ks, metrics=("mAP@k", "acc@1", "precision@k", "recall@k")):
+    """Means over queries, one entry per metric and k: 'mAP@5' (instance_ap_at_k), 'acc@1' (top item relevant),
+    'precision@5' (relevant in the top 5 / 5, even where the gallery holds fewer than 5 items or M_q < 5),
+    'recall@5' (1 if any relevant item is in the top 5, else 0: seed 002's Recall@K, the hit rate, not the
+    fraction of the M_q relevant items found)."""
+    rel = np.asarray(rel, bool)
+    n = rel.shape[0]
+    mean = lambda x: float(np.mean(x)) if n else 0.0
+    out = {}
+    for name in metrics:
+        if name == "acc@1":
+            out["acc@1"] = mean(rel[:, :1].any(axis=1))
+            continue
+        for k in ks:
+            top = rel[:, :k]
+            if name == "mAP@k":
+                out[f"mAP@{k}"] = mean(instance_ap_at_k(rel, n_relevant, k))
+            elif name == "precision@k":
+                out[f"precision@{k}"] = mean(top.sum(axis=1) / k)
+            elif name == "recall@k":
+                out[f"recall@{k}"] = mean(top.any(axis=1))
+            else:
+                raise ValueError(f"instance_metrics: unknown metric '{name}'")
+    return out
+
+
+def class_map5_leave_one_out(emb, labels, max_memory=2 << 30):
+    """Kaggle class-level MAP@5 (map_at_k's) of each embedding row against the other rows, itself skipped: a class
+    scores its best row, ties go to the smaller class, as pipeline/rank.py ranks (which has no self-exclusion,
+    hence this). emb: (n, D) L2-normalised; fp32 products over row chunks bounded by max_memory."""
+    classes, codes = np.unique(np.asarray(labels, object).astype(str), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(classes)))
+    g = np.ascontiguousarray(np.asarray(emb)[order], dtype=np.float32)
+    n, total = len(codes), 0.0
+    chunk = max(1, (int(max_memory) - g.nbytes) // (4 * (2 * n + len(classes))))
+    pos = np.empty(n, np.int64)
+    pos[order] = np.arange(n)  # column of each row in class-sorted order
+    for s in range(0, n, chunk):
+        rows = np.arange(s, min(n, s + chunk))
+        S = np.asarray(emb)[rows].astype(np.float32) @ g.T
+        S[np.arange(len(rows)), pos[rows]] = -np.inf
+        C = np.maximum.reduceat(S, starts, axis=1)  # per-class max
+        c = codes[rows]
+        true = C[np.arange(len(rows)), c]
+        better = (C > true[:, None]).sum(1) + ((C == true[:, None]) & (np.arange(len(classes)) < c[:, None])).sum(1)
+        total += np.where((better < 5) & np.isfinite(true), 1.0 / (better + 1), 0.0).sum()
+    return total / n if n else 0.0

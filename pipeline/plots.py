@@ -15,11 +15,26 @@ def training_curves(rows, path, title=""):
     if any(r["val_loss"] != "" for r in rows):
         a.plot(ep, [float(r["val_loss"] or "nan") for r in rows], "o-", label="val loss")
     a.set_xlabel("epoch"), a.legend(), a.grid(alpha=0.3)
-    for key in ("val_acc", "val_map5"):
-        if any(r[key] != "" for r in rows):
+    for key in ("val_acc", "val_map5", "ema_val_map5"):
+        if any(r.get(key, "") != "" for r in rows):
             b.plot(ep, [float(r[key] or "nan") for r in rows], "o-", label=key)
     b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend(), b.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+
+
+def compare_bars(summary, metric, path):
+    """summary: compare rows {model, metric: (mean, std)}; bars with std error bars, the zero-shot row grey."""
+    rows = [r for r in summary if metric in r]
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.8))
+    colors = ["0.6" if r["seeds"] == 0 else "C0" for r in rows]
+    ax.bar(range(len(rows)), [r[metric][0] for r in rows], yerr=[r[metric][1] for r in rows], color=colors,
+           capsize=4)
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel(f"val {metric} (mean ± std over seeds)"), ax.set_ylim(0, 1), ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -1,17 +1,21 @@
 """Train a config on one fold: runs/<config>/fold<k>/ gets config.yaml, last.pt, best.pt, metrics.csv, curves.png.
 
-Validation each epoch: loss and accuracy of the head, and MAP@5 of the validation images (val pipeline:
+Batches come from the sampler registry (pipeline/data/samplers.py), the loss from the head registry
+(pipeline/heads.py), optimiser/scheduler/EMA from pipeline/optim.py. With ema > 0, ema.pt holds the averaged weights.
+
+Validation each epoch: loss and accuracy of the head (accuracy only for classifier heads), and MAP@5 of the validation images (val pipeline:
 with the red test-like hole) against the training images (test pipeline) as gallery. --resume continues
 from last.pt (weights, optimiser, scheduler, epoch, position in the epoch, RNG).
 
 example: ./run.sh train m1 --data data/demo --fold 0 epochs=2 batch_size=8"""
-import math
+import itertools
 import sys
 import time
 
 from .errors import UserError
 
-METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "seconds", "images_per_sec"]
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
+                  "images_per_sec"]
 
 
 def add_arguments(p):
@@ -40,31 +44,6 @@ def split(cfg):
     return ds, train_items, val_items, ds.classes
 
 
-def lr_factor(cfg, step, total):
-    """Linear warm-up, then cosine from 1 to min_lr/lr (stepped per iteration) or constant."""
-    warm = cfg["warmup_steps"]
-    if step < warm:
-        return (step + 1) / warm
-    if cfg["scheduler"] == "constant":
-        return 1.0
-    t = (step - warm) / max(1, total - warm)
-    floor = cfg["min_lr"] / cfg["lr"] if cfg["lr"] else 0.0
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def make_optimizer(cfg, params):
-    import torch
-
-    name, lr, wd = cfg["optimizer"], cfg["lr"], cfg["weight_decay"]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg["momentum"], weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(cfg["momentum"], 0.999), weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(cfg["momentum"], 0.999), weight_decay=wd)
-    raise UserError(f"unknown optimizer '{name}' (sgd | adam | adamw)")
-
-
 def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, device):
     from .inference import embed_items
     from .retrieval import map5
@@ -78,73 +57,100 @@ def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, dev
     return {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
 
 
+def _plan(cfg, labels):
+    """(optimiser steps per epoch, batches per epoch): batches beyond a whole number of accumulations are unused."""
+    from .data.samplers import build_sampler
+
+    accum = cfg["accum_steps"]
+    if accum < 1:
+        raise UserError(f"accum_steps={accum}: must be 1 or more")
+    batches = build_sampler(cfg, labels, 0).num_batches
+    steps = batches // accum
+    if steps == 0:
+        raise UserError(f"an epoch has {batches} batches of {cfg['batch_size']}, fewer than accum_steps={accum}: "
+                        "lower batch_size or accum_steps")
+    return steps, steps * accum
+
+
 def train(cfg, resume=False, log=print):
     """Run (or resume) training; returns the run folder."""
+    import numpy as np
     import torch
     from tqdm import tqdm
 
     from . import checkpoint
     from .config import run_dir, save_config
-    from .data.dataset import EpochBatchSampler, ImageDataset, loader
+    from .data.dataset import ImageDataset, loader
+    from .data.samplers import build_sampler
     from .data.transforms import build_transform
     from .heads import build_head
     from .inference import autocast, pick_device
     from .io import write_csv
     from .model import build_model, input_config
+    from .optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
     from .plots import training_curves
 
     out = run_dir(cfg)
     ds, train_items, val_items, classes = split(cfg)
     codes = {c: i for i, c in enumerate(classes)}
-    steps_per_epoch = len(train_items) // cfg["batch_size"]
-    if steps_per_epoch == 0:
-        raise UserError(f"batch_size={cfg['batch_size']} exceeds the {len(train_items)} training images")
+    labels = [codes[it.label] for it in train_items]
+    check_scheduler(cfg)
+    steps_per_epoch, batches_per_epoch = _plan(cfg, labels)
     total = steps_per_epoch * cfg["epochs"]
     device = pick_device()
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg["seed"])
     model, source = build_model(cfg, with_weights=not resume)
-    head = build_head(cfg, len(classes))
+    head = build_head(cfg, len(classes), np.bincount(labels, minlength=len(classes)).tolist())
+    eval_head = getattr(head, "head", head)  # validation batches hold no replicas: LossTransform's term is moot
     size, mean, std = input_config(cfg, model.backbone)
     tfms = {k: build_transform(k, cfg, size, mean, std) for k in ("train", "val", "test")}
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=fmt), head.to(device)
-    opt = make_optimizer(cfg, list(model.parameters()) + list(head.parameters()))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
+    opt = make_optimizer(cfg, model, head)
+    plateau = Plateau(cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total) * plateau.scale)
+    ema = make_ema(cfg, model)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device == "cuda")
-    state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_map5": -1.0, "history": []}
+    state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_map5": -1.0, "history": [],
+             "plateau": plateau.state}
     if resume:
         ck = checkpoint.load(out / "last.pt", cfg)
         if ck["classes"] != classes:
             raise UserError(f"{out / 'last.pt'} was trained on other classes than {cfg['data']}: start afresh")
         model.load_state_dict(ck["model"]), head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"]), sched.load_state_dict(ck["scheduler"])
+        if ema is not None:
+            ema.module.load_state_dict(ck["ema"])
         state.update(ck["progress"])
+        plateau.state = state["plateau"]
         torch.set_rng_state(ck["rng"])
         log(f"resuming {out} at epoch {state['epoch'] + 1}, batch {state['batch']} (step {state['step']})")
     else:
         log(f"training {cfg['name']} fold {cfg['fold']}: {cfg['backbone']} ({source or 'random init'}), "
-            f"{len(train_items)} train / {len(val_items)} val images, {len(classes)} classes, {size}px, {device}")
+            f"{len(train_items)} train / {len(val_items)} val images, {len(classes)} classes, {size}px, {device}, "
+            f"{cfg['head']} head, {cfg['sampler']} batches, {steps_per_epoch} steps/epoch")
     save_config(cfg, out / "config.yaml")
 
-    def snapshot(best=False):
-        ck = {"model": model.state_dict(), "head": head.state_dict(), "config": cfg, "classes": classes,
+    def snapshot(kind="last"):
+        weights = ema.module if kind == "ema" else model
+        ck = {"model": weights.state_dict(), "head": head.state_dict(), "config": cfg, "classes": classes,
               "progress": dict(state), "image_size": size, "mean": list(mean), "std": list(std)}
-        if best:
-            checkpoint.save(ck, out / "best.pt")
-        else:
+        if kind == "last":
             ck.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=torch.get_rng_state())
-            checkpoint.save(ck, out / "last.pt")
+            if ema is not None:
+                ck["ema"] = ema.module.state_dict()
+        checkpoint.save(ck, out / f"{kind}.pt")
 
     train_ds = ImageDataset(train_items, tfms["train"], codes)
     while state["epoch"] < cfg["epochs"]:
         epoch, t0 = state["epoch"], time.time()
-        sampler = EpochBatchSampler(len(train_items), cfg["batch_size"], cfg["seed"], epoch, start=state["batch"])
+        sampler = build_sampler(cfg, labels, epoch, start=state["batch"])
         dl = loader(train_ds, batch_sampler=sampler, num_workers=cfg["num_workers"], device=device)
         model.train(), head.train()
-        seen = 0
-        bar = tqdm(dl, total=len(sampler), desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+        seen, todo = 0, batches_per_epoch - state["batch"]
+        bar = tqdm(itertools.islice(dl, todo), total=todo, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
                    disable=not sys.stderr.isatty(), file=sys.stderr)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device)
@@ -153,22 +159,34 @@ def train(cfg, resume=False, log=print):
             if not torch.isfinite(loss):
                 raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the last "
                                 "good state: lower lr or check the data, then --resume")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt), scaler.update(), sched.step()
-            state["step"] += 1
+            scaler.scale(loss / cfg["accum_steps"]).backward()
             state["batch"] += 1
             state["loss_sum"] += loss.item()
             seen += len(x)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+            if state["batch"] % cfg["accum_steps"]:
+                continue
+            scaler.step(opt), scaler.update(), sched.step()
+            opt.zero_grad(set_to_none=True)
+            state["step"] += 1
+            if ema is not None:
+                ema.update(model, step=state["step"])
             if cfg["save_every_steps"] and state["step"] % cfg["save_every_steps"] == 0:
                 snapshot()
         train_seconds = time.time() - t0
-        metrics = evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, device)
+        metrics = evaluate(model, eval_head, train_items, val_items, classes, codes, tfms, cfg, device)
+        if ema is not None and val_items:
+            metrics["ema_val_map5"] = evaluate(ema.module, eval_head, train_items, val_items, classes, codes, tfms,
+                                               cfg, device)["val_map5"]
+        if plateau.step(metrics.get("val_map5")):
+            for g in opt.param_groups:  # the cut applies from the next step, not one step late
+                g["lr"] = g["initial_lr"] * lr_factor(cfg, sched.last_epoch, total) * plateau.scale
+            log(f"val MAP@5 plateaued: learning rates x{plateau.scale:.3g} of schedule")
         row = {"epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
-               "train_loss": state["loss_sum"] / steps_per_epoch, "seconds": round(time.time() - t0, 2),
+               "train_loss": state["loss_sum"] / batches_per_epoch, "seconds": round(time.time() - t0, 2),
                "images_per_sec": round(seen / max(train_seconds, 1e-9), 1)}
-        row.update({k: metrics.get(k, "") for k in ("val_loss", "val_acc", "val_map5")})
+        row.update({k: "" if metrics.get(k) is None else metrics[k]
+                    for k in ("val_loss", "val_acc", "val_map5", "ema_val_map5")})
         state["history"].append({k: row[k] for k in METRIC_COLUMNS})
         state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
         is_best = metrics.get("val_map5", 0.0) > state["best_map5"] or not val_items
@@ -179,8 +197,21 @@ def train(cfg, resume=False, log=print):
                         f"{cfg['name']} fold {cfg['fold']}")
         snapshot()
         if is_best:
-            snapshot(best=True)
-        vm = f"val loss {row['val_loss']:.3f} acc {row['val_acc']:.3f} MAP@5 {row['val_map5']:.4f}" if metrics else "no val"
-        log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, {vm}, "
+            snapshot("best")
+        if ema is not None:
+            snapshot("ema")
+        log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, {_describe(metrics)}, "
             f"{row['images_per_sec']} img/s, {row['seconds']}s")
     return out
+
+
+def _describe(metrics):
+    if not metrics:
+        return "no val"
+    parts = [f"val loss {metrics['val_loss']:.3f}"]
+    if metrics.get("val_acc") is not None:
+        parts.append(f"acc {metrics['val_acc']:.3f}")
+    parts.append(f"MAP@5 {metrics['val_map5']:.4f}")
+    if "ema_val_map5" in metrics:
+        parts.append(f"EMA MAP@5 {metrics['ema_val_map5']:.4f}")
+    return " ".join(parts)

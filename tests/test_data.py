@@ -125,3 +125,37 @@ def test_folds_file_must_match_data(tmp_path):
     _img(tmp_path / "d" / "train_images" / "100" / "new.jpg")
     with pytest.raises(UserError, match="does not match.*rerun ./run.sh folds"):
         read_folds(tmp_path / "folds.csv", load_dataset(tmp_path / "d"))
+
+
+def make_query_gallery(root, classes=3, gallery=4, queries=2):
+    """Seed 000's folder layout: gallery/<class>/<image>.png and query/<class>/<image>.png (cv2-written)."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        color = rng.integers(0, 255, 3)
+        for split, n in (("gallery", gallery), ("query", queries)):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(color + rng.integers(-20, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+                assert cv2.imwrite(str(root / split / f"c{c}" / f"{split}{i}.png"), img)
+    return root
+
+
+def test_query_gallery_layout(tmp_path):
+    root = make_query_gallery(tmp_path / "qg")
+    ds = load_dataset(root)  # auto-detected
+    assert "query_gallery" in LAYOUTS
+    assert len(ds.train) == 12 and ds.classes == ["c0", "c1", "c2"]
+    assert ds.train[0].image_id == "c0/gallery0.png" and ds.train[0].label == "c0"
+    # the labelled queries are the test items, labels kept; submission order = folder order
+    assert [(it.image_id, it.label) for it in ds.test[:2]] == [("c0/query0.png", "c0"), ("c0/query1.png", "c0")]
+    assert ds.test_ids == [it.image_id for it in ds.test] and len(ds.test) == 6
+    assert read_image(ds.test[0].path).shape == (24, 24, 3)
+    # query/ is optional; an empty gallery is a UserError naming the layout
+    import shutil
+
+    shutil.rmtree(root / "query")
+    assert load_dataset(root, {"layout": "query_gallery"}).test == []
+    empty = tmp_path / "empty"
+    (empty / "gallery").mkdir(parents=True)
+    with pytest.raises(UserError, match="gallery/<class>/<image>"):
+        load_dataset(empty)

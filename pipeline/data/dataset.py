@@ -1,10 +1,10 @@
-"""Torch datasets and samplers. A sample is addressed by (index, seed): its augmentation depends on nothing
-else, so results are identical for any number of loader workers and after a resume."""
-import numpy as np
+"""Torch datasets (batch samplers: samplers.py). A sample is addressed by (index, seed): its augmentation
+depends on nothing else, so results are identical for any number of loader workers and after a resume."""
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from .images import read_image
+from .samplers import EpochBatchSampler, epoch_seed  # noqa: F401  (moved; old imports keep working)
 from .transforms import apply
 
 
@@ -21,29 +21,6 @@ class ImageDataset(Dataset):
         x = torch.from_numpy(apply(self.transform, read_image(item.path), seed))
         y = self.codes[item.label] if self.codes is not None and item.label is not None else -1
         return x, y
-
-
-def epoch_seed(seed, epoch):
-    return int(np.random.default_rng([seed, epoch]).integers(2**31))
-
-
-class EpochBatchSampler(Sampler):
-    """Shuffled full batches of (index, sample_seed) for one epoch, a pure function of (seed, epoch);
-    `start` skips the batches already done before a mid-epoch resume."""
-
-    def __init__(self, n, batch_size, seed, epoch, start=0):
-        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
-
-    def __len__(self):
-        return self.n // self.batch_size - self.start
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        order = rng.permutation(self.n)
-        sample_seeds = rng.integers(0, 2**31, size=self.n)
-        for b in range(self.start, self.n // self.batch_size):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield [(int(i), int(sample_seeds[i])) for i in idx]
 
 
 def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="cpu"):

@@ -92,12 +92,37 @@ def csv_layout(root, cfg):
     return Dataset(root, train, test, "image_id", label_col, sample, ids)
 
 
-LAYOUTS = {"hotelid": hotelid, "csv": csv_layout}
+def _class_folders(folder):
+    """Items '<class>/<image>' (id = that relative path, label = the folder name) of folder/<class>/<image>."""
+    return [Item(f"{d.name}/{img.name}", img, d.name)
+            for d in sorted(p for p in folder.iterdir() if p.is_dir()) for img in _images_in(d)]
+
+
+def query_gallery(root, cfg=None):
+    """Seed 000's retrieval benchmark: gallery/<class>/<image> (the training items) and query/<class>/<image>.
+    The queries become the test items with their labels kept (test items are otherwise unlabelled), so `embed`
+    embeds them as the test split and `evaluate --queries test` scores them against the whole gallery; with no
+    sample_submission.csv their order is the folder order. query/ is optional."""
+    gallery_dir, query_dir = root / "gallery", root / "query"
+    if not gallery_dir.is_dir():
+        raise UserError(f"{root}: no gallery/ folder (query/gallery layout: gallery/<class>/<image>, "
+                        "query/<class>/<image>)")
+    train = _class_folders(gallery_dir)
+    if not train:
+        raise UserError(f"{gallery_dir}: no images found (expected gallery/<class>/<image>.jpg)")
+    test = _class_folders(query_dir) if query_dir.is_dir() else []
+    sample, ids = _test_order(root, test, "image_id")
+    return Dataset(root, train, test, "image_id", "label", sample, ids)
+
+
+LAYOUTS = {"hotelid": hotelid, "csv": csv_layout, "query_gallery": query_gallery}
 
 
 def detect_layout(root):
     if (root / "train.csv").is_file():
         return "csv"
+    if (root / "gallery").is_dir() and not (root / "train_images").is_dir():
+        return "query_gallery"
     return "hotelid"
 
 

@@ -1,0 +1,252 @@
+"""Head/loss registry: every head trains a tiny real model; values and gradients match pytorch-metric-learning
+or a hand computation in float64; build_head's wrapper and errors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pytorch_metric_learning import losses as pml_losses
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.heads import HEADS, ArcFace, CosFace, LossTransform, SubCenterArcFace, build_head, dynamic_margins
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _cfg(head, loss_transform=0.0, sampler="random", repeats=2):
+    cfg = load_config("default", ["backbone=test_efficientnet", "pretrained=false", "embedding_dim=32",
+                                  "neck_dropout=0.0"])
+    cfg.update(head=head, loss_transform=loss_transform, sampler=sampler)
+    cfg["repeated_aug"]["repeats"] = repeats
+    return cfg
+
+
+def _grads(fn, emb, *params):
+    """fn(emb) and its gradients w.r.t. emb (a fresh leaf) and the given parameters."""
+    emb = emb.detach().clone().requires_grad_(True)
+    loss = fn(emb)
+    return loss.detach(), torch.autograd.grad(loss, [emb, *params])
+
+
+def _close(a, b):
+    """(value, grads) pairs agree to 1e-5."""
+    torch.testing.assert_close(a[0], b[0], **TOL)
+    for ga, gb in zip(a[1], b[1], strict=True):
+        torch.testing.assert_close(ga, gb, **TOL)
+
+
+# --- every head (and each wrapped in LossTransform) fits a fixed batch ---
+
+CASES = [(name, False) for name in HEADS] + [(name, True) for name in HEADS]
+
+
+@pytest.mark.parametrize("name,wrapped", CASES, ids=[f"{n}{'+loss_transform' if w else ''}" for n, w in CASES])
+def test_head_trains_tiny_model(name, wrapped):
+    from pipeline.model import build_model
+
+    torch.manual_seed(0)
+    cfg = _cfg(name, loss_transform=0.1 if wrapped else 0.0, sampler="repeated_aug" if wrapped else "random")
+    model, _ = build_model(cfg)
+    head = build_head(cfg, 4, [4, 4, 4, 4])
+    assert isinstance(head, LossTransform) == wrapped
+    labels = torch.arange(4).repeat_interleave(4)  # 4 classes x 4 images
+    if wrapped:  # rows 2i, 2i+1: two noisy replicas of one image, as repeated_aug lays them out
+        x = torch.randn(8, 3, 32, 32).repeat_interleave(2, dim=0)
+        x = x + 0.1 * torch.randn_like(x)
+    else:
+        x = torch.randn(16, 3, 32, 32)
+    opt = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=1e-2)
+    model.train(), head.train()
+    history = []
+    for _ in range(20):
+        loss = head(model(x), labels)
+        assert loss.dim() == 0 and torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert history[0] > 0
+    assert history[-1] < 0.6 * history[0], history
+    inner = getattr(head, "head", head)
+    assert hasattr(head, "logits") == hasattr(inner, "logits") == (name not in ("supcon", "triplet"))
+    if hasattr(head, "logits"):
+        with torch.no_grad():
+            assert head.logits(model(x)).shape == (16, 4)
+
+
+# --- values and gradients (float64) ---
+
+def _batch(b=12, d=8, c=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, d, generator=g, dtype=torch.float64), torch.arange(b) % c
+
+
+def test_arcface_matches_pml():
+    # pml's margin is in degrees (ours radians) and its W is (D, C) (ours (C, D)); pml 2.x applies the same
+    # monotonic fallback (cos(theta) - m sin(m) past theta = pi - m), so both branches are compared
+    emb, labels = _batch()
+    s, m = 30.0, 0.2
+    ours = ArcFace(8, 5, None, s=s, m=m).double()
+    pml = pml_losses.ArcFaceLoss(num_classes=5, embedding_size=8, margin=math.degrees(m), scale=s).double()
+    pml.W.data = ours.weight.detach().t().clone()
+    w0 = F.normalize(ours.weight[labels[0]].detach(), dim=0)
+    u = torch.randn(8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    u = F.normalize(u - (u @ w0) * w0, dim=0)
+    theta = math.pi - m / 2  # row 0 in the fallback branch, away from acos's singular gradient at pi
+    emb[0] = 2.0 * (math.cos(theta) * w0 + math.sin(theta) * u)
+    target_theta = torch.acos(ours.logits(emb).gather(1, labels[:, None]))
+    assert (target_theta > math.pi - m).sum() == 1 and (target_theta < math.pi - m - 0.01).sum() == len(emb) - 1
+    a = _grads(lambda e: ours(e, labels), emb, ours.weight)
+    b = _grads(lambda e: pml(e, labels), emb, pml.W)
+    _close((a[0], (a[1][0], a[1][1].t())), b)
+
+
+def test_cosface_matches_pml_and_hand():
+    emb, labels = _batch()
+    s, m = 64.0, 0.35
+    ours = CosFace(8, 5, [1, 2, 3, 4, 5], s=s, m=m).double()  # class_counts accepted and ignored
+    pml = pml_losses.CosFaceLoss(num_classes=5, embedding_size=8, margin=m, scale=s).double()
+    pml.W.data = ours.loss.W.detach().clone()
+    hand_w = ours.loss.W.detach().clone().requires_grad_(True)
+
+    def hand(e):  # margin in cosine units, subtracted from the target cosine before scaling
+        cos = F.normalize(e) @ F.normalize(hand_w, dim=0)
+        return F.cross_entropy(s * (cos - m * F.one_hot(labels, 5)), labels)
+    a = _grads(lambda e: ours(e, labels), emb, ours.loss.W)
+    _close(a, _grads(lambda e: pml(e, labels), emb, pml.W))
+    _close(a, _grads(hand, emb, hand_w))
+    torch.testing.assert_close(ours.logits(emb), F.normalize(emb) @ F.normalize(hand_w.detach(), dim=0), **TOL)
+
+
+def test_supcon_matches_hand():
+    emb, labels = _batch(b=10, c=3)
+    t = 0.07
+    head = HEADS["supcon"](8, 3, None, temperature=t)
+
+    def hand(e):
+        n = F.normalize(e)
+        sim = n @ n.t() / t
+        rows = []
+        for i in range(len(e)):
+            others = [j for j in range(len(e)) if j != i]
+            pos = [j for j in others if labels[j] == labels[i]]
+            denom = torch.logsumexp(sim[i, others], dim=0)
+            rows.append(-torch.stack([sim[i, j] - denom for j in pos]).mean())
+        return torch.stack(rows).mean()  # every row has positives, so every loss is non-zero
+    _close(_grads(lambda e: head(e, labels), emb), _grads(hand, emb))
+
+
+def test_triplet_with_miner_matches_hand():
+    emb, labels = _batch(b=10, c=3)
+    margin = 0.2
+    head = HEADS["triplet"](8, 3, None, margin=margin, miner=True)
+
+    def violating(e):
+        n = F.normalize(e)
+        for a in range(len(e)):
+            for p in range(len(e)):
+                for q in range(len(e)):
+                    if p != a and labels[p] == labels[a] and labels[q] != labels[a]:
+                        v = (n[a] - n[p]).norm() - (n[a] - n[q]).norm() + margin
+                        if v > 0:
+                            yield (a, p, q), v
+
+    found = dict(violating(emb))
+    assert 0 < len(found) < 10 * 2 * 7  # some, not all, triplets violate the margin
+    assert set(zip(*(i.tolist() for i in head.miner(emb, labels)))) == set(found)
+    # the mean over violating triplets (pml's AvgNonZeroReducer; so miner=false gives the same value)
+    hand = _grads(lambda e: torch.stack([v for _, v in violating(e)]).mean(), emb)
+    _close(_grads(lambda e: head(e, labels), emb), hand)
+
+
+def test_triplet_empty_miner_gives_zero_loss_with_grad():
+    head = HEADS["triplet"](4, 2, None, margin=0.02, miner=True)
+    emb = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 1.0, 0, 0]], requires_grad=True)
+    loss = head(emb, torch.tensor([0, 0, 1, 1]))
+    assert loss.item() == 0 and loss.grad_fn is not None
+    loss.backward()
+    assert torch.all(emb.grad == 0)
+
+
+def test_subcenter_k1_fixed_margin_matches_arcface():
+    emb, labels = _batch()
+    arc = ArcFace(8, 5, None, s=30.0, m=0.2).double()
+    sub = SubCenterArcFace(8, 5, [3, 1, 4, 1, 5], s=30.0, k=1, dynamic=False, m=0.2).double()
+    sub.weight.data.copy_(arc.weight.data)
+    emb[0] = -3 * arc.weight[labels[0]].detach()  # theta = pi: the hard-margin branch
+    assert (arc.logits(emb).gather(1, labels[:, None]) < math.cos(math.pi - 0.2)).any()
+    _close(_grads(lambda e: arc(e, labels), emb, arc.weight), _grads(lambda e: sub(e, labels), emb, sub.weight))
+
+
+def test_subcenter_logits_are_max_over_subcenters():
+    emb, _ = _batch()
+    sub = SubCenterArcFace(8, 5, None, k=3).double()
+    cos = F.normalize(emb) @ F.normalize(sub.weight).t()  # (B, 15), row c*k + j
+    expected = torch.stack([cos[:, 3 * c:3 * c + 3].max(dim=1).values for c in range(5)], dim=1)
+    torch.testing.assert_close(sub.logits(emb), expected, **TOL)
+
+
+def test_dynamic_margins_by_hand():
+    # n^-1/4 = 1, 1/2, 1/3, 1/4 -> linear onto [0.05, 0.5]: smallest class m_max, largest m_min
+    m = dynamic_margins([1, 16, 81, 256], 0.05, 0.5)
+    torch.testing.assert_close(m, torch.tensor([0.5, 0.2, 0.1, 0.05], dtype=torch.float64), **TOL)
+    assert torch.all(dynamic_margins([7, 7, 7], 0.05, 0.5) == 0.5)  # equal sizes: m_max
+    torch.testing.assert_close(dynamic_margins([0, 1, 16], 0.1, 0.3),
+                               torch.tensor([0.3, 0.3, 0.1], dtype=torch.float64), **TOL)  # empty class: m_max
+    sub = SubCenterArcFace(8, 4, [1, 16, 81, 256], k=1, dynamic=True, m_min=0.05, m_max=0.5)
+    torch.testing.assert_close(sub.margins, torch.tensor([0.5, 0.2, 0.1, 0.05]), **TOL)
+    assert "margins" in sub.state_dict()
+
+
+def test_subcenter_uses_each_class_margin():
+    emb, _ = _batch(b=6, c=4)
+    sub = SubCenterArcFace(8, 4, [1, 16, 81, 256], s=30.0, k=1, dynamic=True).double()
+    for c, mc in enumerate([0.5, 0.2, 0.1, 0.05]):
+        labels = torch.full((6,), c)
+        arc = ArcFace(8, 4, None, s=30.0, m=mc).double()
+        arc.weight.data = sub.weight.detach().clone()
+        torch.testing.assert_close(sub(emb, labels), arc(emb, labels), **TOL)
+
+
+def test_loss_transform_term_by_hand():
+    emb, labels = _batch(b=12)
+    inner = ArcFace(8, 5, None).double()
+    lt = LossTransform(inner, replicas=3, weight=0.5)
+
+    def hand(e):
+        n = F.normalize(e)
+        dists = []
+        for g in range(4):
+            grp = n[3 * g:3 * g + 3]
+            dists += [(grp[i] - grp.mean(dim=0)).norm() for i in range(3)]
+        return inner(e, labels) + 0.5 * torch.stack(dists).mean()
+    _close(_grads(lambda e: lt(e, labels), emb), _grads(hand, emb))
+    torch.testing.assert_close(lt.logits(emb), inner.logits(emb))
+    with pytest.raises(ValueError, match="replicas"):
+        lt(emb[:10], labels[:10])
+    same = emb[:2].repeat_interleave(3, dim=0).requires_grad_(True)  # exact replicas: zero term, finite grad
+    LossTransform(inner, 3, 1.0).replica_term(same).backward()
+    assert torch.isfinite(same.grad).all()
+
+
+# --- build_head ---
+
+def test_build_head_wraps_and_passes_sections():
+    cfg = _cfg("subcenter_arcface", loss_transform=0.25, sampler="repeated_aug", repeats=3)
+    head = build_head(cfg, 4, [1, 16, 81, 256])
+    assert isinstance(head, LossTransform) and head.replicas == 3 and head.weight == 0.25
+    assert isinstance(head.head, SubCenterArcFace) and head.head.weight.shape == (4 * cfg["subcenter_arcface"]["k"], 32)
+    assert not hasattr(build_head(_cfg("supcon", 0.1, "repeated_aug"), 4), "logits")
+    assert isinstance(build_head(_cfg("arcface"), 4, [1, 2, 3, 4]), ArcFace)
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    (_cfg("nope"), "known: arcface, cosface, subcenter_arcface, supcon, triplet"),
+    (_cfg("arcface", loss_transform=0.1, sampler="random"), "sampler=repeated_aug"),
+    (_cfg("arcface", loss_transform=0.1, sampler="repeated_aug", repeats=1), "repeats >= 2"),
+], ids=["unknown_head", "loss_transform_without_repeated_aug", "loss_transform_one_repeat"])
+def test_build_head_errors(cfg, needle):
+    with pytest.raises(UserError, match=needle) as e:
+        build_head(cfg, 4)
+    assert "\n" not in str(e.value)
