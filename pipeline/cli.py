@@ -13,6 +13,8 @@ STAGES = {
     "train": "pipeline.train",
     "embed": "pipeline.embed",
     "ensemble": "pipeline.ensemble",
+    "ensemble-report": "pipeline.ensemble_report",
+    "show": "pipeline.show",
     "evaluate": "pipeline.evaluate",
     "compare": "pipeline.compare",
     "score": "pipeline.score",

@@ -1,11 +1,18 @@
 """Embed the gallery (all training images, test pipeline), the validation fold (val pipeline) and the test images
-with a trained run: runs/<config>/fold<k>/embeddings/<split>.npy (float16, L2-normalised rows), <split>.csv
-(image_id,label in row order; label empty for test) and manifest.json.
+with a trained run: runs/<config>/fold<k>/embeddings/<stem>.npy (float16 rows), <stem>.csv (image_id,label in
+row order; label empty for test) and manifest.json (one entry per stem).
 
-A split is recomputed only when its cache key changes: the checkpoint's content hash, the image list (path, size,
-mtime), the transform and image size. A second call with nothing changed runs no forward pass.
+Embedding-time variants, each cached under its own file stem (the defaults are the plain gallery/val/test):
+  --flip                    flip TTA on every split: normalise(e(x) + e(hflip x))          stem <split>.flip
+  --multicrop 5|9           the queries (val, test) as the mean of their kept crops' unit
+                            embeddings, crops more than half red (the occlusion) dropped    stem <split>.mc5 / .mc9
+  --gallery-pipeline val    the gallery embedded with the val pipeline (simulated red hole) stem gallery.galval
+e.g. --flip --multicrop 9 gives gallery.flip, val.flip.mc9, test.flip.mc9.
 
-example: ./run.sh embed m1 --data data/demo --fold 0"""
+A stem is recomputed only when its cache key changes: the checkpoint's content hash, the image list (path, size,
+mtime), the transform (with the variant) and image size. A second call with nothing changed runs no forward pass.
+
+example: ./run.sh embed m1 --data data/demo --fold 0 --flip --multicrop 5"""
 import hashlib
 import json
 import time
@@ -15,6 +22,7 @@ import numpy as np
 from .errors import UserError
 
 SPLITS = ("gallery", "val", "test")
+GALLERY_PIPELINES = ("test", "val")
 VERSION = 1  # bump when the embedding code changes what it computes
 
 
@@ -23,6 +31,12 @@ def add_arguments(p):
     p.add_argument("--data", help="competition folder (overrides the config's data)")
     p.add_argument("--fold", type=int, help="fold of the run (default 0)")
     p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default: config's, best)")
+    p.add_argument("--flip", action="store_true", help="flip TTA on every split: normalise(e(x) + e(hflip x))")
+    p.add_argument("--multicrop", type=int, default=0, metavar="N",
+                   help="queries (val, test) as the mean of their crops' embeddings, mostly-red crops dropped: "
+                        "5 (corners + centre, 60%% side) or 9 (3x3 grid, 50%% side); 0 = off (default)")
+    p.add_argument("--gallery-pipeline", default="test", metavar="{test,val}",
+                   help="embed the gallery with the test pipeline (default) or the val one (simulated red hole)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
@@ -30,7 +44,7 @@ def run(args):
     from .config import load_config
 
     cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint)
-    ensure_embeddings(cfg)
+    ensure_embeddings(cfg, flip=args.flip, multicrop=args.multicrop, gallery_pipeline=args.gallery_pipeline)
 
 
 def _key(ck_hash, items, transform, size):
@@ -48,18 +62,38 @@ def _save_npy(path, arr):
         np.save(f, arr)
 
 
-def ensure_embeddings(cfg, log=print):
-    """Compute the splits whose cache is stale; returns {'dir': Path, 'computed': [split names]}."""
+def check_variant(flip=False, multicrop=0, gallery_pipeline="test"):
+    """The variant as (bool, int, str); a value that is not allowed is a one-line UserError naming it."""
+    from .data.transforms import MULTICROPS
+
+    if multicrop not in MULTICROPS:
+        raise UserError(f"multicrop {multicrop!r}: not one of {', '.join(map(str, MULTICROPS))} (0 = off)")
+    if gallery_pipeline not in GALLERY_PIPELINES:
+        raise UserError(f"gallery pipeline {gallery_pipeline!r}: not one of {', '.join(GALLERY_PIPELINES)}")
+    return bool(flip), int(multicrop), gallery_pipeline
+
+
+def stem(split, flip=False, multicrop=0, gallery_pipeline="test"):
+    """File stem of a split's embeddings under a variant; the defaults give the plain split name."""
+    return (split + (".flip" if flip else "") + (f".mc{multicrop}" if multicrop and split in ("val", "test") else "")
+            + (".galval" if split == "gallery" and gallery_pipeline == "val" else ""))
+
+
+def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline="test"):
+    """Compute the stems whose cache is stale; returns {'dir': Path, 'computed': [stems computed],
+    'stems': {'gallery': stem, 'val': stem, 'test': stem}} (load_split(dir, stems[split]) reads one).
+    flip: flip TTA on every split; multicrop: 0, 5 or 9 crops per query (val, test); gallery_pipeline: test | val."""
     import torch
 
     from . import checkpoint
     from .config import run_dir
-    from .data.transforms import build_transform, describe
-    from .inference import embed_items, pick_device
+    from .data.transforms import MultiCrop, build_transform, describe
+    from .inference import embed_items, embed_multicrop, pick_device
     from .io import write_csv, write_text
     from .model import build_model
     from .train import split
 
+    flip, multicrop, gallery_pipeline = check_variant(flip, multicrop, gallery_pipeline)
     run = run_dir(cfg)
     ck_path = run / f"{cfg['checkpoint']}.pt"
     if not ck_path.is_file():
@@ -68,6 +102,7 @@ def ensure_embeddings(cfg, log=print):
     ds, _, val_items, _ = split(cfg)
     test_by_id = {it.image_id: it for it in ds.test}
     items = {"gallery": ds.train, "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
+    stems = {name: stem(name, flip, multicrop, gallery_pipeline) for name in SPLITS}
     out = run / "embeddings"
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -75,32 +110,44 @@ def ensure_embeddings(cfg, log=print):
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
         size, mean, std = state["image_size"], state["mean"], state["std"]
-        tfm = build_transform("val" if name == "val" else "test", cfg, size, mean, std)
-        key = _key(ck_hash, items[name], describe(tfm), size)
-        entry = manifest.get(name, {})
-        if entry.get("key") == key and (out / f"{name}.npy").is_file() and (out / f"{name}.csv").is_file():
+        kind = "val" if name == "val" or (name == "gallery" and gallery_pipeline == "val") else "test"
+        crops = multicrop if name in ("val", "test") else 0
+        tfm = MultiCrop(kind, crops, size, mean, std) if crops else build_transform(kind, cfg, size, mean, std)
+        # the key text of a default stem is exactly the transform's, so today's caches stay valid
+        text = describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if flip else "")
+        key = _key(ck_hash, items[name], text, size)
+        st = stems[name]
+        entry = manifest.get(st, {})
+        if entry.get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
             continue
         if model is None:
             model, _ = build_model(state["config"], with_weights=False)
             model.load_state_dict(state["model"])
             model.to(device, memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
         t0 = time.time()
-        emb, _ = embed_items(model, items[name], tfm, cfg, device)
-        _save_npy(out / f"{name}.npy", emb)
-        write_csv(out / f"{name}.csv", ["image_id", "label"], [(it.image_id, it.label or "") for it in items[name]])
-        manifest[name] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
-                          "checkpoint": str(ck_path), "checkpoint_sha256": ck_hash, "image_size": size,
-                          "transform": describe(tfm)}
+        if crops:
+            emb = embed_multicrop(model, items[name], tfm, cfg, device, flip=flip)
+        else:
+            emb, _ = embed_items(model, items[name], tfm, cfg, device, flip=flip)
+        _save_npy(out / f"{st}.npy", emb)
+        write_csv(out / f"{st}.csv", ["image_id", "label"], [(it.image_id, it.label or "") for it in items[name]])
+        manifest[st] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
+                        "checkpoint": str(ck_path), "checkpoint_sha256": ck_hash, "image_size": size,
+                        "transform": text}
+        if st != name:
+            manifest[st].update(split=name, flip=flip, multicrop=crops, pipeline=kind)
         write_text(manifest_path, json.dumps(manifest, indent=1))
-        computed.append(name)
-        log(f"embedded {cfg['name']} {name}: {len(emb)} images in {time.time() - t0:.1f}s")
+        computed.append(st)
+        log(f"embedded {cfg['name']} {st}: {len(emb)} images in {time.time() - t0:.1f}s")
     if not computed:
-        log(f"embeddings of {cfg['name']} fold {cfg['fold']} are up to date ({out})")
-    return {"dir": out, "computed": computed}
+        which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
+        log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
+    return {"dir": out, "computed": computed, "stems": stems}
 
 
 def load_split(emb_dir, name):
-    """(embeddings float16 memmap, image ids, labels) of one split."""
+    """(embeddings float16 memmap, image ids, labels) of one stem (a split name, or ensure_embeddings' stems[split]);
+    each stem has its own .npy and .csv, written together."""
     from .io import read_csv
 
     path = emb_dir / f"{name}.npy"

@@ -12,15 +12,19 @@ test images (the query/gallery layout's query/ folder) against the whole gallery
 M_q = gallery images with the query's label; a query with M_q = 0 scores 0 and counts. --zero-shot BACKBONE adds
 the row 'zero-shot BACKBONE': timm's pretrained backbone, pooled as the config says, no neck, no training (its
 features are cached in runs/zero-shot/<backbone>/<size>/). Writes the table to runs/evaluate/<out>/metrics.md,
-.csv and .json.
+.csv and .json. The inference-trick flags apply to trained runs: embedding-time ones (--flip, --multicrop,
+--gallery-pipeline) to every metric, ranking-time ones (QE, DBA, PCA, --agg) to map@5. --ablate scores the runs'
+ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside.
 
-example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k,acc@1 --k 1,5,10"""
+example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k,acc@1 --k 1,5,10
+         ./run.sh evaluate demo_lite0 demo_lite0_gem demo_lite0_small --data data/demo --ablate"""
 import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from . import scoring
 from .errors import UserError
 
 METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k")
@@ -43,6 +47,9 @@ def add_arguments(p):
     p.add_argument("--max-memory", type=int, help="bytes of extra memory for the search (default 2 GiB)")
     p.add_argument("--out", help="name of the report (default: the run names joined by '+')")
     p.add_argument("--zero-shot", metavar="BACKBONE", help="also score this timm backbone's pretrained features")
+    p.add_argument("--ablate", action="store_true", help="val MAP@5 of the runs' ensemble with each inference trick "
+                   "alone vs none")
+    scoring.add_arguments(p)
     p.set_defaults(overrides=[])  # cli.main appends key=value given after an option here
 
 
@@ -58,14 +65,25 @@ def run(args):
     flags = dict(data=args.data, fold=args.fold, checkpoint=args.checkpoint, max_memory=args.max_memory)
     cfgs = [load_config(n, overrides, **flags) for n in names]
     base = cfgs[0] if cfgs else load_config("default", overrides, **flags)
+    tricks = scoring.from_args(args, len(cfgs))
+    out = args.out or "+".join([c["name"] for c in cfgs] + ([f"zero-shot-{args.zero_shot}"] if args.zero_shot else []))
+    out_dir = Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_")
+    if args.ablate:
+        if not cfgs or args.leave_one_out or args.queries != "val":
+            raise UserError("--ablate scores trained runs on the validation fold: give runs, without "
+                            "--leave-one-out / --queries test")
+        scoring.ablate(cfgs, tricks, out_dir)
+        return
+    if args.leave_one_out and any(tricks[k] != scoring.DEFAULTS[k] for k in scoring.RANKING_TRICKS):
+        raise UserError("--leave-one-out scores without the ranking tricks (--qe, --dba, --pca, --agg, --weights)")
     if cfgs:
-        rows = evaluate_runs(cfgs, metrics, ks, args.leave_one_out, args.zero_shot, queries=args.queries)
+        rows = evaluate_runs(cfgs, metrics, ks, args.leave_one_out, args.zero_shot, queries=args.queries,
+                             tricks=tricks)
     else:
         rows = [zero_shot_row(base, args.zero_shot, metrics, ks, args.leave_one_out, queries=args.queries)]
-    out = args.out or "+".join([c["name"] for c in cfgs] + ([f"zero-shot-{args.zero_shot}"] if args.zero_shot else []))
-    write_report(rows, Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_"),
-                 {"metrics": metrics, "ks": ks, "leave_one_out": args.leave_one_out, "queries": args.queries,
-                  "fold": base["fold"], "data": str(base["data"])})
+    write_report(rows, out_dir, {"metrics": metrics, "ks": ks, "leave_one_out": args.leave_one_out,
+                                 "queries": args.queries, "fold": base["fold"], "data": str(base["data"]),
+                                 "tricks": tricks})
 
 
 def parse_metrics(text):
@@ -122,17 +140,17 @@ def topk_cosine(queries, gallery, k, max_memory=2 << 30, self_index=None, leave_
 
 
 def score(queries, query_labels, gallery, gallery_labels, classes, metrics, ks, leave_one_out=False,
-          max_memory=2 << 30, log=print):
-    """{column: value} of the metrics for one set of embeddings (columns in the order of `metrics`)."""
-    from .metrics import class_map5_leave_one_out, instance_metrics
-    from .retrieval import map5
+          max_memory=2 << 30, log=print, tricks=None):
+    """{column: value} of the metrics for one set of embeddings (columns in the order of `metrics`); tricks: the
+    ranking-time inference tricks for map@5 (scoring.DEFAULTS if None)."""
+    from .metrics import class_map5_leave_one_out, instance_metrics, map_at_k
 
     row, rel = {}, None
     for m in metrics:
         if m == "map@5":
             row[m] = (class_map5_leave_one_out(queries, query_labels, max_memory) if leave_one_out else
-                      map5([queries], list(query_labels), [gallery], list(gallery_labels), classes,
-                           max_memory=max_memory, log=log))
+                      map_at_k(scoring.predict([queries], [gallery], list(gallery_labels), classes,
+                                               tricks or scoring.DEFAULTS, max_memory, log), list(query_labels)))
             continue
         if rel is None:
             idx, _ = topk_cosine(queries, gallery, max(ks), max_memory, leave_one_out=leave_one_out)
@@ -143,22 +161,23 @@ def score(queries, query_labels, gallery, gallery_labels, classes, metrics, ks, 
     return row
 
 
-def evaluate_runs(cfgs, metrics, ks, leave_one_out=False, zero_shot=None, log=print, queries="val"):
+def evaluate_runs(cfgs, metrics, ks, leave_one_out=False, zero_shot=None, log=print, queries="val", tricks=None):
     """One row {'model': name, column: value ...} per trained run, from its (cached) embeddings; with zero_shot
-    (a timm backbone name), first the zero-shot row of that backbone on cfgs[0]'s data and fold."""
+    (a timm backbone name), first the zero-shot row of that backbone on cfgs[0]'s data and fold (no tricks)."""
     from .data.layouts import load_dataset
     from .embed import ensure_embeddings, load_split
 
+    tricks = dict(tricks or scoring.DEFAULTS, weights=None)
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
     for cfg in cfgs:
-        d = ensure_embeddings(cfg, log=log)["dir"]
-        g, g_ids, g_labels = load_split(d, "gallery")
-        v, v_ids, v_labels = load_split(d, queries)
+        e = ensure_embeddings(cfg, log=log, **{k: tricks[k] for k in scoring.EMBEDDING_TRICKS})
+        g, g_ids, g_labels = load_split(e["dir"], e["stems"]["gallery"])
+        v, v_ids, v_labels = load_split(e["dir"], e["stems"][queries])
         _need_queries(cfg, queries, v_ids, v_labels)
         g, g_labels = _gallery(g, g_ids, g_labels, v, v_ids, v_labels, leave_one_out, queries)
         rows.append({"model": cfg["name"], **score(np.asarray(v), v_labels, g, g_labels,
                                                    load_dataset(cfg["data"], cfg).classes, metrics, ks,
-                                                   leave_one_out, cfg["max_memory"], log)})
+                                                   leave_one_out, cfg["max_memory"], log, tricks)})
         log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(v_ids)} queries, {len(g_labels)} gallery images")
     return rows
 

@@ -3,7 +3,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.dataset import ImageDataset, loader
+from .data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
 
 
 def pick_device():
@@ -15,10 +15,17 @@ def autocast(device, enabled):
     return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device == "cuda")
 
 
+def _flip_sum(model, x, e):
+    """Flip TTA: e(x) + e(hflip(x)), the model's raw embeddings of the transformed tensor and of its horizontal
+    mirror (so a val image's simulated red hole is mirrored with it); the caller L2-normalises the sum."""
+    return e + model(x.flip(3)).float()
+
+
 @torch.no_grad()
-def embed_items(model, items, transform, cfg, device, head=None, codes=None, progress=None):
+def embed_items(model, items, transform, cfg, device, head=None, codes=None, progress=None, flip=False):
     """(embeddings float16 (n, E) L2-normalised, logits-or-None). Sample i is augmented with seed i, so a
-    random transform (the validation mask) is the same on every call."""
+    random transform (the validation mask) is the same on every call. flip: the embedding is
+    L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x) alone)."""
     model.eval()
     ds = ImageDataset(items, transform, codes)
     dl = loader(ds, batch_size=cfg["eval_batch_size"], num_workers=cfg["num_workers"], device=device)
@@ -30,12 +37,13 @@ def embed_items(model, items, transform, cfg, device, head=None, codes=None, pro
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, cfg["amp"]):
             e = model(x).float()
+            emb = _flip_sum(model, x, e) if flip else e
         if head is not None:
             y = y.to(device)
             losses.append(head(e, y).item() * len(y))
             if logits is not None:
                 correct += (logits(e).argmax(1) == y).sum().item()
-        out.append(F.normalize(e, dim=1).cpu().numpy().astype(np.float16))
+        out.append(F.normalize(emb, dim=1).cpu().numpy().astype(np.float16))
         if progress:
             progress(len(x))
     emb = np.concatenate(out) if out else np.zeros((0, 0), np.float16)
@@ -43,3 +51,34 @@ def embed_items(model, items, transform, cfg, device, head=None, codes=None, pro
     if head is not None and items:
         stats = {"loss": sum(losses) / len(items), "acc": correct / len(items) if logits is not None else None}
     return emb, stats
+
+
+@torch.no_grad()
+def embed_multicrop(model, items, multicrop, cfg, device, flip=False, progress=None):
+    """Multi-crop query embeddings, float16 (n, E): the MEAN of the L2-normalised embeddings of each image's kept
+    crops (transforms.MultiCrop; with flip each crop's embedding is normalise(e(c) + e(hflip c))).
+
+    The 7th-place solution SUMS a query's similarities over its kept crops: sum_c cos(c, g) = (sum_c u_c) . g,
+    so the sum of the crops' unit embeddings as the query embedding gives exactly those scores. We store the mean
+    (sum / kept crops), NOT renormalised: one query's ranking is the same for any positive scale, but the ensemble
+    adds models' scores, and a per-query scale of one model (a sum over 1-9 kept crops) would reweight that model
+    query by query; the mean keeps its scores on the cosine scale, in [-1, 1] like every other model's (its rows'
+    norms are <= 1, equal to 1 only when a single view is kept)."""
+    model.eval()
+    ds = MultiCropDataset(items, multicrop)
+    per_batch = max(1, cfg["eval_batch_size"] // multicrop.n)  # images per batch, so crops per batch ~ eval size
+    dl = loader(ds, batch_size=per_batch, num_workers=cfg["num_workers"], device=device, collate_fn=collate_crops)
+    out = []
+    for x, counts in dl:
+        x = x.to(device, non_blocking=True)
+        if cfg["channels_last"]:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, cfg["amp"]):
+            e = model(x).float()
+            if flip:
+                e = _flip_sum(model, x, e)
+        u = F.normalize(e, dim=1)
+        out += [c.mean(0) for c in torch.split(u, counts)]
+        if progress:
+            progress(len(counts))
+    return torch.stack(out).cpu().numpy().astype(np.float16) if out else np.zeros((0, 0), np.float16)

@@ -47,3 +47,14 @@ def tiny_data(tmp_path_factory):
 
 def tiny_overrides(root, runs, *extra):
     return [f"data={root / 'data'}", f"folds_file={root / 'folds.csv'}", f"runs_dir={runs}", *TINY, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """Two tiny runs, a (arcface) and b (cosface, GeM, other seed), one epoch each: (tiny_data, runs dir)."""
+    runs = tmp_path_factory.mktemp("runs")
+    for name, extra in (("a", ""), ("b", "head: cosface\npooling: gem\nseed: 5\n")):
+        (runs / f"{name}.yaml").write_text("# test config\n" + extra)
+        p = cli("train", runs / f"{name}.yaml", *tiny_overrides(tiny_data, runs, "epochs=1"))
+        assert p.returncode == 0, p.stderr
+    return tiny_data, runs

@@ -23,11 +23,33 @@ class ImageDataset(Dataset):
         return x, y
 
 
-def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="cpu"):
+class MultiCropDataset(Dataset):
+    """Sample i: (the kept crops of item i as a float32 (k, C, S, S) tensor, k); transforms.MultiCrop views,
+    seeded with i (the val pipeline's hole is the only random step)."""
+
+    def __init__(self, items, multicrop):
+        self.items, self.multicrop = items, multicrop
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        views = self.multicrop.views(read_image(self.items[index].path), index)
+        return torch.from_numpy(views), len(views)
+
+
+def collate_crops(batch):
+    """(all crops of the batch concatenated, [crop count per image])."""
+    return torch.cat([x for x, _ in batch]), [k for _, k in batch]
+
+
+def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="cpu", collate_fn=None):
     """DataLoader with worker processes; an explicit generator so loading never consumes the global RNG."""
     from torch.utils.data import DataLoader
 
     kw = dict(num_workers=num_workers, pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
+    if collate_fn is not None:
+        kw["collate_fn"] = collate_fn
     if num_workers:
         kw.update(persistent_workers=False, prefetch_factor=4)
     if batch_sampler is not None:

@@ -45,3 +45,71 @@ def apply(transform, image, seed):
     """Apply with a per-sample seed: the result depends only on (image, seed), whatever the worker."""
     transform.set_random_seed(int(seed))
     return np.ascontiguousarray(transform(image=image)["image"].transpose(2, 0, 1))
+
+
+# --- multi-crop queries (SPEC Appendix D, the 7th-place Hotel-ID variant) ---------------------------------------
+MULTICROPS = (0, 5, 9)  # 0 = off
+MAX_RED = 0.5  # a crop more than half red (the occlusion rectangle) is dropped
+
+
+def red_mask(image):
+    """Pixels of the red occlusion fill. The fill is pure (255, 0, 0); JPEG perturbs it, hence the margins."""
+    return (image[..., 0] >= 200) & (image[..., 1] <= 60) & (image[..., 2] <= 60)
+
+
+def crop_boxes(h, w, n):
+    """(y0, y1, x0, x1) pixel boxes of the n crops of an h x w image. n=5: the four corner crops of 60% side
+    (of the height and of the width) and the centre crop of the same size; n=9: a 3x3 grid of 50%-side crops
+    at a 25% stride (so neighbours overlap by half)."""
+    if n == 5:
+        side, starts = 0.6, [(0.0, 0.0), (0.0, 0.4), (0.4, 0.0), (0.4, 0.4), (0.2, 0.2)]
+    elif n == 9:
+        side, starts = 0.5, [(0.25 * i, 0.25 * j) for i in range(3) for j in range(3)]
+    else:
+        raise ValueError(f"multicrop {n!r}: not one of 5, 9")
+    boxes = []
+    for fy, fx in starts:
+        y0, x0 = round(fy * h), round(fx * w)
+        y1, x1 = min(h, max(y0 + 1, round((fy + side) * h))), min(w, max(x0 + 1, round((fx + side) * w)))
+        boxes.append((y0, y1, x0, x1))
+    return boxes
+
+
+def select_crops(image, n, max_red=MAX_RED):
+    """(kept crops [uint8 HWC views], [(box, red fraction, kept)] for all n crops): a crop whose red fraction is
+    above max_red is dropped."""
+    red = red_mask(image)
+    kept, info = [], []
+    for y0, y1, x0, x1 in crop_boxes(image.shape[0], image.shape[1], n):
+        frac = float(red[y0:y1, x0:x1].mean())
+        keep = frac <= max_red
+        info.append(((y0, y1, x0, x1), frac, keep))
+        if keep:
+            kept.append(image[y0:y1, x0:x1])
+    return kept, info
+
+
+class MultiCrop:
+    """The query views of one image: [val only: the red hole of the val pipeline, drawn on the whole image
+    (seeded per sample, like `apply`), BEFORE cropping] -> the n crops -> drop the mostly-red ones -> each kept
+    crop resized to the model size and normalised. If every crop is dropped, the whole image is the one view."""
+
+    def __init__(self, kind, n, size, mean, std):
+        if kind not in ("val", "test") or n not in (5, 9):
+            raise ValueError(f"MultiCrop({kind!r}, {n!r})")
+        self.kind, self.n = kind, n
+        self.hole = A.Compose([_mask_hole(1.0)]) if kind == "val" else None
+        self.finish = A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std)])
+
+    def __repr__(self):  # stable text for cache keys (like describe())
+        return (f"MultiCrop(n={self.n}, max_red={MAX_RED}, red='R>=200,G<=60,B<=60', hole={self.hole!r}, "
+                f"crop={self.finish!r})")
+
+    def views(self, image, seed):
+        """float32 (k, C, S, S), k >= 1: the kept crops of image (uint8 RGB HWC)."""
+        if self.hole is not None:
+            self.hole.set_random_seed(int(seed))
+            image = self.hole(image=image)["image"]
+        crops, _ = select_crops(image, self.n)
+        crops = crops or [image]
+        return np.stack([self.finish(image=np.ascontiguousarray(c))["image"].transpose(2, 0, 1) for c in crops])

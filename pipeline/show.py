@@ -1,0 +1,130 @@
+"""Picture of a run's (or an equal-weight ensemble's) retrievals for some validation images.
+
+A PNG grid, one row per query: the validation image, then its top-5 predicted classes (summed cosine similarity,
+per-class max over the training images without the validation rows, as `ensemble` ranks), each shown by that
+class's best-matching gallery image, framed green for the query's true class and red otherwise, captioned with
+the class and its score (the summed cosine: up to the number of models). Queries: --n of them drawn with --seed,
+or the first --n without one. Writes runs/ensembles/<names joined by '+'>/show.png unless --out says where.
+
+example: ./run.sh show m1 m2 --data data/demo --fold 0 --n 16 --seed 0"""
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+THUMB = 256  # longest side of a drawn image, in pixels
+
+
+def add_arguments(p):
+    p.add_argument("runs", nargs="+", metavar="RUN", help="trained configs (names or .yaml paths; several: their "
+                   "ensemble); key=value overrides may follow")
+    p.add_argument("--n", type=int, default=16, help="validation queries shown (default 16)")
+    p.add_argument("--seed", type=int, help="draw the queries at random with this seed (default: the first --n)")
+    p.add_argument("--data", help="competition folder (overrides each config's data)")
+    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
+    p.add_argument("--out", help="PNG path (default runs/ensembles/<names>/show.png)")
+    p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
+
+
+def run(args):
+    from .config import load_config
+
+    overrides = [r for r in args.runs if "=" in r] + list(args.overrides)
+    names = [r for r in args.runs if "=" not in r]
+    if not names:
+        raise UserError("no runs given: ./run.sh show m1 [m2 ...]")
+    if args.n < 1:
+        raise UserError(f"--n {args.n}: give 1 or more queries")
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        raise UserError(f"--out {args.out}: the picture is a PNG; give a path ending in .png")
+    cfgs = [load_config(r, overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint) for r in names]
+    show(cfgs, args.n, args.seed, args.out)
+
+
+def pick_queries(n_val, n, seed=None):
+    """Indices of the shown validation rows: n drawn without replacement by a seeded RNG (sorted), or the first n."""
+    n = min(n, n_val)
+    if seed is None:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n_val, n, replace=False))
+
+
+def best_matches(queries, gallery, codes, k=5, max_memory=256 << 20):
+    """Brute force over the gallery for a few queries. queries/gallery: one (Q, D_m) / (N, D_m) array per model;
+    codes: (N,) int class code per gallery row. Returns (classes, scores, rows), each (Q, k') with k' = min(k,
+    classes in the gallery): the top classes by per-class max of the summed cosines (ties: smaller code first) and,
+    for each, its best gallery row (ties: the first row)."""
+    codes = np.asarray(codes, np.int64)
+    Q, N = queries[0].shape[0], codes.size
+    S = np.zeros((Q, N), np.float32)
+    for q, g in zip(queries, gallery):
+        step = max(1, int(max_memory) // (4 * q.shape[1]))  # the gallery is cast to fp32 a chunk at a time
+        qf = np.asarray(q, np.float32)
+        for a in range(0, N, step):
+            S[:, a:a + step] += qf @ np.asarray(g[a:a + step], np.float32).T
+    kk = min(k, np.unique(codes).size)
+    classes, scores, rows = (np.zeros((Q, kk), np.int64), np.zeros((Q, kk), np.float32), np.zeros((Q, kk), np.int64))
+    for i in range(Q):
+        order = np.lexsort((np.arange(N), codes, -S[i]))  # by score desc, then class code, then row
+        _, first = np.unique(codes[order], return_index=True)  # each class's best row comes first in `order`
+        top = order[np.sort(first)[:kk]]
+        classes[i], scores[i], rows[i] = codes[top], S[i, top], top
+    return classes, scores, rows
+
+
+def thumbnail(path):
+    import cv2
+
+    from .data.images import read_image
+
+    img = read_image(path)
+    f = THUMB / max(img.shape[:2])
+    return cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else img
+
+
+def show(cfgs, n=16, seed=None, out=None, log=print):
+    """Writes the grid; returns {'path', 'queries': [val image ids], 'classes', 'scores', 'gallery': [[ids]]}."""
+    from .data.layouts import load_dataset
+    from .embed import ensure_embeddings, load_split
+    from .ensemble_report import aligned
+    from .plots import retrieval_grid
+    from .retrieval import encode
+
+    names = [c["name"] for c in cfgs]
+    if len(set(names)) != len(names):
+        raise UserError(f"a config is named twice: {' '.join(names)}")
+    dirs = [ensure_embeddings(c, log=log)["dir"] for c in cfgs]
+    gal = [load_split(d, "gallery") for d in dirs]
+    val = [load_split(d, "val") for d in dirs]
+    gallery_ids, gallery_labels = aligned(gal, "gallery"), gal[0][2]
+    val_ids, val_labels = aligned(val, "val"), val[0][2]
+    if not val_ids:
+        raise UserError(f"fold {cfgs[0]['fold']} has no validation images in {cfgs[0]['data']}: pick another --fold "
+                        f"(see {cfgs[0]['folds_file']})")
+    ds = load_dataset(cfgs[0]["data"], cfgs[0])
+    classes = ds.classes
+    val_set = set(val_ids)
+    keep = np.flatnonzero([i not in val_set for i in gallery_ids])  # the validation gallery, as ensemble scores
+    picked = pick_queries(len(val_ids), n, seed)
+    cls, sc, rows = best_matches([np.asarray(v[0])[picked] for v in val], [np.asarray(g[0])[keep] for g in gal],
+                                 encode([gallery_labels[j] for j in keep], classes))
+    paths = {it.image_id: it.path for it in ds.train}
+    grid, result = [], {"queries": [], "classes": [], "scores": [], "gallery": []}
+    for i, q in enumerate(picked):
+        hits = [gallery_ids[keep[r]] for r in rows[i]]
+        names_i = [classes[c] for c in cls[i]]
+        grid.append({"image": thumbnail(paths[val_ids[q]]), "label": val_labels[q],
+                     "matches": [(thumbnail(paths[h]), c, float(s), c == val_labels[q])
+                                 for h, c, s in zip(hits, names_i, sc[i])]})
+        result["queries"].append(val_ids[q])
+        result["classes"].append(names_i)
+        result["scores"].append([float(s) for s in sc[i]])
+        result["gallery"].append(hits)
+    default = Path(cfgs[0]["runs_dir"]) / "ensembles" / "+".join(names).replace("/", "_") / "show.png"
+    path = Path(out) if out else default
+    retrieval_grid(grid, path)
+    hit1 = np.mean([r[0] == val_labels[q] for r, q in zip(result["classes"], picked)]) if len(picked) else 0.0
+    log(f"wrote {path}: {len(picked)} validation queries of {len(val_ids)} (top-1 correct for {hit1:.0%})")
+    return {"path": path, **result}

@@ -1,0 +1,245 @@
+"""Embedding-time variants of `embed` (flip TTA, multi-crop queries, val-pipeline gallery) on the tiny model: each
+checked against a hand computation from the loaded checkpoint, and each cached under its own file stem."""
+import json
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_one_line_error, cli, tiny_overrides
+from pipeline.errors import UserError
+
+DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test") for ext in ("npy", "csv")} | {"manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """(config, loaded model, checkpoint state, {split: items}) of a tiny run trained for one epoch."""
+    from pipeline import checkpoint
+    from pipeline.config import load_config, run_dir
+    from pipeline.model import build_model
+    from pipeline.train import split
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg_path = runs / "v.yaml"
+    cfg_path.write_text("# embed variants test\n")
+    overrides = tiny_overrides(tiny_data, runs, "epochs=1")
+    p = cli("train", cfg_path, *overrides)
+    assert p.returncode == 0, p.stderr
+    cfg = load_config(str(cfg_path), overrides)
+    state = checkpoint.load(run_dir(cfg) / f"{cfg['checkpoint']}.pt", cfg)
+    model, _ = build_model(state["config"], with_weights=False)
+    model.load_state_dict(state["model"])
+    model.eval()
+    ds, _, val_items, _ = split(cfg)
+    by_id = {it.image_id: it for it in ds.test}
+    items = {"gallery": ds.train, "val": val_items, "test": [by_id[i] for i in ds.test_ids]}
+    return {"cfg": cfg, "cfg_path": cfg_path, "overrides": overrides, "model": model, "state": state,
+            "items": items}
+
+
+def _embed(t, **kw):
+    from pipeline.embed import ensure_embeddings
+
+    return ensure_embeddings(t["cfg"], log=lambda *a: None, **kw)
+
+
+@torch.no_grad()
+def _e(model, x):
+    """The model's raw embeddings of a float32 (n, C, H, W) array."""
+    return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float()
+
+
+def _mtimes(d):
+    return {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+
+
+def test_defaults_write_todays_files_and_recompute_nothing(trained):
+    from pipeline import checkpoint
+    from pipeline.config import run_dir
+    from pipeline.data.transforms import build_transform, describe
+    from pipeline.embed import _key, load_split
+
+    r = _embed(trained)
+    d = r["dir"]
+    assert r["stems"] == {"gallery": "gallery", "val": "val", "test": "test"}
+    assert r["computed"] == ["gallery", "val", "test"]
+    assert {p.name for p in d.iterdir()} == DEFAULT_FILES
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert set(manifest) == {"gallery", "val", "test"}
+    # today's cache key (no variant text), so caches written before the variants existed stay valid
+    cfg, st = trained["cfg"], trained["state"]
+    ck_hash = checkpoint.file_hash(run_dir(cfg) / f"{cfg['checkpoint']}.pt")
+    for name, kind in (("gallery", "test"), ("val", "val"), ("test", "test")):
+        tfm = build_transform(kind, cfg, st["image_size"], st["mean"], st["std"])
+        assert manifest[name]["key"] == _key(ck_hash, trained["items"][name], describe(tfm), st["image_size"])
+        emb, ids, _ = load_split(d, name)
+        assert ids == [it.image_id for it in trained["items"][name]]
+        assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
+    before = _mtimes(d)
+    again = _embed(trained)
+    assert again["computed"] == [] and _mtimes(d) == before
+
+
+def test_flip_equals_hand_computed(trained):
+    from pipeline.data.images import read_image
+    from pipeline.data.transforms import apply, build_transform
+    from pipeline.embed import load_split
+
+    before = _mtimes(_embed(trained)["dir"])
+    r = _embed(trained, flip=True)
+    assert r["stems"] == {"gallery": "gallery.flip", "val": "val.flip", "test": "test.flip"}
+    assert r["computed"] == ["gallery.flip", "val.flip", "test.flip"]
+    d, cfg, st, model = r["dir"], trained["cfg"], trained["state"], trained["model"]
+    for name, kind in (("gallery", "test"), ("val", "val"), ("test", "test")):
+        tfm = build_transform(kind, cfg, st["image_size"], st["mean"], st["std"])
+        items = trained["items"][name][:3]
+        x = np.stack([apply(tfm, read_image(it.path), i) for i, it in enumerate(items)])  # sample i, seed i
+        want = F.normalize(_e(model, x) + _e(model, x[..., ::-1]), dim=1).numpy()
+        got, ids, _ = load_split(d, r["stems"][name])
+        assert ids == [it.image_id for it in trained["items"][name]]
+        assert np.abs(got[:3].astype(np.float32) - want).max() < 2e-3, name
+        plain, _, _ = load_split(d, name)
+        assert np.abs(plain[:3].astype(np.float32) - want).max() > 1e-2  # flip really changes the embedding
+    # the defaults' files are untouched; a second call computes nothing
+    assert {k: v for k, v in _mtimes(d).items() if k in DEFAULT_FILES - {"manifest.json"}} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+    assert _embed(trained, flip=True)["computed"] == []
+
+
+def test_red_crops_dropped():
+    from pipeline.data.transforms import MultiCrop, crop_boxes, red_mask, select_crops
+
+    img = np.full((100, 100, 3), 128, np.uint8)
+    img[:60, :60] = (255, 0, 0)  # the top-left corner fully red
+
+    def red_frac(y0, y1, x0, x1):  # overlap of the box with the red square, by hand
+        return max(0, min(y1, 60) - y0) * max(0, min(x1, 60) - x0) / ((y1 - y0) * (x1 - x0))
+
+    # 5 crops: 60-px corners + centre; only the top-left one (100% red) goes: the others are 33%, 33%, 0%, 44%
+    assert crop_boxes(100, 100, 5) == [(0, 60, 0, 60), (0, 60, 40, 100), (40, 100, 0, 60), (40, 100, 40, 100),
+                                       (20, 80, 20, 80)]
+    kept, info = select_crops(img, 5)
+    assert [k for _, _, k in info] == [False, True, True, True, True] and len(kept) == 4
+    # 9 crops: 50-px grid at stride 25; (0,0) is 100% red, (0,1) and (1,0) 70%, the centre 49% (kept)
+    boxes = crop_boxes(100, 100, 9)
+    assert boxes == [(25 * i, 25 * i + 50, 25 * j, 25 * j + 50) for i in range(3) for j in range(3)]
+    kept, info = select_crops(img, 9)
+    assert [k for _, _, k in info] == [False, False, True, False, True, True, True, True, True]
+    for box, frac, keep in info:
+        assert frac == pytest.approx(red_frac(*box)) and keep == (red_frac(*box) <= 0.5)
+    for crop, box in zip(kept, [b for b, _, k in info if k]):
+        assert np.array_equal(crop, img[box[0]:box[1], box[2]:box[3]])
+    # JPEG-perturbed red still counts; darker or orange-ish pixels do not
+    px = np.array([[[255, 0, 0], [230, 40, 30], [200, 60, 60], [199, 0, 0], [255, 61, 0], [255, 0, 61]]], np.uint8)
+    assert red_mask(px).tolist() == [[True, True, True, False, False, False]]
+    # a non-square image: boxes scale with each side
+    assert crop_boxes(50, 200, 5)[4] == (10, 40, 40, 160)
+    # every crop red -> the whole image is the one view
+    mc = MultiCrop("test", 9, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert mc.views(np.full((40, 40, 3), (255, 0, 0), np.uint8), 0).shape == (1, 3, 16, 16)
+    assert mc.views(img, 0).shape == (6, 3, 16, 16)
+
+
+def _hand_multicrop(model, image, n, size, mean, std):
+    """Mean of the unit embeddings of image's crops that are at most half red (or of the whole image)."""
+    h, w = image.shape[:2]
+    side, starts = (0.6, [(0, 0), (0, .4), (.4, 0), (.4, .4), (.2, .2)]) if n == 5 else \
+        (0.5, [(.25 * i, .25 * j) for i in range(3) for j in range(3)])
+    red = (image[..., 0] >= 200) & (image[..., 1] <= 60) & (image[..., 2] <= 60)
+    crops = []
+    for fy, fx in starts:
+        y0, y1, x0, x1 = round(fy * h), round((fy + side) * h), round(fx * w), round((fx + side) * w)
+        if red[y0:y1, x0:x1].mean() <= 0.5:
+            crops.append(image[y0:y1, x0:x1])
+    dropped = n - len(crops)
+    crops = crops or [image]
+    x = np.stack([((cv2.resize(np.ascontiguousarray(c), (size, size), interpolation=cv2.INTER_LINEAR) / 255.0
+                    - np.array(mean)) / np.array(std)).transpose(2, 0, 1) for c in crops])
+    return F.normalize(_e(model, x), dim=1).mean(0).numpy(), dropped
+
+
+@pytest.mark.parametrize("n", [5, 9])
+def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
+    from pipeline.data.images import read_image
+    from pipeline.data.transforms import _mask_hole
+    from pipeline.embed import load_split
+
+    r = _embed(trained, multicrop=n)
+    assert r["stems"] == {"gallery": "gallery", "val": f"val.mc{n}", "test": f"test.mc{n}"}
+    assert r["computed"] == [f"val.mc{n}", f"test.mc{n}"]  # the gallery is the default one, already cached
+    st, model = trained["state"], trained["model"]
+    size, mean, std = st["image_size"], st["mean"], st["std"]
+    hole = A.Compose([_mask_hole(1.0)])
+    dropped_total = 0
+    for name in ("test", "val"):
+        got, ids, _ = load_split(r["dir"], r["stems"][name])
+        items = trained["items"][name]
+        assert ids == [it.image_id for it in items]
+        for i, it in enumerate(items if name == "test" else items[:4]):
+            img = read_image(it.path)
+            if name == "val":  # the val pipeline's hole, seeded with the sample index, on the whole image
+                hole.set_random_seed(i)
+                img = hole(image=img)["image"]
+                assert (img == (255, 0, 0)).all(-1).mean() > 0.05
+            want, dropped = _hand_multicrop(model, img, n, size, mean, std)
+            dropped_total += dropped
+            assert np.abs(got[i].astype(np.float32) - want).max() < 2e-3, (name, i)
+            assert np.linalg.norm(got[i].astype(np.float32)) <= 1 + 1e-2  # a mean of unit vectors
+    assert dropped_total > 0  # the red occlusions of the tiny data do make some crops go
+    assert _embed(trained, multicrop=n)["computed"] == []
+
+
+def test_each_variant_caches_separately_and_cli_flags(trained):
+    from pipeline.data.images import read_image
+    from pipeline.data.transforms import apply, build_transform
+    from pipeline.embed import load_split
+
+    r = _embed(trained, gallery_pipeline="val")
+    assert r["stems"] == {"gallery": "gallery.galval", "val": "val", "test": "test"}
+    assert r["computed"] == ["gallery.galval"]
+    cfg, st, model, d = trained["cfg"], trained["state"], trained["model"], r["dir"]
+    tfm = build_transform("val", cfg, st["image_size"], st["mean"], st["std"])
+    items = trained["items"]["gallery"][:3]
+    x = np.stack([apply(tfm, read_image(it.path), i) for i, it in enumerate(items)])
+    got, _, _ = load_split(d, "gallery.galval")
+    assert np.abs(got[:3].astype(np.float32) - F.normalize(_e(model, x), dim=1).numpy()).max() < 2e-3
+    combo = _embed(trained, flip=True, multicrop=9, gallery_pipeline="val")
+    assert combo["computed"] == ["gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    stems = ["gallery", "val", "test", "gallery.flip", "val.flip", "test.flip", "val.mc5", "test.mc5", "val.mc9",
+             "test.mc9", "gallery.galval", "gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
+    assert set(manifest) == set(stems)
+    assert len({manifest[s]["key"] for s in stems}) == len(stems)
+    assert {p.name for p in d.iterdir()} == {f"{s}.{e}" for s in stems for e in ("npy", "csv")} | {"manifest.json"}
+    before = _mtimes(d)
+    for kw in ({}, {"flip": True}, {"multicrop": 5}, {"multicrop": 9}, {"gallery_pipeline": "val"},
+               {"flip": True, "multicrop": 9, "gallery_pipeline": "val"}):
+        assert _embed(trained, **kw)["computed"] == [], kw
+    assert _mtimes(d) == before
+    # the command line passes the flags through: only the new stems are computed
+    p = cli("embed", trained["cfg_path"], "--flip", "--multicrop", "5", "--gallery-pipeline", "val",
+            *trained["overrides"])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("embedded") == 2 and "val.flip.mc5" in p.stdout and "test.flip.mc5" in p.stdout
+    assert (d / "val.flip.mc5.npy").is_file() and _mtimes(d)["gallery.flip.galval.npy"] == before[
+        "gallery.flip.galval.npy"]
+    p = cli("embed", trained["cfg_path"], "--multicrop", "7", *trained["overrides"])
+    assert_one_line_error(p, "multicrop 7", "0, 5, 9")
+
+
+@pytest.mark.parametrize("kw, needles", [({"multicrop": 3}, ["multicrop 3", "0, 5, 9"]),
+                                         ({"multicrop": "5"}, ["multicrop '5'"]),
+                                         ({"gallery_pipeline": "train"}, ["gallery pipeline 'train'", "test, val"])])
+def test_bad_variant_values_are_user_errors(kw, needles, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.embed import ensure_embeddings
+
+    cfg = load_config("m1", [f"runs_dir={tmp_path}"])  # checked before anything else: no run needed
+    with pytest.raises(UserError) as e:
+        ensure_embeddings(cfg, **kw)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and all(n in msg for n in needles), msg
