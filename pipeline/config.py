@@ -114,3 +114,20 @@ def save_config(cfg, path):
 
 def run_dir(cfg):
     return Path(cfg["runs_dir"]) / cfg["name"] / f"fold{cfg['fold']}"
+
+
+def add_run_set_arguments(p):
+    """Options of the stages that read several trained runs (ensemble, ensemble-report, evaluate, show)."""
+    p.add_argument("--data", help="competition folder (overrides each config's data)")
+    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
+    p.add_argument("--max-memory", type=int, help="bytes of extra memory for ranking (default 2 GiB)")
+    p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
+
+
+def load_run_set(positional, args):
+    """The configs named among `positional` (argparse puts key=value given before any option there: they are
+    overrides, with --overrides and those after an option), loaded with the add_run_set_arguments flags."""
+    overrides = [x for x in positional if "=" in x] + list(args.overrides)
+    return [load_config(x, overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint,
+                        max_memory=args.max_memory) for x in positional if "=" not in x]

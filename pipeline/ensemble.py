@@ -8,26 +8,23 @@ example: ./run.sh ensemble m1 m2 m3 --data data/demo --fold 0 --out m123 [--flip
 import json
 from pathlib import Path
 
-
 from . import scoring
+from .config import add_run_set_arguments, load_run_set
+from .errors import UserError
 
 
 def add_arguments(p):
-    p.add_argument("configs", nargs="+", metavar="config", help="trained configs (m1 m2 ...)")
-    p.add_argument("--data", help="competition folder (overrides each config's data)")
-    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
+    p.add_argument("configs", nargs="+", metavar="config", help="trained configs (m1 m2 ...); key=value overrides "
+                   "may follow")
+    add_run_set_arguments(p)
     p.add_argument("--out", help="submission name (default: the config names joined by '+')")
-    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
-    p.add_argument("--max-memory", type=int, help="bytes of extra memory for ranking (default 2 GiB)")
-    p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
     scoring.add_arguments(p)
 
 
 def run(args):
-    from .config import load_config
-
-    cfgs = [load_config(c, args.overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint,
-                        max_memory=args.max_memory) for c in args.configs]
+    cfgs = load_run_set(args.configs, args)
+    if not cfgs:
+        raise UserError("no configs given: ./run.sh ensemble m1 m2 m3 ...")
     ensemble(cfgs, args.out, tricks=scoring.from_args(args, len(cfgs)))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import add_run_set_arguments, load_run_set
 from .errors import UserError
 
 MAX_SUBSETS = 4096
@@ -24,27 +25,17 @@ MAX_SUBSETS = 4096
 def add_arguments(p):
     p.add_argument("configs", nargs="+", metavar="config", help="trained configs (names or .yaml paths); key=value "
                    "overrides may follow")
-    p.add_argument("--data", help="competition folder (overrides each config's data)")
-    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
+    add_run_set_arguments(p)
     p.add_argument("--max-size", type=int, help="largest subset scored (default: all the models)")
     p.add_argument("--out", help="report name (default: the config names joined by '+')")
-    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
-    p.add_argument("--max-memory", type=int, help="bytes of extra memory for ranking (default 2 GiB)")
-    p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
 
 
 def run(args):
-    from .config import load_config
-
-    # argparse puts key=value given before any option into `configs`: they are overrides
-    overrides = [c for c in args.configs if "=" in c] + list(args.overrides)
-    names = [c for c in args.configs if "=" not in c]
-    if not names:
+    cfgs = load_run_set(args.configs, args)
+    if not cfgs:
         raise UserError("no configs given: ./run.sh ensemble-report m1 m2 m3 ...")
     if args.max_size is not None and args.max_size < 1:
         raise UserError(f"--max-size {args.max_size}: give 1 or more")
-    cfgs = [load_config(c, overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint,
-                        max_memory=args.max_memory) for c in names]
     ensemble_report(cfgs, args.max_size, args.out)
 
 

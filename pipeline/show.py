@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import add_run_set_arguments, load_run_set
 from .errors import UserError
 
 THUMB = 256  # longest side of a drawn image, in pixels
@@ -19,27 +20,20 @@ THUMB = 256  # longest side of a drawn image, in pixels
 def add_arguments(p):
     p.add_argument("runs", nargs="+", metavar="RUN", help="trained configs (names or .yaml paths; several: their "
                    "ensemble); key=value overrides may follow")
+    add_run_set_arguments(p)
     p.add_argument("--n", type=int, default=16, help="validation queries shown (default 16)")
     p.add_argument("--seed", type=int, help="draw the queries at random with this seed (default: the first --n)")
-    p.add_argument("--data", help="competition folder (overrides each config's data)")
-    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
-    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
     p.add_argument("--out", help="PNG path (default runs/ensembles/<names>/show.png)")
-    p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
 
 
 def run(args):
-    from .config import load_config
-
-    overrides = [r for r in args.runs if "=" in r] + list(args.overrides)
-    names = [r for r in args.runs if "=" not in r]
-    if not names:
+    cfgs = load_run_set(args.runs, args)
+    if not cfgs:
         raise UserError("no runs given: ./run.sh show m1 [m2 ...]")
     if args.n < 1:
         raise UserError(f"--n {args.n}: give 1 or more queries")
     if args.out and Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: the picture is a PNG; give a path ending in .png")
-    cfgs = [load_config(r, overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint) for r in names]
     show(cfgs, args.n, args.seed, args.out)
 
 
