@@ -14,8 +14,7 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
-
+from . import scoring
 from .config import add_run_set_arguments, load_run_set
 from .errors import UserError
 
@@ -28,6 +27,7 @@ def add_arguments(p):
     add_run_set_arguments(p)
     p.add_argument("--max-size", type=int, help="largest subset scored (default: all the models)")
     p.add_argument("--out", help="report name (default: the config names joined by '+')")
+    scoring.add_arguments(p)
 
 
 def run(args):
@@ -36,7 +36,7 @@ def run(args):
         raise UserError("no configs given: ./run.sh ensemble-report m1 m2 m3 ...")
     if args.max_size is not None and args.max_size < 1:
         raise UserError(f"--max-size {args.max_size}: give 1 or more")
-    ensemble_report(cfgs, args.max_size, args.out)
+    ensemble_report(cfgs, args.max_size, args.out, tricks=scoring.from_args(args, len(cfgs)))
 
 
 def subsets(n, max_size=None):
@@ -50,14 +50,6 @@ def count_subsets(n, max_size=None):
     return sum(math.comb(n, k) for k in range(1, top + 1))
 
 
-def aligned(splits, what):
-    """The image ids the models' embeddings of one split share (UserError if they differ)."""
-    ids = splits[0][1]
-    if any(s[1] != ids for s in splits[1:]):
-        raise UserError(f"the models' {what} embeddings list different images: re-embed them on the same data")
-    return ids
-
-
 def mark_best(rows):
     """Sets row['best_of_size']: True on the highest val MAP@5 of each subset size (the first listed on a tie)."""
     best = {}
@@ -69,48 +61,32 @@ def mark_best(rows):
     return rows
 
 
-def ensemble_report(cfgs, max_size=None, out_name=None, log=print):
+def ensemble_report(cfgs, max_size=None, out_name=None, log=print, tricks=None):
     """Returns the rows [{'models': [names], 'size', 'val_map5', 'best_of_size'}] (by size, then in config order)
-    and writes the report files."""
+    and writes the report files. tricks: scoring's inference tricks for every subset (none by default)."""
     from .data.layouts import load_dataset
-    from .embed import ensure_embeddings, load_split
-    from .retrieval import map5
 
+    tricks = tricks or dict(scoring.DEFAULTS)
     names = [c["name"] for c in cfgs]
-    if len(set(names)) != len(names):
-        raise UserError(f"a config is named twice: {' '.join(names)}")
     total = count_subsets(len(names), max_size)
     if total > MAX_SUBSETS:
         fit = max(k for k in range(1, len(names) + 1) if count_subsets(len(names), k) <= MAX_SUBSETS)
         raise UserError(f"{len(names)} models have {total} subsets (more than {MAX_SUBSETS}): limit them with "
                         f"--max-size {fit} or fewer")
     out_name = (out_name or "+".join(names)).replace("/", "_")
-    dirs = [ensure_embeddings(c, log=log)["dir"] for c in cfgs]
-    gal = [load_split(d, "gallery") for d in dirs]
-    val = [load_split(d, "val") for d in dirs]
-    gallery_ids, gallery_labels = aligned(gal, "gallery"), gal[0][2]
-    val_ids, val_labels = aligned(val, "val"), val[0][2]
-    if not val_ids:
-        raise UserError(f"fold {cfgs[0]['fold']} has no validation images in {cfgs[0]['data']}: pick another --fold "
-                        f"(see {cfgs[0]['folds_file']})")
+    inputs = scoring.load_inputs(cfgs, tricks, log=log)
+    scoring.need_val(inputs, cfgs[0])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
-    # the validation gallery (training images without the validation rows), built once and shared by every subset
-    val_set = set(val_ids)
-    keep = np.array([i not in val_set for i in gallery_ids], bool)
-    g_val = [np.asarray(g[0])[keep] for g in gal]
-    g_val_labels = [lab for lab, k in zip(gallery_labels, keep) if k]
-    q_val = [np.asarray(v[0]) for v in val]
-    quiet = dict(max_memory=cfgs[0]["max_memory"], log=log)
-
     rows, t0 = [], time.time()
     for n, s in enumerate(subsets(len(names), max_size), start=1):
-        score = map5([q_val[i] for i in s], val_labels, [g_val[i] for i in s], g_val_labels, classes, **quiet)
+        score = scoring.val_map5(inputs, classes, tricks, cfgs[0]["max_memory"], log, models=s)
         rows.append({"models": [names[i] for i in s], "size": len(s), "val_map5": score})
         log(f"[{n}/{total}] {'+'.join(names[i] for i in s)}: val MAP@5 {score:.4f} ({time.time() - t0:.0f}s)")
     mark_best(rows)
     out_dir = Path(cfgs[0]["runs_dir"]) / "ensembles" / out_name
     info = {"models": names, "max_size": max_size or len(names), "fold": cfgs[0]["fold"],
-            "data": str(cfgs[0]["data"]), "val_images": len(val_ids), "gallery_images": len(g_val_labels)}
+            "data": str(cfgs[0]["data"]), "val_images": len(inputs["val"][1]),
+            "gallery_images": len(scoring.val_gallery(inputs)[1]), "tricks": tricks}
     write_report(rows, out_dir, info, log)
     return rows
 

@@ -125,13 +125,27 @@ def predict(queries, gallery, gallery_labels, classes, tricks, max_memory, log=p
     return [[classes[c] for c in row if c >= 0] for row in codes]
 
 
+def val_gallery(inputs):
+    """(per-model arrays, labels) of the validation gallery: the training images without the validation rows, so
+    a query never finds itself. Built on first use and kept in `inputs` (a copy of the gallery rows)."""
+    if "val_gallery" not in inputs:
+        keep = inputs["val_keep"]
+        inputs["val_gallery"] = ([np.asarray(g)[keep] for g in inputs["gallery"][0]],
+                                 [lab for lab, k in zip(inputs["gallery"][2], keep) if k])
+    return inputs["val_gallery"]
+
+
+def need_val(inputs, cfg):
+    if not inputs["val"][1]:
+        raise UserError(f"fold {cfg['fold']} has no validation images in {cfg['data']}: pick another --fold "
+                        f"(see {cfg['folds_file']})")
+
+
 def val_map5(inputs, classes, tricks, max_memory, log=print, models=None):
-    """Validation MAP@5: validation images against the gallery without them, so a query never finds itself."""
+    """Validation MAP@5 (queries: the validation images; gallery: val_gallery) of the models (indices; all)."""
     from .metrics import map_at_k
 
-    keep = inputs["val_keep"]
-    gal = [np.asarray(g)[keep] for g in inputs["gallery"][0]]
-    labels = [lab for lab, k in zip(inputs["gallery"][2], keep) if k]
+    gal, labels = val_gallery(inputs)
     preds = predict([np.asarray(v) for v in inputs["val"][0]], gal, labels, classes, tricks, max_memory, log, models)
     return map_at_k(preds, list(inputs["val"][2]), k=5)
 

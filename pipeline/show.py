@@ -81,28 +81,18 @@ def thumbnail(path):
 def show(cfgs, n=16, seed=None, out=None, log=print):
     """Writes the grid; returns {'path', 'queries': [val image ids], 'classes', 'scores', 'gallery': [[ids]]}."""
     from .data.layouts import load_dataset
-    from .embed import ensure_embeddings, load_split
-    from .ensemble_report import aligned
     from .plots import retrieval_grid
     from .retrieval import encode
+    from .scoring import DEFAULTS, load_inputs, need_val
 
-    names = [c["name"] for c in cfgs]
-    if len(set(names)) != len(names):
-        raise UserError(f"a config is named twice: {' '.join(names)}")
-    dirs = [ensure_embeddings(c, log=log)["dir"] for c in cfgs]
-    gal = [load_split(d, "gallery") for d in dirs]
-    val = [load_split(d, "val") for d in dirs]
-    gallery_ids, gallery_labels = aligned(gal, "gallery"), gal[0][2]
-    val_ids, val_labels = aligned(val, "val"), val[0][2]
-    if not val_ids:
-        raise UserError(f"fold {cfgs[0]['fold']} has no validation images in {cfgs[0]['data']}: pick another --fold "
-                        f"(see {cfgs[0]['folds_file']})")
+    inputs = load_inputs(cfgs, DEFAULTS, log=log)
+    need_val(inputs, cfgs[0])
+    (gal, gallery_ids, gallery_labels), (val, val_ids, val_labels) = inputs["gallery"], inputs["val"]
     ds = load_dataset(cfgs[0]["data"], cfgs[0])
     classes = ds.classes
-    val_set = set(val_ids)
-    keep = np.flatnonzero([i not in val_set for i in gallery_ids])  # the validation gallery, as ensemble scores
+    keep = np.flatnonzero(inputs["val_keep"])  # the validation gallery, as ensemble scores
     picked = pick_queries(len(val_ids), n, seed)
-    cls, sc, rows = best_matches([np.asarray(v[0])[picked] for v in val], [np.asarray(g[0])[keep] for g in gal],
+    cls, sc, rows = best_matches([np.asarray(v)[picked] for v in val], [np.asarray(g)[keep] for g in gal],
                                  encode([gallery_labels[j] for j in keep], classes))
     paths = {it.image_id: it.path for it in ds.train}
     grid, result = [], {"queries": [], "classes": [], "scores": [], "gallery": []}
@@ -116,7 +106,7 @@ def show(cfgs, n=16, seed=None, out=None, log=print):
         result["classes"].append(names_i)
         result["scores"].append([float(s) for s in sc[i]])
         result["gallery"].append(hits)
-    default = Path(cfgs[0]["runs_dir"]) / "ensembles" / "+".join(names).replace("/", "_") / "show.png"
+    default = Path(cfgs[0]["runs_dir"]) / "ensembles" / "+".join(inputs["names"]).replace("/", "_") / "show.png"
     path = Path(out) if out else default
     retrieval_grid(grid, path)
     hit1 = np.mean([r[0] == val_labels[q] for r, q in zip(result["classes"], picked)]) if len(picked) else 0.0

@@ -99,3 +99,14 @@ def test_evaluate_with_embedding_trick_uses_its_embeddings(trained):
 def test_bad_trick_flags_are_one_line_errors(trained, flags, needle):
     p = cli("evaluate", str(trained[1] / "a.yaml"), *flags, *_ov(trained))
     assert_one_line_error(p, needle)
+
+
+def test_ensemble_report_takes_the_tricks(trained):
+    names = [str(trained[1] / f"{n}.yaml") for n in ("a", "b")]
+    p = cli("ensemble-report", *names, "--dba", "3,2", "--flip", "--out", "rep_tricks", *_ov(trained))
+    assert p.returncode == 0, p.stderr
+    rows = json.loads((trained[1] / "ensembles" / "rep_tricks" / "report.json").read_text())["rows"]
+    assert rows[-1]["val_map5"] == pytest.approx(
+        _reference_val_map5(trained, ["a", "b"], True, dict(dba=(3, 2.0))), abs=1e-12)
+    assert rows[0]["val_map5"] == pytest.approx(_reference_val_map5(trained, ["a"], True, dict(dba=(3, 2.0))),
+                                                abs=1e-12)
