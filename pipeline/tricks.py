@@ -10,7 +10,6 @@
 Neighbour searches are chunked under max_memory (similarity cells + gathered neighbours), never a full N x N or
 Q x N matrix; they run in float32 like rank() (PCA's moments in float64). The combined float32 copies of the
 embeddings (rows x sum of dims) come on top of max_memory: they are the price of a single embedding space."""
-import inspect
 
 import numpy as np
 
@@ -116,14 +115,12 @@ def predict(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, white
             qe=(0, 3.0), agg="max", agg_k=3, max_memory=2 << 30, device="auto", log=print):
     """Top-k classes (top_classes (Q,k) int64, top_scores (Q,k) float32, as rank()) with embedding tricks.
     queries/gallery: one array per model; weights: per-model weights (equal by default); dba/qe: (k, alpha),
-    k = 0 off; agg/agg_k: rank()'s class aggregation (passed only when agg != 'max').
+    k = 0 off; agg/agg_k: rank()'s class aggregation.
     All tricks off (pca_dim=0, dba k=0, qe k=0): exactly rank(queries, gallery, ...), no extra memory. Otherwise:
     combine with the weights normalised to sum 1 (rows stay unit length, <q, g> = weighted mean of cosines, which
     is the similarity DBA/QE weigh), then PCA (whiten) on it, then DBA of the gallery, then QE of the queries
     towards the top-1 class of a first rank() on that (same agg), then the final rank()."""
-    extra = {} if agg == "max" else {"agg": agg, "agg_k": agg_k}
-    if extra and "agg" not in inspect.signature(rank).parameters:
-        raise UserError(f"agg={agg!r} needs a rank() with class aggregation support; use agg='max'")
+    extra = {"agg": agg, "agg_k": agg_k}
     dba_k, dba_alpha = _pair("dba", dba)
     qe_k, qe_alpha = _pair("qe", qe)
     if not isinstance(pca_dim, (int, np.integer)) or pca_dim < 0:

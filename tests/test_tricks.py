@@ -1,6 +1,5 @@
 """pipeline.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit loops
 and sorts, ties -> smaller class code / row index) for every trick, combination and memory budget."""
-import inspect
 
 import numpy as np
 import pytest
@@ -9,7 +8,6 @@ from pipeline import tricks
 from pipeline.errors import UserError
 from pipeline.rank import rank
 
-HAS_AGG = "agg" in inspect.signature(rank).parameters
 
 
 # ---------------------------------------------------------------- reference (float64, dense, loops)
@@ -137,7 +135,6 @@ def test_tiny_budgets_identical(name, budget):
     np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_AGG, reason="rank() has no agg= yet")
 @pytest.mark.parametrize("kw", [dict(), dict(dba=(5, 3.0), qe=(2, 3.0)), dict(pca_dim=12, qe=(3, 3.0))])
 def test_agg_sum_matches_reference(kw):
     qs, gs, codes = _data(4)
@@ -214,10 +211,3 @@ def test_bad_inputs_direct():
         tricks.qe(q, g, codes, 2, -1.0, np.zeros(len(q), np.int64))
     with pytest.raises(UserError, match="codes"):
         tricks.dba(g, codes[:-1], 2, 3.0)
-
-
-@pytest.mark.skipif(HAS_AGG, reason="rank() accepts agg now")
-def test_agg_without_rank_support_is_user_error():
-    qs, gs, codes = _data(10)
-    with pytest.raises(UserError, match="agg"):
-        tricks.predict(qs, gs, codes, agg="sum", device="cpu")
