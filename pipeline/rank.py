@@ -102,9 +102,9 @@ def _pick_device(device):
 
 @contextlib.contextmanager
 def _one_torch_thread():
-    """BLAS's threads are still spinning from the last matmul: torch work between products (the fp16 cast, the
-    per-class max) fighting them with its own threads measured slower end to end than one thread (5% at paper
-    scale for the max). Also silences torch's warning about read-only memmaps (we only read them)."""
+    """BLAS's threads are still spinning from the last matmul: the fp16 cast fighting them with torch's threads
+    measured slower end to end than one thread. Also silences torch's warning about read-only memmaps (we only
+    read them)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -246,8 +246,12 @@ def _rank_cpu(qs, gs, w, cls, uniq, k, budget, out_c, out_s, K=0):
 
 def _max_into(MT, idx, St):
     """MT[idx[i]] = max(MT[idx[i]], St[i]) for every row i (classes x queries, numpy views), in place; idx is a
-    torch int64 tensor. index_reduce_ is marked beta (the context silences that warning); its amax is exact."""
-    with _one_torch_thread() as torch:
+    torch int64 tensor. index_reduce_ is marked beta (its warning silenced); its amax is exact. It keeps torch's
+    threads: on one thread (like the cast) one full paper-scale bench run took 52.9 s, vs 48.5 and 50.0 s with them."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
         torch.from_numpy(MT).index_reduce_(0, idx, torch.from_numpy(St), "amax", include_self=True)
 
 
