@@ -15,10 +15,16 @@ def autocast(device, enabled):
     return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device == "cuda")
 
 
-def _flip_sum(model, x, e):
-    """Flip TTA: e(x) + e(hflip(x)), the model's raw embeddings of the transformed tensor and of its horizontal
-    mirror (so a val image's simulated red hole is mirrored with it); the caller L2-normalises the sum."""
-    return e + model(x.flip(3)).float()
+def _forward(model, x, cfg, device, flip):
+    """(e(x), the embedding to keep): e(x) itself, or with flip TTA e(x) + e(hflip x), the raw embeddings of the
+    transformed tensor and of its horizontal mirror (so a val image's simulated red hole is mirrored with it);
+    the caller L2-normalises."""
+    x = x.to(device, non_blocking=True)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, cfg["amp"]):
+        e = model(x).float()
+        return e, (e + model(x.flip(3)).float() if flip else e)
 
 
 @torch.no_grad()
@@ -32,12 +38,7 @@ def embed_items(model, items, transform, cfg, device, head=None, codes=None, pro
     out, losses, correct = [], [], 0
     logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
     for x, y in dl:
-        x = x.to(device, non_blocking=True)
-        if cfg["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, cfg["amp"]):
-            e = model(x).float()
-            emb = _flip_sum(model, x, e) if flip else e
+        e, emb = _forward(model, x, cfg, device, flip)
         if head is not None:
             y = y.to(device)
             losses.append(head(e, y).item() * len(y))
@@ -70,14 +71,7 @@ def embed_multicrop(model, items, multicrop, cfg, device, flip=False, progress=N
     dl = loader(ds, batch_size=per_batch, num_workers=cfg["num_workers"], device=device, collate_fn=collate_crops)
     out = []
     for x, counts in dl:
-        x = x.to(device, non_blocking=True)
-        if cfg["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, cfg["amp"]):
-            e = model(x).float()
-            if flip:
-                e = _flip_sum(model, x, e)
-        u = F.normalize(e, dim=1)
+        u = F.normalize(_forward(model, x, cfg, device, flip)[1], dim=1)
         out += [c.mean(0) for c in torch.split(u, counts)]
         if progress:
             progress(len(counts))

@@ -14,7 +14,6 @@ can carry values from earlier blocks (one small merge); the CUDA path keeps natu
 running top-agg_k sits in front of its run's scores and torch.topk does the merge. Scores are fp32 dot products
 of fp16/fp32 inputs (exact to ~1e-6 against float64; sums are added in float64); the CUDA path multiplies in fp16
 with fp32 accumulation and output (queries rounded to fp16, so ~1e-3 from float64)."""
-import contextlib
 import warnings
 
 import numpy as np
@@ -100,27 +99,20 @@ def _pick_device(device):
     raise UserError(f"rank: device {device!r} is not available here; use 'cpu' or 'auto'")
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """BLAS's threads are still spinning from the last matmul: the fp16 cast fighting them with torch's threads
-    measured slower end to end than one thread. Also silences torch's warning about read-only memmaps (we only
-    read them)."""
+def _cast_into(dst, src):
+    """Copy (and upcast) src into the fp32 view dst. torch's fp16->fp32 conversion is ~10x numpy's here."""
     import torch
 
+    # One thread: BLAS's threads are still spinning from the last matmul, and a multi-threaded copy fighting them
+    # measured slower end to end than this single-threaded one.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # read-only memmaps: torch warns about writability, but we only read
             warnings.simplefilter("ignore", UserWarning)
-            yield torch
+            torch.from_numpy(dst).copy_(torch.from_numpy(np.asarray(src)))
     finally:
         torch.set_num_threads(threads)
-
-
-def _cast_into(dst, src):
-    """Copy (and upcast) src into the fp32 view dst. torch's fp16->fp32 conversion is ~10x numpy's here."""
-    with _one_torch_thread() as torch:
-        torch.from_numpy(dst).copy_(torch.from_numpy(np.asarray(src)))
 
 
 def _topk(S, k, uniq, out_c, out_s):
@@ -184,9 +176,9 @@ def _rank_cpu(qs, gs, w, cls, uniq, k, budget, out_c, out_s, K=0):
     dims = [q.shape[1] for q in qs]
     Dt, offs = sum(dims), np.cumsum([0] + dims)
     # agg="max" reads the gallery in its own order (index_reduce takes any class order); agg="sum" class-sorted
-    perm = np.argsort(cls, kind="stable") if K else np.arange(N)
-    sorted_already = bool(np.all(perm == np.arange(N)))
-    cs = cls[perm]
+    perm = np.argsort(cls, kind="stable") if K else None
+    sorted_already = perm is None or bool(np.all(perm == np.arange(N)))
+    cs = cls if sorted_already else cls[perm]
     direct_q = len(qs) == 1 and w[0] == 1 and qs[0].dtype == np.float32 and qs[0].flags.c_contiguous
     # budget: half to the query side of an outer chunk (running max + top-k temporaries ~20 B per class, plus the
     # weighted, concatenated fp32 queries), so the gallery is cast once per outer chunk - usually once in all;
