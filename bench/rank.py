@@ -2,6 +2,8 @@
 
 usage (from the repo root): python bench/rank.py [--queries 2000] [--gallery 45000] [--dim 4096] [--models 1]
                             [--classes 3116] [--max-memory BYTES] [--repeat 3] [--paper-scale]
+bare = the faster of two plain products of the same shapes, numpy's (OpenBLAS, as faiss uses) and oneDNN's (torch,
+the kernel pipeline.rank picks on AVX-512 CPUs); both are reported.
 ratio_vs_bare = bare / rank (1.0 = ranking costs nothing beyond the matmul); ratio_vs_faiss = rank / faiss."""
 import argparse
 import json
@@ -26,6 +28,9 @@ def _unit_rows(rng, n, d, dtype, step=4096):
     return out
 
 
+_SETTLE_S = 0.5
+
+
 def _rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -34,6 +39,9 @@ def _rss_mb():
 def _best(fn, repeat):
     times = []
     for _ in range(repeat):
+        # idle first: BLAS/OpenMP pools (numpy's OpenBLAS, faiss's, torch's) spin-wait for a while after a call,
+        # and one pool's spinning threads would otherwise steal the next timed call's cores
+        time.sleep(_SETTLE_S)
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
@@ -81,19 +89,29 @@ def main(argv=None):
     for a in range(0, args.gallery, 4096):
         index.add(np.concatenate([g[a:a + 4096].astype(np.float32) for g in gs], axis=1))
     g_all = faiss.rev_swig_ptr(index.get_xb(), args.gallery * q_all.shape[1]).reshape(args.gallery, -1)
-    times.update(bare=[], faiss=[])
+    from pipeline.rank import _gemm_backend
+
+    onednn = _gemm_backend() == "onednn"
+    q_t, g_t = torch.from_numpy(q_all), torch.from_numpy(g_all)
+    times.update(bare_numpy=[], bare_onednn=[], faiss=[])
     # interleaved repeats, best of each: other load on the machine then hits all three alike
     for r in range(args.repeat):
         if r:
             times["rank"].append(_best(run_rank, 1))
-        times["bare"].append(_best(lambda: q_all @ g_all.T, 1))
+        times["bare_numpy"].append(_best(lambda: q_all @ g_all.T, 1))
+        if onednn:
+            times["bare_onednn"].append(_best(lambda: torch.ops.mkldnn._linear_pointwise(q_t, g_t, None, "none", [], ""), 1))
         times["faiss"].append(_best(lambda: index.search(q_all, 100), 1))
-    rank_s, bare_s, faiss_s = (min(times[k]) for k in ("rank", "bare", "faiss"))
+    rank_s, faiss_s = min(times["rank"]), min(times["faiss"])
+    bare_s = min(times["bare_numpy"] + times["bare_onednn"])
 
     print(json.dumps({
         "queries": args.queries, "gallery": args.gallery, "dim": args.dim, "models": args.models,
         "classes": args.classes, "device": device, "threads": torch.get_num_threads(),
+        "cpu_gemm": _gemm_backend(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "rank_seconds": round(rank_s, 3), "bare_matmul_seconds": round(bare_s, 3),
+        "bare_numpy_seconds": round(min(times["bare_numpy"]), 3),
+        "bare_onednn_seconds": round(min(times["bare_onednn"]), 3) if onednn else None,
         "faiss_top100_seconds": round(faiss_s, 3),
         "ratio_vs_bare": round(bare_s / rank_s, 3), "ratio_vs_faiss": round(rank_s / faiss_s, 3),
         "peak_rss_mb": round(peak_after_rank), "rank_extra_rss_mb": round(peak_after_rank - rss_before),

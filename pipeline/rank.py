@@ -21,12 +21,13 @@ import numpy as np
 from .errors import UserError
 
 _OOM_HALVINGS = 3  # CUDA: halve the chunk sizes this many times before finishing on the CPU
-# CPU gallery blocks: up to 128 MB (fp32) and 8192 rows. Bigger blocks measured no faster here (at 4096-d and at
-# 6 x 4096-d); the buffers are reused across blocks, since page-faulting fresh memory every block cost more than
-# the fp16 cast itself.
+# CPU gallery blocks: up to 128 MB (fp32) and 1024 rows; score tiles up to 16 MB. The buffers are reused across
+# blocks (page-faulting fresh memory every block cost more than the fp16 cast itself); oneDNN returns a fresh
+# output per call, and tiles under glibc's 32 MB mmap threshold come back from the heap without page faults.
+# Measured at 2000 x 45000 x 4096 with oneDNN: 1024-row blocks 1.68-1.70 s, 2048 1.71, 4096 1.84, 8192 1.99.
 _BLOCK_BYTES = 128 << 20
-_BLOCK_ROWS = 8192
-_TILE_BYTES = 128 << 20
+_BLOCK_ROWS = 1024
+_TILE_BYTES = 16 << 20
 
 
 def rank(queries, gallery, gallery_labels, k=5, weights=None, max_memory=2 << 30, device="auto", log=print,
@@ -99,6 +100,43 @@ def _pick_device(device):
     raise UserError(f"rank: device {device!r} is not available here; use 'cpu' or 'auto'")
 
 
+_GEMM = None  # "onednn" or "numpy", picked on first use by _gemm_backend(); tests set it to run both
+
+
+def _gemm_backend():
+    """oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the op torch.compile emits for linear) on CPUs
+    with AVX-512: it measured 1.7-1.8x numpy's OpenBLAS here (this machine pins OpenBLAS to its Haswell kernels
+    with OPENBLAS_CORETYPE; oneDNN picks its AVX-512 brgemm itself) and is exact fp32 (no bf16 fpmath). numpy
+    elsewhere, or when this torch build lacks the op."""
+    global _GEMM
+    if _GEMM is None:
+        try:
+            import torch
+
+            ok = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                  and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
+        except Exception:  # no torch, or an op namespace that raises: numpy always works
+            ok = False
+        _GEMM = "onednn" if ok else "numpy"
+    return _GEMM
+
+
+def _gemm_nt(a, b, out=None):
+    """a @ b.T in fp32 (a, b: C-contiguous fp32 2-D arrays) with the faster backend; into `out` when given."""
+    if _gemm_backend() == "numpy":
+        return np.matmul(a, b.T, out=out)
+    import torch
+
+    with warnings.catch_warnings():  # read-only memmaps: torch warns about writability, but we only read
+        warnings.simplefilter("ignore", UserWarning)
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+    r = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "").numpy()
+    if out is None:
+        return r
+    out[...] = r
+    return out
+
+
 def _cast_into(dst, src):
     """Copy (and upcast) src into the fp32 view dst. torch's fp16->fp32 conversion is ~10x numpy's here."""
     import torch
@@ -116,23 +154,25 @@ def _cast_into(dst, src):
 
 
 def _topk(S, k, uniq, out_c, out_s):
-    """Top-k columns of each row of S (rows x C) by value desc, ties -> smaller column; written into out_*."""
+    """Top-k columns of each row of S (rows x C) by value desc, ties -> smaller column; written into out_*.
+
+    torch.topk of k+1 (threaded, small outputs) instead of np.argpartition: the latter's (rows x C) int64 result
+    cost 40-130 ms of fresh pages per 2000 x 3116 call inside rank, vs ~5 ms here. Row order among the kept k is
+    fixed by a lexsort; a row whose k-th and (k+1)-th values tie is redone with a stable argsort (rare)."""
+    import torch
+
     n, C = S.shape
     kk = min(k, C)
-    if kk < C:
-        part = np.argpartition(S, C - kk, axis=1)[:, C - kk:]
-    else:
-        part = np.broadcast_to(np.arange(C), (n, C)).copy()
-    vals = np.take_along_axis(S, part, 1)
+    vals, part = torch.topk(torch.from_numpy(S), min(kk + 1, C), dim=1)
+    vals, part = vals.numpy(), part.numpy()
+    tied = np.flatnonzero(vals[:, kk - 1] == vals[:, kk]) if kk < C else ()
+    vals, part = vals[:, :kk], part[:, :kk]
     order = np.lexsort((part, -vals), axis=1)
     part = np.take_along_axis(part, order, 1)
     vals = np.take_along_axis(vals, order, 1)
-    # argpartition breaks ties at the k-th value arbitrarily: redo those (rare) rows with a stable sort
-    if kk < C:
-        tied = np.flatnonzero((S >= vals[:, -1:]).sum(1) > kk)
-        for r in tied:
-            part[r] = np.argsort(-S[r], kind="stable")[:kk]
-            vals[r] = S[r, part[r]]
+    for r in tied:
+        part[r] = np.argsort(-S[r], kind="stable")[:kk]
+        vals[r] = S[r, part[r]]
     out_c[:, :kk] = uniq[part]
     out_s[:, :kk] = vals
 
@@ -198,7 +238,7 @@ def _rank_cpu(qs, gs, w, cls, uniq, k, budget, out_c, out_s, K=0):
         sbuf = np.empty(Qc * (B + 1), np.float32)
         pbuf = np.empty(Qc * (2 * B + min(B, C) * K), np.float32)
     else:
-        sbuf = np.empty(Qc * B, np.float32)
+        sbuf = np.empty(Qc * B, np.float32) if _gemm_backend() == "numpy" else None  # oneDNN returns its own
         import torch
 
         cls_t = torch.from_numpy(cs)
@@ -230,8 +270,8 @@ def _rank_cpu(qs, gs, w, cls, uniq, k, budget, out_c, out_s, K=0):
                 continue
             for s0 in range(q0, q1, Qc):
                 s1 = min(q1, s0 + Qc)
-                St = sbuf[:(b - a) * (s1 - s0)].reshape(b - a, s1 - s0)
-                np.matmul(G, qcat[s0 - q0:s1 - q0].T, out=St)
+                St = _gemm_nt(G, qcat[s0 - q0:s1 - q0], None if sbuf is None else
+                              sbuf[:(b - a) * (s1 - s0)].reshape(b - a, s1 - s0))
                 _max_into(M[:, s0 - q0:s1 - q0], cls_t[a:b], St)
         _topk(_finish_sum(M) if K else np.ascontiguousarray(M.T), k, uniq, out_c[q0:q1], out_s[q0:q1])
 
@@ -255,7 +295,7 @@ def _sum_block(qcat, G, T, q0, q1, Qc, K, gidx, buckets, carry, sbuf, pbuf):
     for s0 in range(q0, q1, Qc):
         s1 = min(q1, s0 + Qc)
         S = sbuf[:(s1 - s0) * (n + 1)].reshape(s1 - s0, n + 1)  # last column -inf: the padding source
-        np.matmul(qcat[s0 - q0:s1 - q0], G.T, out=S[:, :n])
+        _gemm_nt(qcat[s0 - q0:s1 - q0], G, out=S[:, :n])
         S[:, n] = -np.inf
         P = pbuf[:(s1 - s0) * cells].reshape(s1 - s0, cells)
         np.take(S, gidx, axis=1, out=P, mode="clip")
