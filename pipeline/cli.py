@@ -19,6 +19,9 @@ STAGES = {
     "compare": "pipeline.compare",
     "score": "pipeline.score",
     "validate": "pipeline.validate",
+    "kernel": "pipeline.kernel",
+    "upload": "pipeline.upload",
+    "kernel-status": "pipeline.kernel_status",
     "demo": "pipeline.demo",
     "test": "pipeline.selftest",
 }
@@ -30,6 +33,8 @@ EPILOG = """typical flow:
   ./run.sh embed m1 --data data/demo --fold 0
   ./run.sh ensemble m1 m2 --data data/demo --out my_sub
   ./run.sh validate submissions/my_sub.csv --data data/demo
+  ./run.sh kernel my_kernel --models m1 m2 --data data/demo --owner ME  # offline Kaggle kernel, checked here
+  ./run.sh upload my_kernel                     # datasets + kernel via the kaggle client
 run './run.sh <stage> --help' for a stage's options and an example."""
 
 

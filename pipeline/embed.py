@@ -83,14 +83,10 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
     """Compute the stems whose cache is stale; returns {'dir': Path, 'computed': [stems computed],
     'stems': {'gallery': stem, 'val': stem, 'test': stem}} (load_split(dir, stems[split]) reads one).
     flip: flip TTA on every split; multicrop: 0, 5 or 9 crops per query (val, test); gallery_pipeline: test | val."""
-    import torch
-
     from . import checkpoint
     from .config import run_dir
-    from .data.transforms import MultiCrop, build_transform, describe
-    from .inference import embed_items, embed_multicrop, pick_device
+    from .inference import pick_device
     from .io import write_csv, write_text
-    from .model import build_model
     from .train import split
 
     flip, multicrop, gallery_pipeline = check_variant(flip, multicrop, gallery_pipeline)
@@ -109,26 +105,17 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
     state, model, device, computed = None, None, pick_device(), []
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
-        size, mean, std = state["image_size"], state["mean"], state["std"]
-        kind = "val" if name == "val" or (name == "gallery" and gallery_pipeline == "val") else "test"
-        crops = multicrop if name in ("val", "test") else 0
-        tfm = MultiCrop(kind, crops, size, mean, std) if crops else build_transform(kind, cfg, size, mean, std)
-        # the key text of a default stem is exactly the transform's, so today's caches stay valid
-        text = describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if flip else "")
+        size = state["image_size"]
+        kind, crops, tfm, text = split_transform(name, cfg, state, flip, multicrop, gallery_pipeline)
         key = _key(ck_hash, items[name], text, size)
         st = stems[name]
         entry = manifest.get(st, {})
         if entry.get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
             continue
         if model is None:
-            model, _ = build_model(state["config"], with_weights=False)
-            model.load_state_dict(state["model"])
-            model.to(device, memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+            model = load_model(state["config"], state["model"], cfg, device)
         t0 = time.time()
-        if crops:
-            emb = embed_multicrop(model, items[name], tfm, cfg, device, flip=flip)
-        else:
-            emb, _ = embed_items(model, items[name], tfm, cfg, device, flip=flip)
+        emb = embed_with(model, items[name], tfm, crops, cfg, device, flip)
         _save_npy(out / f"{st}.npy", emb)
         write_csv(out / f"{st}.csv", ["image_id", "label"], [(it.image_id, it.label or "") for it in items[name]])
         manifest[st] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
@@ -143,6 +130,40 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
         log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
     return {"dir": out, "computed": computed, "stems": stems}
+
+
+def split_transform(name, cfg, meta, flip=False, multicrop=0, gallery_pipeline="test"):
+    """(pipeline kind, crops, transform, its cache-key text) of one split under a variant; meta: a checkpoint (or
+    the kernel's model meta) with image_size, mean, std. Shared by embed and the Kaggle kernel."""
+    from .data.transforms import MultiCrop, build_transform, describe
+
+    size, mean, std = meta["image_size"], meta["mean"], meta["std"]
+    kind = "val" if name == "val" or (name == "gallery" and gallery_pipeline == "val") else "test"
+    crops = multicrop if name in ("val", "test") else 0
+    tfm = MultiCrop(kind, crops, size, mean, std) if crops else build_transform(kind, cfg, size, mean, std)
+    # the key text of a default stem is exactly the transform's, so today's caches stay valid
+    text = describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if flip else "")
+    return kind, crops, tfm, text
+
+
+def load_model(model_cfg, state_dict, cfg, device):
+    """The embedding model of a run (built without pretrained weights, then given its trained ones), on device."""
+    import torch
+
+    from .model import build_model
+
+    model, _ = build_model(model_cfg, with_weights=False)
+    model.load_state_dict(state_dict)
+    return model.to(device, memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+
+
+def embed_with(model, items, tfm, crops, cfg, device, flip=False):
+    """float16 (n, E) embeddings of items: plain, or the multi-crop mean when crops > 0."""
+    from .inference import embed_items, embed_multicrop
+
+    if crops:
+        return embed_multicrop(model, items, tfm, cfg, device, flip=flip)
+    return embed_items(model, items, tfm, cfg, device, flip=flip)[0]
 
 
 def load_split(emb_dir, name):

@@ -1,0 +1,71 @@
+"""Credential guard: nothing that holds a Kaggle credential may be packaged, uploaded or logged.
+
+A file is refused when its name is a credential file (kaggle.json, access_token[.txt], credentials.json) or its
+bytes hold: the key of the Kaggle credentials found on this machine (KAGGLE_KEY, KAGGLE_API_TOKEN, the kaggle.json
+the client reads); a kaggle.json-style {"username": ..., "key": <32 hex>} pair; a KAGGLE_KEY= / KAGGLE_API_TOKEN=
+assignment with a value; an access_token / api key field with a token-like value. The patterns need a value, so
+this module (which names them) and code that merely mentions them pass."""
+import json
+import os
+import re
+from pathlib import Path
+
+from .errors import UserError
+
+CREDENTIAL_FILES = {"kaggle.json", "access_token", "access_token.txt", "credentials.json"}
+_PATTERNS = [
+    (re.compile(rb'"username"\s*:\s*"[^"]+"\s*,\s*"key"\s*:\s*"[0-9a-f]{32}"'), "a kaggle.json username/key pair"),
+    (re.compile(rb'"key"\s*:\s*"[0-9a-f]{32}"'), "a Kaggle API key field"),
+    (re.compile(rb'KAGGLE_(?:KEY|API_TOKEN)\s*[=:]\s*["\']?[A-Za-z0-9_.\-]{16,}'), "a KAGGLE_KEY/KAGGLE_API_TOKEN value"),
+    (re.compile(rb'access_token["\']?\s*[=:]\s*["\']?[A-Za-z0-9_.\-]{16,}'), "an access_token value"),
+]
+_MIN_SECRET = 8  # shorter "secrets" (test placeholders) would match everywhere
+
+
+def local_secrets():
+    """The credential values the kaggle client would use on this machine (never printed)."""
+    found = []
+    for var in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        v = os.environ.get(var, "")
+        if v and not Path(v).is_file():
+            found.append(v)
+    config_dir = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
+    for d in (config_dir, os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")):
+        try:
+            key = json.loads(Path(d, "kaggle.json").read_text()).get("key", "")
+            if key:
+                found.append(str(key))
+        except (OSError, ValueError, AttributeError):
+            pass
+        for name in ("access_token", "access_token.txt"):
+            try:
+                tok = Path(d, name).read_text().strip()
+                if tok:
+                    found.append(tok)
+            except OSError:
+                pass
+    return [s.encode() for s in found if len(s) >= _MIN_SECRET]
+
+
+def why_refused(name, data, secrets):
+    """The reason `data` (bytes, of a file called `name`) may not be packaged, or None."""
+    if Path(name).name.lower() in CREDENTIAL_FILES:
+        return "a Kaggle credential file"
+    if any(s in data for s in secrets):
+        return "this machine's Kaggle credential"
+    for pattern, what in _PATTERNS:
+        if pattern.search(data):
+            return what
+    return None
+
+
+def check_tree(root, secrets=None):
+    """UserError naming the first file under root (a folder or one file) that holds a credential."""
+    secrets = local_secrets() if secrets is None else secrets
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for path in files:
+        why = why_refused(path.name, path.read_bytes(), secrets)
+        if why:
+            raise UserError(f"{path}: holds {why}; refusing to package it. Remove it (credentials belong in "
+                            "~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY only) and rebuild")

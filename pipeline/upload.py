@@ -1,0 +1,142 @@
+"""Upload a package built by `./run.sh kernel` with the official kaggle client: each dataset is created the first
+time and gets a new version after (its message names the models and the git commit), then the kernel is pushed
+and its address printed. --dry-run lists what would go up (files, sizes) and calls nothing.
+
+Credentials come only from the kaggle client's own places (~/.kaggle/kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY,
+KAGGLE_API_TOKEN); none is ever written to kernels/, a log or an error message. Only a package whose offline
+check passed (verified.json, written by ./run.sh kernel) is uploaded, unless --unverified.
+
+example: ./run.sh upload hotel --dry-run"""
+import json
+import os
+from pathlib import Path
+
+from .errors import UserError
+
+PARTS = ("models", "code")  # datasets, uploaded before the kernel that mounts them
+NO_CREDENTIALS = ("no Kaggle credentials: put kaggle.json (kaggle.com > Settings > API > Create New Token) in "
+                  "~/.kaggle/ with chmod 600, or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
+
+
+def add_arguments(p):
+    p.add_argument("name", help="package under kernels/ (from ./run.sh kernel NAME ...)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be uploaded; call nothing")
+    p.add_argument("--unverified", action="store_true", help="upload even without a passed offline check")
+
+
+def run(args):
+    upload(args.name, dry_run=args.dry_run, unverified=args.unverified)
+
+
+def load_package(name):
+    from .kernel import KERNELS_DIR
+
+    pkg = KERNELS_DIR / name
+    path = pkg / "package.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: build the package first (./run.sh kernel {name} --models ...)")
+    return pkg, json.loads(path.read_text())
+
+
+def _credentials_present():
+    if os.environ.get("KAGGLE_API_TOKEN") or (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
+        return True
+    dirs = [os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle"),
+            os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")]
+    names = ("kaggle.json", "access_token", "access_token.txt")
+    return any(Path(d, n).is_file() for d in dirs for n in names)
+
+
+def client():
+    """An authenticated KaggleApi, or a one-line UserError saying where credentials go."""
+    if not _credentials_present():
+        raise UserError(NO_CREDENTIALS)
+    from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: `import kaggle` authenticates
+
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except SystemExit:
+        raise UserError(NO_CREDENTIALS) from None
+    return api
+
+
+def scrub(text):
+    """text with any local credential value masked (for messages built from client errors)."""
+    from .guard import local_secrets
+
+    for s in local_secrets():
+        text = text.replace(s.decode(), "***")
+    return text
+
+
+def _call(what, fn, *a, **kw):
+    from requests import HTTPError, RequestException
+
+    try:
+        return fn(*a, **kw)
+    except HTTPError as e:
+        code = e.response.status_code if e.response is not None else "?"
+        raise UserError(scrub(f"{what}: Kaggle answered HTTP {code} ({e})")) from None
+    except (RequestException, ValueError) as e:
+        raise UserError(scrub(f"{what}: {type(e).__name__}: {e}")) from None
+
+
+def _exists(api, ref):
+    from requests import HTTPError
+
+    try:
+        api.dataset_status(ref)
+        return True
+    except HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return False
+        raise UserError(scrub(f"dataset {ref}: status check failed ({e})")) from None
+
+
+def _listing(pkg, package, log):
+    total = 0
+    for part in PARTS + ("kernel",):
+        files = [f for f in package["files"] if f["path"].startswith(part + "/")]
+        size = sum(f["bytes"] for f in files)
+        total += size
+        target = f"{package['owner']}/{package['slugs'][part]}"
+        log(f"{'kernel' if part == 'kernel' else 'dataset'} {target}: {len(files)} files, {size / 2**20:.1f} MB "
+            f"from {pkg / part}")
+        for f in files:
+            log(f"  {f['path']}  {f['bytes']:,} B")
+    log(f"total {total / 2**20:.1f} MB")
+
+
+def upload(name, dry_run=False, unverified=False, log=print):
+    from . import guard
+
+    pkg, package = load_package(name)
+    guard.check_tree(pkg)  # again: the folder may have been edited since it was built
+    if not unverified and not (pkg / "verified.json").is_file():
+        raise UserError(f"{pkg} has not passed its offline check (no verified.json): rebuild without --no-verify, "
+                        "or upload with --unverified")
+    _listing(pkg, package, log)
+    if dry_run:
+        log("dry run: nothing was uploaded")
+        return None
+    api = client()
+    note = f"models {' '.join(package['models'])}; git {package['git_commit']}"
+    for part in PARTS:
+        ref = f"{package['owner']}/{package['slugs'][part]}"
+        if _exists(api, ref):
+            r = _call(f"new version of {ref}", api.dataset_create_version, str(pkg / part), version_notes=note,
+                      quiet=True, dir_mode="zip")
+            action = "new version"
+        else:
+            r = _call(f"create {ref}", api.dataset_create_new, str(pkg / part), public=False, quiet=True,
+                      dir_mode="zip")
+            action = "created (private)"
+        if getattr(r, "error", None):
+            raise UserError(scrub(f"dataset {ref}: {r.error}"))
+        log(f"dataset {ref}: {action} ({note})")
+    r = _call(f"push kernel {package['slugs']['kernel']}", api.kernels_push, str(pkg / "kernel"))
+    if getattr(r, "error", None):
+        raise UserError(scrub(f"kernel {package['slugs']['kernel']}: {r.error}"))
+    log(f"kernel pushed: {r.url} (version {r.version_number}); check it with ./run.sh kernel-status {name}")
+    return r.url

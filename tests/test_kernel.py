@@ -1,0 +1,161 @@
+"""`./run.sh kernel`: the package built from two tiny trained runs runs offline (network unshared) as Kaggle would
+mount it, and writes exactly the submission `./run.sh ensemble` writes; in an interpreter without the kernel's
+packages it installs them from the packaged wheels first. The credential guard refuses what it must."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
+
+PYPATH = {"PYTHONPATH": str(ROOT)}
+FAKE_KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def package(trained, tmp_path_factory):
+    """kernels/tiny-kernel built (and verified by the stage itself) in a fresh project folder: (folder, package dir)."""
+    tiny, runs = trained
+    work = tmp_path_factory.mktemp("project")
+    p = cli("kernel", "tiny-kernel", "--models", runs / "a.yaml", runs / "b.yaml", "--owner", "tester",
+            *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "kernel check: offline run" in p.stdout and "its submission equals" in p.stdout, p.stdout
+    return work, work / "kernels" / "tiny-kernel"
+
+
+def test_package_layout_and_metadata(package):
+    _, pkg = package
+    meta = json.loads((pkg / "kernel" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "tester/tiny-kernel" and meta["code_file"] == "kernel.py"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True and meta["is_private"] is True
+    assert meta["dataset_sources"] == ["tester/tiny-kernel-models", "tester/tiny-kernel-code"]
+    assert meta["competition_sources"] == ["hotel-id-to-combat-human-trafficking-2022-fgvc9"]
+    for part, slug in (("models", "tiny-kernel-models"), ("code", "tiny-kernel-code")):
+        d = json.loads((pkg / part / "dataset-metadata.json").read_text())
+        assert d["id"] == f"tester/{slug}" and d["licenses"] == [{"name": "CC0-1.0"}]
+    for m in ("a", "b"):
+        files = {p.name for p in (pkg / "models" / m).iterdir()}
+        assert files == {"model.safetensors", "config.yaml", "train_config.yaml", "meta.json", "gallery.npy",
+                         "gallery.csv", "manifest.json"}
+        from safetensors.torch import load_file
+
+        weights = load_file(str(pkg / "models" / m / "model.safetensors"))
+        assert weights and not any(k.startswith(("head.", "optimizer")) for k in weights)
+    wheels = sorted(p.name.split("-")[0] for p in (pkg / "code" / "wheels").glob("*.whl"))
+    assert wheels == ["albucore", "albumentations", "safetensors", "timm"]
+    assert (pkg / "code" / "pipeline" / "kernel_infer.py").is_file()
+    package_json = json.loads((pkg / "package.json").read_text())
+    assert package_json["sizes"]["code"] == sum(f["bytes"] for f in package_json["files"]
+                                                if f["path"].startswith("code/"))
+    assert (pkg / "verified.json").is_file()
+
+
+def test_kernel_offline_equals_local_ensemble(package, trained):
+    from pipeline.kernel import run_offline
+
+    work, pkg = package
+    tiny, runs = trained
+    p = cli("ensemble", runs / "a.yaml", runs / "b.yaml", "--out", "local", *tiny_overrides(tiny, runs, "epochs=1"),
+            cwd=work, env=PYPATH)
+    assert p.returncode == 0, p.stderr
+    got = run_offline(pkg, tiny / "data", work / "offline", log=lambda *a: None)
+    want = (work / "submissions" / "local.csv").read_bytes()
+    assert got.read_bytes() == want
+    assert len(want.splitlines()) > 1
+
+
+def _venv_without(tmp, skip):
+    """A venv that sees this interpreter's packages except the dists in `skip` (a filtered, symlinked copy of
+    site-packages on its path), with its own pip to install into."""
+    import sysconfig
+
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    site = Path(sysconfig.get_paths()["purelib"])
+    filtered = tmp / "site"
+    filtered.mkdir()
+    norm = {s.lower().replace("-", "_") for s in skip}
+    for entry in site.iterdir():
+        base = entry.name.split("-")[0].split(".")[0].lower()
+        if base in norm or base == "pip" or entry.name.endswith(".pth"):
+            continue
+        (filtered / entry.name).symlink_to(entry)
+    py = venv / "bin" / "python"
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    Path(own, "zz_filtered.pth").write_text(str(filtered) + "\n")
+    return py
+
+
+def test_kernel_installs_missing_packages_from_its_wheels(package, trained, tmp_path):
+    from pipeline.kernel import run_offline
+
+    work, pkg = package
+    tiny, _ = trained
+    requires = json.loads((pkg / "package.json").read_text())["requires"]
+    py = _venv_without(tmp_path, requires)
+    probe = subprocess.run([str(py), "-c", "import timm"], capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'timm'" in probe.stderr
+    lines = []
+    got = run_offline(pkg, tiny / "data", tmp_path / "run", python=py, log=lines.append)
+    text = "\n".join(lines)
+    assert "timm missing, need" in text and "installed " in text, text
+    assert got.read_bytes() == (pkg / ".." / ".." / "submissions" / "kernel-tiny-kernel.csv").resolve().read_bytes()
+    have = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('timm'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert have == requires["timm"]
+
+
+def test_guard_refuses_credentials(tmp_path, monkeypatch):
+    from pipeline import guard
+    from pipeline.errors import UserError
+
+    monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-value-0123456789")
+    secrets = guard.local_secrets()
+    cases = {
+        "kaggle.json": b'{"username": "someone", "key": "' + FAKE_KEY.encode() + b'"}',
+        "notes.txt": b"my key is s3cr3t-value-0123456789, do not share",
+        "pair.json": b'{"username": "a", "key": "' + FAKE_KEY.encode() + b'"}',
+        "env.sh": b"export KAGGLE_KEY=abcdefabcdefabcdef1234",
+        "token.yaml": b"access_token: ya29.abcdefghijklmnopqrstuvwxyz",
+    }
+    for name, data in cases.items():
+        d = tmp_path / name.replace(".", "_")
+        d.mkdir()
+        (d / name).write_bytes(data)
+        with pytest.raises(UserError, match=name.replace(".", r"\.")):
+            guard.check_tree(d, secrets)
+    guard.check_tree(ROOT / "pipeline", secrets)  # our own code names the patterns but holds no value
+
+
+def test_build_refuses_a_credential_and_writes_nothing(trained, tmp_path, monkeypatch):
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.kernel import build
+
+    tiny, runs = trained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KAGGLE_KEY", FAKE_KEY)
+    cfg = load_config(str(runs / "a.yaml"), tiny_overrides(tiny, runs, "epochs=1"))
+    cfg["pretrained_file"] = FAKE_KEY  # a credential that would reach config.yaml
+    with pytest.raises(UserError, match=r"config\.yaml: holds this machine's Kaggle credential"):
+        build("leaky", [cfg], owner="tester", verify_it=False, wheels=[], log=lambda *a: None)
+    assert not (tmp_path / "kernels" / "leaky").exists()
+    assert [p.name for p in (tmp_path / "kernels").iterdir()] == []  # the staging folder is gone too
+
+
+def test_bad_kernel_name_and_missing_owner(trained, tmp_path):
+    tiny, runs = trained
+    env = dict(PYPATH, KAGGLE_CONFIG_DIR=str(tmp_path), KAGGLE_USERNAME="")
+    p = cli("kernel", "Bad_Name", "--models", runs / "a.yaml", "--owner", "x", *tiny_overrides(tiny, runs),
+            cwd=tmp_path, env=env)
+    assert_one_line_error(p, "kernel name 'Bad_Name'")
+    p = cli("kernel", "good-name", "--models", runs / "a.yaml", *tiny_overrides(tiny, runs, "epochs=1"),
+            cwd=tmp_path, env=env)
+    assert_one_line_error(p, "--owner")
+    assert not (tmp_path / "kernels" / "good-name").exists()
