@@ -16,10 +16,14 @@ TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embe
 
 
 def cli(*args, cwd=ROOT, env=None, timeout=600):
-    """Run `python -m pipeline ARGS` as a user would; returns the CompletedProcess."""
-    e = {**os.environ, **(env or {})}
+    """Run `python -m pipeline ARGS` as a user would; returns the CompletedProcess. env: extra variables (a value
+    of None removes that variable)."""
+    e = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}  # None: unset it
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=e,
                           capture_output=True, text=True, timeout=timeout)
+
+
+PYPATH = {"PYTHONPATH": str(ROOT)}  # for cli() run from another folder
 
 
 def assert_one_line_error(proc, *needles):
@@ -58,3 +62,15 @@ def trained(tiny_data, tmp_path_factory):
         p = cli("train", runs / f"{name}.yaml", *tiny_overrides(tiny_data, runs, "epochs=1"))
         assert p.returncode == 0, p.stderr
     return tiny_data, runs
+
+
+@pytest.fixture(scope="session")
+def kernel_package(trained, tmp_path_factory):
+    """kernels/tiny-kernel built (and verified by the stage itself) in a fresh project folder: (folder, package dir)."""
+    tiny, runs = trained
+    work = tmp_path_factory.mktemp("project")
+    p = cli("kernel", "tiny-kernel", "--models", runs / "a.yaml", runs / "b.yaml", "--owner", "tester",
+            *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "kernel check: offline run" in p.stdout and "its submission equals" in p.stdout, p.stdout
+    return work, work / "kernels" / "tiny-kernel"

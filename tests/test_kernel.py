@@ -10,25 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
+from conftest import PYPATH, ROOT, assert_one_line_error, cli, tiny_overrides
 
-PYPATH = {"PYTHONPATH": str(ROOT)}
 FAKE_KEY = "0123456789abcdef0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def package(trained, tmp_path_factory):
-    """kernels/tiny-kernel built (and verified by the stage itself) in a fresh project folder: (folder, package dir)."""
-    tiny, runs = trained
-    work = tmp_path_factory.mktemp("project")
-    p = cli("kernel", "tiny-kernel", "--models", runs / "a.yaml", runs / "b.yaml", "--owner", "tester",
-            *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "kernel check: offline run" in p.stdout and "its submission equals" in p.stdout, p.stdout
-    return work, work / "kernels" / "tiny-kernel"
-
-
-def test_package_layout_and_metadata(package):
+def test_package_layout_and_metadata(kernel_package):
+    package = kernel_package
     _, pkg = package
     meta = json.loads((pkg / "kernel" / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/tiny-kernel" and meta["code_file"] == "kernel.py"
@@ -55,7 +43,8 @@ def test_package_layout_and_metadata(package):
     assert (pkg / "verified.json").is_file()
 
 
-def test_kernel_offline_equals_local_ensemble(package, trained):
+def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
+    package = kernel_package
     from pipeline.kernel import run_offline
 
     work, pkg = package
@@ -92,7 +81,8 @@ def _venv_without(tmp, skip):
     return py
 
 
-def test_kernel_installs_missing_packages_from_its_wheels(package, trained, tmp_path):
+def test_kernel_installs_missing_packages_from_its_wheels(kernel_package, trained, tmp_path):
+    package = kernel_package
     from pipeline.kernel import run_offline
 
     work, pkg = package

@@ -1,0 +1,126 @@
+"""`./run.sh upload` and `kernel-status` with the real kaggle client against a loopback stand-in for Kaggle's
+servers (tests/kaggle_standin.py): create then version the datasets, push the kernel, fetch its output; no
+uploaded byte, package file or log line holds the credential."""
+import base64
+import io
+import json
+import shutil
+import zipfile
+
+import pytest
+
+from conftest import PYPATH, assert_one_line_error, cli
+from kaggle_standin import StandIn
+
+USER, KEY = "tester", "5f0e1d2c3b4a69788796a5b4c3d2e1f0"
+
+
+def _env(tmp_path, standin=None, creds=True):
+    env = dict(PYPATH, KAGGLE_CONFIG_DIR=str(tmp_path / "kcfg"), HOME=str(tmp_path / "home"),
+               XDG_CONFIG_HOME=str(tmp_path / "xdg"), KAGGLE_USERNAME=None, KAGGLE_KEY=None, KAGGLE_API_TOKEN=None)
+    for d in ("kcfg", "home", "xdg"):
+        (tmp_path / d).mkdir(exist_ok=True)
+    if creds:  # the standard place: kaggle.json in the client's config dir
+        (tmp_path / "kcfg" / "kaggle.json").write_text(json.dumps({"username": USER, "key": KEY}))
+        (tmp_path / "kcfg" / "kaggle.json").chmod(0o600)
+    if standin:
+        env.update(standin.env())
+    return env
+
+
+def _uploaded_bytes(standin):
+    """Every body the client sent (JSON calls and blobs), zips also unpacked member by member."""
+    for method, _, _, body in standin.requests:
+        yield body
+        if method == "PUT" and body[:2] == b"PK":
+            with zipfile.ZipFile(io.BytesIO(body)) as z:
+                for name in z.namelist():
+                    yield z.read(name)
+
+
+def _calls(standin, method):
+    return [json.loads(b) for m, path, _, b in standin.requests if m == "POST" and path.endswith("/" + method)]
+
+
+def test_upload_creates_then_versions_and_pushes_without_leaking(kernel_package, tmp_path):
+    work, pkg = kernel_package
+    with StandIn() as s:
+        env = _env(tmp_path, s)
+        first = cli("upload", "tiny-kernel", cwd=work, env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        created = _calls(s, "CreateDataset")
+        assert {(c["ownerSlug"], c["slug"]) for c in created} == {(USER, "tiny-kernel-models"),
+                                                                  (USER, "tiny-kernel-code")}
+        assert all(c["isPrivate"] is True and c["licenseName"] == "CC0-1.0" for c in created)
+        tokens = {f["token"] for c in created for f in c["files"]}
+        assert tokens and tokens <= set(s.blobs)  # every file the datasets name was uploaded
+        push = _calls(s, "SaveKernel")
+        assert len(push) == 1
+        k = push[0]
+        assert k["slug"] == f"{USER}/tiny-kernel" and k["isPrivate"] is True and k["enableGpu"] is True
+        assert k["enableInternet"] is False
+        assert k["datasetDataSources"] == [f"{USER}/tiny-kernel-models", f"{USER}/tiny-kernel-code"]
+        assert k["competitionDataSources"] == ["hotel-id-to-combat-human-trafficking-2022-fgvc9"]
+        assert k["text"] == (pkg / "kernel" / "kernel.py").read_text()
+        assert "kernel pushed: http://localhost/code/tester/tiny-kernel" in first.stdout
+
+        second = cli("upload", "tiny-kernel", cwd=work, env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        versions = _calls(s, "CreateDatasetVersion")
+        assert {v["datasetSlug"] for v in versions} == {"tiny-kernel-models", "tiny-kernel-code"}
+        commit = json.loads((pkg / "package.json").read_text())["git_commit"]
+        assert all(v["body"]["versionNotes"] == f"models a b; git {commit}" for v in versions)
+        assert len(_calls(s, "CreateDataset")) == 2 and len(_calls(s, "SaveKernel")) == 2
+
+        status = cli("kernel-status", "tiny-kernel", cwd=work, env=env)
+        assert status.returncode == 0, status.stderr
+        assert "kernel tester/tiny-kernel: complete" in status.stdout
+        assert (pkg / "output" / "submission.csv").read_bytes() == s.output["submission.csv"]
+
+        secret_forms = [KEY.encode(), base64.b64encode(f"{USER}:{KEY}".encode())]
+        sent = list(_uploaded_bytes(s))
+        assert len(sent) > 10
+        assert not any(f in body for body in sent for f in secret_forms)
+        basic = "Basic " + base64.b64encode(f"{USER}:{KEY}".encode()).decode()
+        assert all(dict((k.lower(), v) for k, v in h.items()).get("authorization") == basic
+                   for m, _, h, _ in s.requests if m == "POST")  # the API calls carry it, as a header only
+        assert not any("authorization" in {k.lower() for k in h} for m, _, h, _ in s.requests
+                       if m != "POST")  # blob uploads and downloads never see it
+        for p in pkg.rglob("*"):
+            assert not (p.is_file() and KEY.encode() in p.read_bytes()), p
+        for out in (first, second, status):
+            assert KEY not in out.stdout + out.stderr
+
+
+def test_dry_run_calls_nothing_and_lists_files(kernel_package, tmp_path):
+    work, _ = kernel_package
+    with StandIn() as s:
+        p = cli("upload", "tiny-kernel", "--dry-run", cwd=work, env=_env(tmp_path, s, creds=False))
+        assert p.returncode == 0, p.stderr
+        assert s.requests == []
+    assert "dataset tester/tiny-kernel-models" in p.stdout and "code/wheels/timm-" in p.stdout
+    assert "dry run: nothing was uploaded" in p.stdout
+
+
+def test_missing_credentials_is_one_line(kernel_package, tmp_path):
+    work, _ = kernel_package
+    with StandIn() as s:
+        p = cli("upload", "tiny-kernel", cwd=work, env=_env(tmp_path, s, creds=False))
+        assert s.requests == []
+    assert_one_line_error(p, "no Kaggle credentials", "kaggle.json", "KAGGLE_USERNAME")
+
+
+def test_unverified_or_missing_package_is_refused(kernel_package, tmp_path):
+    work, pkg = kernel_package
+    copy = tmp_path / "kernels" / "copy-kernel"
+    shutil.copytree(pkg, copy)
+    (copy / "verified.json").unlink()
+    p = cli("upload", "copy-kernel", "--dry-run", cwd=tmp_path, env=_env(tmp_path))
+    assert_one_line_error(p, "verified.json", "--unverified")
+    p = cli("upload", "no-such", cwd=tmp_path, env=_env(tmp_path))
+    assert_one_line_error(p, "kernels/no-such/package.json not found")
+    (copy / "code" / "notes.txt").write_text(f"key {KEY}\n")  # the guard runs again before any upload
+    (copy / "verified.json").write_text("{}")
+    p = cli("upload", "copy-kernel", "--dry-run", cwd=tmp_path, env=dict(_env(tmp_path), KAGGLE_KEY=KEY))
+    assert_one_line_error(p, "notes.txt", "refusing to package it")
+    assert KEY not in p.stderr
