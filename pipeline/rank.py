@@ -316,7 +316,10 @@ def _mm(q, g):
     import torch
 
     if q.device.type == "cuda":  # fp16 tensor cores, fp32 accumulate and output
-        return torch.mm(q, g.T, out_dtype=torch.float32)
+        try:
+            return torch.mm(q, g.T, out_dtype=torch.float32)
+        except TypeError:  # a torch without mm's out_dtype (a Kaggle image may be older): fp16 output, upcast
+            return torch.mm(q, g.T).float()
     return torch.mm(q.float(), g.float().T)  # lets tests run this path on CPU
 
 
