@@ -1,6 +1,7 @@
 """Atomic file writes: an artifact is either the old one or the complete new one, never half-written."""
 import contextlib
 import csv
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -14,8 +15,17 @@ def atomic_path(path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            from .errors import UserError
+
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise UserError(f"{path}: disk full while writing it ({e.strerror}); {kept}. Free space on "
+                            f"{path.parent} and run the command again") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

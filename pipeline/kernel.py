@@ -13,6 +13,7 @@ Nothing holding a Kaggle credential is written (pipeline/guard.py); the package 
 Then: ./run.sh upload <name>.
 
 example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]"""
+import errno
 import json
 import os
 import shutil
@@ -115,6 +116,11 @@ def build(name, cfgs, tricks=None, owner=None, competition=None, python_version=
             dest.rename(old)
         stage.rename(dest)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{KERNELS_DIR}: disk full while writing the package ({e.strerror}); the previous "
+                        f"kernels/{name} (if any) is intact. Free space and rerun") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     for part in ("models", "code", "kernel"):

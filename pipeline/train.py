@@ -95,6 +95,8 @@ def train(cfg, resume=False, log=print):
     codes = {c: i for i, c in enumerate(classes)}
     labels = [codes[it.label] for it in train_items]
     check_scheduler(cfg)
+    if cfg["nonfinite_loss"] not in ("stop", "skip"):
+        raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels)
     total = steps_per_epoch * cfg["epochs"]
     device = pick_device()
@@ -135,6 +137,9 @@ def train(cfg, resume=False, log=print):
 
     def snapshot(kind="last"):
         weights = ema.module if kind == "ema" else model
+        if not all(torch.isfinite(p).all() for p in weights.parameters()):  # never overwrite a good state
+            raise UserError(f"the weights became NaN/inf by step {state['step']}; {out / kind}.pt keeps the last "
+                            "good state: lower lr, then --resume")
         ck = {"model": weights.state_dict(), "head": head.state_dict(), "config": cfg, "classes": classes,
               "progress": dict(state), "image_size": size, "mean": list(mean), "std": list(std)}
         if kind == "last":
@@ -154,14 +159,25 @@ def train(cfg, resume=False, log=print):
                    disable=not sys.stderr.isatty(), file=sys.stderr)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device)
-            with autocast(device, cfg["amp"]):
-                loss = head(model(x).float(), y)
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the last "
-                                "good state: lower lr or check the data, then --resume")
-            scaler.scale(loss / cfg["accum_steps"]).backward()
+            try:
+                with autocast(device, cfg["amp"]):
+                    loss = head(model(x).float(), y)
+                if not torch.isfinite(loss):
+                    if cfg["nonfinite_loss"] != "skip":
+                        raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the "
+                                        "last good state: lower lr or check the data, then --resume (or set "
+                                        "nonfinite_loss=skip)")
+                    state["skipped"] = state.get("skipped", 0) + 1  # the batch adds no gradient
+                    log(f"step {state['step'] + 1}: loss {loss.item()}, batch skipped ({state['skipped']} so far)")
+                else:
+                    scaler.scale(loss / cfg["accum_steps"]).backward()
+                    state["loss_sum"] += loss.item()
+            except torch.cuda.OutOfMemoryError:
+                bs, acc = cfg["batch_size"], cfg["accum_steps"]
+                raise UserError(f"CUDA out of memory at batch_size={bs}: try batch_size={max(1, bs // 2)} "
+                                f"accum_steps={acc * 2} (the same effective batch) or a smaller image_size; "
+                                "last.pt keeps the last saved state (--resume continues from it)") from None
             state["batch"] += 1
-            state["loss_sum"] += loss.item()
             seen += len(x)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             if state["batch"] % cfg["accum_steps"]:
