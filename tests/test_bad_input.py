@@ -30,6 +30,7 @@ CATALOGUE = {
     "csv_extra_column": "ignored",
     "csv_renamed_column": "error listing the columns the file has",
     "csv_path_escapes_folder": "error naming the row: the path leaves the data folder",
+    "csv_test_path_escapes_folder": "error naming the test.csv row",
     "duplicate_image_ids": "error naming the id",
     "sample_submission_id_without_image": "error naming the id",
     "folds_file_of_other_data": "error naming the folds file and the ./run.sh folds command",
@@ -262,6 +263,13 @@ def test_csv_path_escapes_folder(data):
     root = _csv_data(data, ["image", "label"], rows)
     p = cli("folds", "--data", root, "--out", root / "f.csv")
     assert_one_line_error(p, "train.csv row 4", "leaves the data folder")
+
+
+def test_csv_test_path_escapes_folder(data):
+    root = _csv_data(data, ["image", "label"], _image_rows(data))
+    (root / "test.csv").write_text("image\n" + _image_rows(data)[0][0] + "\n/etc/hostname\n")
+    p = cli("folds", "--data", root, "--out", root / "f.csv")
+    assert_one_line_error(p, "test.csv row 3", "leaves the data folder")
 
 
 def test_duplicate_image_ids(data):

@@ -67,6 +67,15 @@ def hotelid(root, cfg=None):
     return Dataset(root, train, test, "image_id", "hotel_id", sample, ids)
 
 
+def _inside(root, csv_name, row, rel):
+    """root/rel resolved; a path that leaves root (.., absolute, a symlink out) is a UserError naming the row."""
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise UserError(f"{root / csv_name} row {row}: image path '{rel}' leaves the data folder; give paths "
+                        "relative to it")
+    return path
+
+
 def csv_layout(root, cfg):
     """Generic: train.csv (image path + label columns), test.csv (image column) or test_images/."""
     cols = cfg["csv"] if cfg else {"image_column": "image", "label_column": "label"}
@@ -75,15 +84,13 @@ def csv_layout(root, cfg):
     train = []
     for n, r in enumerate(rows, start=2):
         rel = r[image_col]
-        path = (root / rel).resolve()
-        if root.resolve() not in path.parents:
-            raise UserError(f"{root / 'train.csv'} row {n}: image path '{rel}' leaves the data folder")
+        path = _inside(root, "train.csv", n, rel)
         if not r[label_col]:
             raise UserError(f"{root / 'train.csv'} row {n}: empty {label_col}")
         train.append(Item(rel, path, r[label_col]))
     if (root / "test.csv").is_file():
-        test = [Item(Path(r[image_col]).name, root / r[image_col])
-                for r in read_csv(root / "test.csv", required=[image_col])]
+        test = [Item(Path(r[image_col]).name, _inside(root, "test.csv", n, r[image_col]))
+                for n, r in enumerate(read_csv(root / "test.csv", required=[image_col]), start=2)]
     elif (root / "test_images").is_dir():
         test = [Item(p.name, p) for p in _images_in(root / "test_images")]
     else:
