@@ -211,11 +211,12 @@ def train(cfg, resume=False, log=print):
         write_csv(out / "metrics.csv", METRIC_COLUMNS, [[r[k] for k in METRIC_COLUMNS] for r in state["history"]])
         training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], out / "curves.png",
                         f"{cfg['name']} fold {cfg['fold']}")
-        snapshot()
+        # last.pt, the resume point, goes last: killed before it, a resume redoes this epoch's end (best, ema)
         if is_best:
             snapshot("best")
         if ema is not None:
             snapshot("ema")
+        snapshot()
         log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, {_describe(metrics)}, "
             f"{row['images_per_sec']} img/s, {row['seconds']}s")
     return out

@@ -1,0 +1,180 @@
+"""Kill training, embedding and ensembling with SIGKILL at random moments, rerun, and check nothing was lost.
+
+For each stage: one uninterrupted reference run, then --kills runs, each SIGKILLed (its whole process group) at a
+uniformly random moment within the reference's duration, then rerun to completion (train with --resume when a
+last.pt exists). After each kill every artifact on disk is checked: checkpoints load (weights_only), .npy files
+load and match their .csv row counts where the manifest vouches for them, CSV/JSON/YAML parse. The final result
+must equal the reference: every model tensor of last.pt and best.pt (train), every embeddings file byte (embed),
+the submission byte for byte (ensemble). Tiny embedded dataset and timm's test model, on the CPU.
+
+usage (from the repo root): python bench/faults.py [--kills 10] [--seed 0]   -> JSON on stdout"""
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embedding_dim=32", "batch_size=8",
+        "eval_batch_size=16", "num_workers=0", "epochs=4", "lr=0.05", "save_every_steps=1"]  # 4 epochs: most kills land in training, not imports
+
+
+def _cmd(stage, cfg, overrides, *extra):
+    return [sys.executable, "-m", "pipeline", stage, str(cfg), *extra, *overrides]
+
+
+def _run(cmd, kill_after=None):
+    """(seconds, killed) of one run; with kill_after, SIGKILL its process group then (if still running)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=str(ROOT))
+    t = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        proc.wait(timeout=kill_after)
+        killed = False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed = True
+    err = proc.stderr.read().decode()
+    if not killed and proc.returncode != 0:
+        raise SystemExit(f"faults: {' '.join(cmd[3:5])} failed: {err.strip().splitlines()[-1:]}")
+    return time.time() - t, killed
+
+
+def _corrupt(run_dir):
+    """Artifacts under run_dir that do not load / parse / agree with their manifest."""
+    import csv
+
+    import numpy as np
+    import torch
+    import yaml
+
+    bad = []
+    for p in sorted(run_dir.rglob("*")):
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        try:
+            if p.suffix == ".pt":
+                torch.load(p, map_location="cpu", weights_only=True)
+            elif p.suffix == ".npy":
+                np.load(p, mmap_mode="r")
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".yaml":
+                yaml.safe_load(p.read_text())
+            elif p.suffix == ".csv":
+                list(csv.reader(open(p)))
+        except Exception:
+            bad.append(str(p))
+    for manifest in run_dir.rglob("manifest.json"):
+        try:
+            entries = json.loads(manifest.read_text())
+        except ValueError:
+            continue
+        for stem, e in entries.items():
+            npy, rows = manifest.parent / f"{stem}.npy", manifest.parent / f"{stem}.csv"
+            try:
+                ok = len(np.load(npy, mmap_mode="r")) == e["rows"] == len(open(rows).read().splitlines()) - 1
+            except Exception:
+                ok = False
+            if not ok:
+                bad.append(f"{manifest}:{stem}")
+    return bad
+
+
+def _tensors_equal(a, b):
+    import torch
+
+    x = torch.load(a, map_location="cpu", weights_only=True)["model"]
+    y = torch.load(b, map_location="cpu", weights_only=True)["model"]
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _files_equal(a, b, pattern):
+    fa, fb = sorted(p.name for p in a.glob(pattern)), sorted(p.name for p in b.glob(pattern))
+    return fa == fb and all((a / n).read_bytes() == (b / n).read_bytes() for n in fa)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kills", type=int, default=10, help="interrupted runs per stage")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    rng = random.Random(args.seed)
+
+    from pipeline.data.layouts import load_dataset
+    from pipeline.folds import write_folds
+    from pipeline.synth import make_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="faults-"))
+    try:
+        data = make_dataset(work / "data", seed=3, hotels=40)  # enough images that kills land in the work, not the imports
+        write_folds(load_dataset(data), work / "folds.csv", n_folds=5, seed=1)
+        cfg = work / "f.yaml"
+        cfg.write_text("# bench/faults.py\n")
+
+        def overrides(runs):
+            return [f"data={data}", f"folds_file={work / 'folds.csv'}", f"runs_dir={runs}", *TINY]
+
+        ref = work / "ref"
+        run_of = lambda runs: runs / "f" / "fold0"  # noqa: E731
+        stages = {
+            "train": (lambda runs, resume: _cmd("train", cfg, overrides(runs), *(["--resume"] if resume else [])),
+                      lambda runs: None,
+                      lambda runs: all(_tensors_equal(run_of(runs) / k, run_of(ref) / k)
+                                       for k in ("last.pt", "best.pt"))),
+            "embed": (lambda runs, resume: _cmd("embed", cfg, overrides(runs)),
+                      lambda runs: shutil.rmtree(run_of(runs) / "embeddings", ignore_errors=True),
+                      lambda runs: _files_equal(run_of(runs) / "embeddings", run_of(ref) / "embeddings", "*.np*")
+                      and _files_equal(run_of(runs) / "embeddings", run_of(ref) / "embeddings", "*.csv")),
+            "ensemble": (lambda runs, resume: _cmd("ensemble", cfg, overrides(runs), "--out", f"faults-{runs.name}"),
+                         lambda runs: None,
+                         lambda runs: (ROOT / "submissions" / f"faults-{runs.name}.csv").read_bytes()
+                         == (ROOT / "submissions" / "faults-ref.csv").read_bytes()),
+        }
+        report, done = {}, None
+        for name, (cmd, prepare, equal) in stages.items():
+            seconds, _ = _run(cmd(ref, False))
+            row = {"reference_seconds": round(seconds, 1), "runs": 0, "killed": 0, "resumed": 0,
+                   "artifacts_corrupted": 0, "final_equal": 0, "corrupted_files": [], "kill_seconds": []}
+            for i in range(args.kills):
+                runs = work / f"{name}{i}"
+                if done is not None:  # start from the reference's finished earlier stages
+                    shutil.copytree(ref, runs)
+                prepare(runs)
+                at = rng.uniform(0.0, seconds)
+                row["kill_seconds"].append(round(at, 2))
+                _, killed = _run(cmd(runs, False), kill_after=at)
+                bad = _corrupt(runs) if runs.exists() else []
+                resume = name == "train" and (run_of(runs) / "last.pt").is_file()
+                _run(cmd(runs, resume))
+                row["runs"] += 1
+                row["killed"] += killed
+                row["resumed"] += resume
+                row["artifacts_corrupted"] += len(bad)
+                row["corrupted_files"] += bad
+                row["final_equal"] += bool(equal(runs))
+                shutil.rmtree(runs, ignore_errors=True)
+                (ROOT / "submissions" / f"faults-{runs.name}.csv").unlink(missing_ok=True)
+            report[name] = row
+            done = name
+        (ROOT / "submissions" / "faults-ref.csv").unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    totals = {k: sum(r[k] for r in report.values()) for k in ("runs", "killed", "resumed", "artifacts_corrupted",
+                                                              "final_equal")}
+    print(json.dumps({"kills_per_stage": args.kills, "seed": args.seed, "stages": report, "total": totals,
+                      "ok": totals["artifacts_corrupted"] == 0 and totals["final_equal"] == totals["runs"]},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
