@@ -116,11 +116,11 @@ def upload(name, dry_run=False, unverified=False, log=print):
     if not unverified and not (pkg / "verified.json").is_file():
         raise UserError(f"{pkg} has not passed its offline check (no verified.json): rebuild without --no-verify, "
                         "or upload with --unverified")
+    api = None if dry_run else client()  # a missing credential stops before the listing
     _listing(pkg, package, log)
     if dry_run:
         log("dry run: nothing was uploaded")
         return None
-    api = client()
     note = f"models {' '.join(package['models'])}; git {package['git_commit']}"
     for part in PARTS:
         ref = f"{package['owner']}/{package['slugs'][part]}"
