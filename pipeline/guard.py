@@ -22,6 +22,13 @@ _PATTERNS = [
 _MIN_SECRET = 8  # shorter "secrets" (test placeholders) would match everywhere
 
 
+def kaggle_config_dirs():
+    """The folders where the kaggle client looks for its credential files (kaggle.json, the access_token file),
+    in its order: KAGGLE_CONFIG_DIR or ~/.kaggle, then the XDG config dir."""
+    return [Path(os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")),
+            Path(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")]
+
+
 def local_secrets():
     """The credential values the kaggle client would use on this machine (never printed)."""
     found = []
@@ -29,8 +36,7 @@ def local_secrets():
         v = os.environ.get(var, "")
         if v and not Path(v).is_file():
             found.append(v)
-    config_dir = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
-    for d in (config_dir, os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")):
+    for d in kaggle_config_dirs():
         try:
             key = json.loads(Path(d, "kaggle.json").read_text()).get("key", "")
             if key:

@@ -73,17 +73,20 @@ def default_owner():
     user = os.environ.get("KAGGLE_USERNAME")
     if user:
         return user
-    d = os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle")
-    try:
-        return json.loads(Path(d, "kaggle.json").read_text()).get("username")
-    except (OSError, ValueError, AttributeError):
-        return None
+    from .guard import kaggle_config_dirs
+
+    for d in kaggle_config_dirs():
+        try:
+            return json.loads((d / "kaggle.json").read_text()).get("username")
+        except (OSError, ValueError, AttributeError):
+            pass
+    return None
 
 
 def build(name, cfgs, tricks=None, owner=None, competition=None, python_version="3.11", platforms=DEFAULT_PLATFORMS,
-          wheels=WHEELS, verify_it=True, log=print, wheel_source=None):
+          wheels=WHEELS, verify_it=True, log=print):
     """Write kernels/<name>/ (atomically) and, with verify_it, run it offline on the configs' data. Returns the
-    package folder. wheel_source: a folder of wheels to take instead of downloading (tests)."""
+    package folder."""
     from . import guard
     from .embed import ensure_embeddings
 
@@ -105,7 +108,7 @@ def build(name, cfgs, tricks=None, owner=None, competition=None, python_version=
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=KERNELS_DIR))
     try:
         _models_dataset(stage / "models", cfgs, ens, tricks, owner, slugs, competition)
-        requires = _code_dataset(stage / "code", owner, slugs, wheels, python_version, platforms, wheel_source, log)
+        requires = _code_dataset(stage / "code", owner, slugs, wheels, python_version, platforms)
         _kernel(stage / "kernel", owner, slugs, competition, requires)
         guard.check_tree(stage)
         package = _inventory(stage, names, owner, slugs, competition, requires, tricks)
@@ -128,6 +131,8 @@ def build(name, cfgs, tricks=None, owner=None, competition=None, python_version=
     for w in package["wheels"]:
         log(f"  wheel {w['file']}: {w['bytes'] / 2**20:.2f} MB")
     if verify_it:
+        from .kernel_check import verify
+
         verify(dest, cfgs, tricks, log=log)
     log(f"wrote {dest}; next: ./run.sh upload {name}")
     return dest
@@ -170,7 +175,7 @@ def _dataset_metadata(root, owner, slug, title):
     (root / "dataset-metadata.json").write_text(json.dumps(meta, indent=1))
 
 
-def _code_dataset(root, owner, slugs, wheels, python_version, platforms, wheel_source, log):
+def _code_dataset(root, owner, slugs, wheels, python_version, platforms):
     import importlib.metadata
 
     src = Path(__file__).parent
@@ -185,21 +190,15 @@ def _code_dataset(root, owner, slugs, wheels, python_version, platforms, wheel_s
     wdir = root / "wheels"
     wdir.mkdir()
     for dist, version in requires.items():
-        _fetch_wheel(dist, version, wdir, python_version, platforms, wheel_source)
+        _fetch_wheel(dist, version, wdir, python_version, platforms)
     (root / "requirements-kernel.txt").write_text("".join(f"{d}=={v}\n" for d, v in requires.items()))
     _dataset_metadata(root, owner, slugs["code"], f"{slugs['kernel']} code")
     return requires
 
 
-def _fetch_wheel(dist, version, dest, python_version, platforms, wheel_source):
-    """One wheel of dist==version into dest: a pure-Python one when there is one, else one for the target
-    platform and Python. From wheel_source (a folder) if given, else pip download (PyPI)."""
-    if wheel_source:
-        pick = _pick_wheel(Path(wheel_source), dist, version)
-        if pick is None:
-            raise UserError(f"{wheel_source}: no wheel of {dist}=={version}")
-        shutil.copyfile(pick, dest / pick.name)
-        return
+def _fetch_wheel(dist, version, dest, python_version, platforms):
+    """One wheel of dist==version into dest by pip download (PyPI): a pure-Python one when there is one, else
+    one for the target platform and Python."""
     pyver = python_version.replace(".", "")
     base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
             "--only-binary=:all:", "--dest", str(dest), "--python-version", python_version, "-q"]
@@ -215,15 +214,6 @@ def _fetch_wheel(dist, version, dest, python_version, platforms, wheel_source):
         errors = (r.stderr.strip().splitlines() or ["?"])[-1]
     raise UserError(f"cannot download a wheel of {dist}=={version} for Python {python_version} "
                     f"{' / '.join(platforms)} ({errors}); check PyPI access or the --platform tags")
-
-
-def _pick_wheel(folder, dist, version):
-    norm = dist.lower().replace("-", "_")
-    for p in sorted(folder.glob("*.whl")):
-        parts = p.name.split("-")
-        if parts[0].lower().replace("-", "_") == norm and parts[1] == version:
-            return p
-    return None
 
 
 def _kernel(root, owner, slugs, competition, requires):
@@ -260,55 +250,3 @@ def _inventory(stage, names, owner, slugs, competition, requires, tricks):
                "sizes": sizes, "wheels": wheels, "files": files}
     (stage / "package.json").write_text(json.dumps(package, indent=1))
     return package
-
-
-def lay_out_inputs(pkg, data_dir, root):
-    """Mount the package's datasets and the competition folder under root as Kaggle does (<root>/<slug>)."""
-    package = json.loads((pkg / "package.json").read_text())
-    root.mkdir(parents=True, exist_ok=True)
-    for part in ("models", "code"):
-        (root / package["slugs"][part]).symlink_to((pkg / part).resolve())
-    (root / package["competition"]).symlink_to(Path(data_dir).resolve())
-    return package
-
-
-def run_offline(pkg, data_dir, work, python=sys.executable, log=print):
-    """Run pkg's kernel.py with the network unshared (when `unshare -n` works here) and HF_HUB_OFFLINE=1, on
-    data_dir laid out under work/input; returns work/working/submission.csv."""
-    inputs, out = Path(work) / "input", Path(work) / "working"
-    lay_out_inputs(pkg, data_dir, inputs)
-    out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
-               NO_ALBUMENTATIONS_UPDATE="1")
-    env.pop("PYTHONPATH", None)  # the kernel must run the packaged pipeline, not this checkout's
-    cmd = [str(python), str((pkg / "kernel" / "kernel.py").resolve())]
-    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
-        cmd = ["unshare", "-n"] + cmd
-    else:
-        log("kernel check: `unshare -n` is not available here; running with HF_HUB_OFFLINE=1 only")
-    r = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
-    for line in (r.stdout + r.stderr).splitlines():
-        log(f"  | {line}")
-    if r.returncode != 0:
-        raise UserError(f"the kernel failed offline (exit {r.returncode}); its output is above")
-    return out / "submission.csv"
-
-
-def verify(pkg, cfgs, tricks, log=print):
-    """Run the kernel offline on the configs' data; its submission must equal ./run.sh ensemble's for the same
-    models and tricks. Writes pkg/verified.json."""
-    from .ensemble import ensemble
-
-    local = ensemble(cfgs, out_name=f"kernel-{pkg.name}", log=lambda *a: None, tricks=tricks)["submission"]
-    if local is None:
-        raise UserError(f"{cfgs[0]['data']} has no test images to check the kernel on; use --no-verify")
-    with tempfile.TemporaryDirectory() as work:
-        t = time.time()
-        got = run_offline(pkg, cfgs[0]["data"], work, log=log)
-        same = got.is_file() and got.read_bytes() == Path(local).read_bytes()
-        seconds = time.time() - t
-    if not same:
-        raise UserError(f"the kernel's offline submission differs from {local} (./run.sh ensemble); do not upload")
-    (pkg / "verified.json").write_text(json.dumps({"data": str(cfgs[0]["data"]), "matches": str(local),
-                                                   "seconds": round(seconds, 1)}, indent=1))
-    log(f"kernel check: offline run in {seconds:.1f}s; its submission equals {local}")

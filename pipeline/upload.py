@@ -9,7 +9,6 @@ check passed (verified.json, written by ./run.sh kernel) is uploaded, unless --u
 example: ./run.sh upload hotel --dry-run"""
 import json
 import os
-from pathlib import Path
 
 from .errors import UserError
 
@@ -41,10 +40,10 @@ def load_package(name):
 def _credentials_present():
     if os.environ.get("KAGGLE_API_TOKEN") or (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
         return True
-    dirs = [os.environ.get("KAGGLE_CONFIG_DIR") or os.path.expanduser("~/.kaggle"),
-            os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")]
+    from .guard import kaggle_config_dirs
+
     names = ("kaggle.json", "access_token", "access_token.txt")
-    return any(Path(d, n).is_file() for d in dirs for n in names)
+    return any((d / n).is_file() for d in kaggle_config_dirs() for n in names)
 
 
 def client():

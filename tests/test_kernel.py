@@ -45,7 +45,7 @@ def test_package_layout_and_metadata(kernel_package):
 
 def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
     package = kernel_package
-    from pipeline.kernel import run_offline
+    from pipeline.kernel_check import run_offline
 
     work, pkg = package
     tiny, runs = trained
@@ -83,7 +83,7 @@ def _venv_without(tmp, skip):
 
 def test_kernel_installs_missing_packages_from_its_wheels(kernel_package, trained, tmp_path):
     package = kernel_package
-    from pipeline.kernel import run_offline
+    from pipeline.kernel_check import run_offline
 
     work, pkg = package
     tiny, _ = trained
