@@ -66,7 +66,9 @@ def one_line(err):
 def main(argv=None):
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file or pipe as they happen
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args._argv = argv  # --nproc relaunches this same command under torchrun
     if args.stage is None:
         parser.print_help()
         return 0
@@ -79,7 +81,10 @@ def main(argv=None):
     try:
         return args._module.run(args) or 0
     except UserError as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        from .distributed import report_error
+
+        if not report_error(one_line(e)):  # a torchrun worker hands it to the launcher, which prints it once
+            print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -12,6 +12,9 @@ e.g. --flip --multicrop 9 gives gallery.flip, val.flip.mc9, test.flip.mc9.
 A stem is recomputed only when its cache key changes: the checkpoint's content hash, the image list (path, size,
 mtime), the transform (with the variant) and image size. A second call with nothing changed runs no forward pass.
 
+--nproc N embeds under torchrun with N processes (one GPU each): each takes every N-th batch and rank 0 writes
+the same files, byte for byte, as one process.
+
 example: ./run.sh embed m1 --data data/demo --fold 0 --flip --multicrop 5"""
 import hashlib
 import json
@@ -37,14 +40,18 @@ def add_arguments(p):
                         "5 (corners + centre, 60%% side) or 9 (3x3 grid, 50%% side); 0 = off (default)")
     p.add_argument("--gallery-pipeline", default="test", metavar="{test,val}",
                    help="embed the gallery with the test pipeline (default) or the val one (simulated red hole)")
+    p.add_argument("--nproc", type=int, metavar="N", help="processes (GPUs) under torchrun; default 1")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def run(args):
     from .config import load_config
+    from .distributed import run_stage
 
     cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint)
-    ensure_embeddings(cfg, flip=args.flip, multicrop=args.multicrop, gallery_pipeline=args.gallery_pipeline)
+    check_variant(args.flip, args.multicrop, args.gallery_pipeline)
+    run_stage(args.nproc, args._argv, lambda: ensure_embeddings(
+        cfg, flip=args.flip, multicrop=args.multicrop, gallery_pipeline=args.gallery_pipeline), same_threads=True)
 
 
 def _key(ck_hash, items, transform, size):
@@ -83,13 +90,14 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
     """Compute the stems whose cache is stale; returns {'dir': Path, 'computed': [stems computed],
     'stems': {'gallery': stem, 'val': stem, 'test': stem}} (load_split(dir, stems[split]) reads one).
     flip: flip TTA on every split; multicrop: 0, 5 or 9 crops per query (val, test); gallery_pipeline: test | val."""
-    from . import checkpoint
+    from . import checkpoint, distributed
     from .config import run_dir
     from .inference import pick_device
     from .io import write_csv, write_text
     from .train import split
 
     flip, multicrop, gallery_pipeline = check_variant(flip, multicrop, gallery_pipeline)
+    log = distributed.main_only(log)  # rank 0 reports and writes; the others compute their shares
     run = run_dir(cfg)
     ck_path = run / f"{cfg['checkpoint']}.pt"
     if not ck_path.is_file():
@@ -116,6 +124,9 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
             model = load_model(state["config"], state["model"], cfg, device)
         t0 = time.time()
         emb = embed_with(model, items[name], tfm, crops, cfg, device, flip)
+        computed.append(st)
+        if emb is None:  # another rank's share: rank 0 has it now
+            continue
         _save_npy(out / f"{st}.npy", emb)
         write_csv(out / f"{st}.csv", ["image_id", "label"], [(it.image_id, it.label or "") for it in items[name]])
         manifest[st] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
@@ -124,7 +135,6 @@ def ensure_embeddings(cfg, log=print, flip=False, multicrop=0, gallery_pipeline=
         if st != name:
             manifest[st].update(split=name, flip=flip, multicrop=crops, pipeline=kind)
         write_text(manifest_path, json.dumps(manifest, indent=1))
-        computed.append(st)
         log(f"embedded {cfg['name']} {st}: {len(emb)} images in {time.time() - t0:.1f}s")
     if not computed:
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
@@ -158,7 +168,7 @@ def load_model(model_cfg, state_dict, cfg, device):
 
 
 def embed_with(model, items, tfm, crops, cfg, device, flip=False):
-    """float16 (n, E) embeddings of items: plain, or the multi-crop mean when crops > 0."""
+    """float16 (n, E) embeddings of items: plain, or the multi-crop mean when crops > 0 (None on ranks but 0)."""
     from .inference import embed_items, embed_multicrop
 
     if crops:

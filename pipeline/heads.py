@@ -173,6 +173,21 @@ class LossTransform(nn.Module):
         return self.head(embeddings, labels) + self.weight * self.replica_term(embeddings)
 
 
+class LossStep(nn.Module):
+    """One training step's loss, head(model(images), labels), as one module so DDP wraps model and head together.
+    Under torchrun the head sees the whole global batch gathered from every rank (distributed.gather_batch), so
+    margin heads, pair losses and LossTransform compute the one-process loss."""
+
+    def __init__(self, model, head):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, images, labels):
+        from .distributed import gather_batch
+
+        return self.head(*gather_batch(self.model(images).float(), labels))
+
+
 HEADS = {"arcface": ArcFace, "cosface": CosFace, "subcenter_arcface": SubCenterArcFace, "supcon": SupCon,
          "triplet": Triplet}
 

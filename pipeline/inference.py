@@ -1,9 +1,18 @@
-"""Forward passes that turn images into L2-normalised embeddings (shared by training's validation and embed)."""
+"""Forward passes that turn images into L2-normalised embeddings (shared by training's validation and embed).
+
+Under torchrun each process embeds every world-th batch of the one-process batching and rank 0 gets them back in
+order, so its result is byte for byte the one-process result; the other ranks get None."""
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
+
+
+def _batches(n, size):
+    """The one-process batches of n items, this process's share of them."""
+    return distributed.shard([list(range(i, min(i + size, n))) for i in range(0, n, size)])
 
 
 def pick_device():
@@ -29,28 +38,34 @@ def _forward(model, x, cfg, device, flip):
 
 @torch.no_grad()
 def embed_items(model, items, transform, cfg, device, head=None, codes=None, progress=None, flip=False):
-    """(embeddings float16 (n, E) L2-normalised, logits-or-None). Sample i is augmented with seed i, so a
-    random transform (the validation mask) is the same on every call. flip: the embedding is
-    L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x) alone)."""
+    """(embeddings float16 (n, E) L2-normalised, head stats or None); (None, None) on ranks other than 0. Sample i
+    is augmented with seed i, so a random transform (the validation mask) is the same on every call. flip: the
+    embedding is L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x) alone)."""
     model.eval()
     ds = ImageDataset(items, transform, codes)
-    dl = loader(ds, batch_size=cfg["eval_batch_size"], num_workers=cfg["num_workers"], device=device)
-    out, losses, correct = [], [], 0
+    dl = loader(ds, batch_sampler=_batches(len(items), cfg["eval_batch_size"]), num_workers=cfg["num_workers"],
+                device=device)
+    done = []  # per batch: (embeddings, loss x batch size, correct)
     logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
     for x, y in dl:
         e, emb = _forward(model, x, cfg, device, flip)
+        loss = correct = 0
         if head is not None:
             y = y.to(device)
-            losses.append(head(e, y).item() * len(y))
+            loss = head(e, y).item() * len(y)
             if logits is not None:
-                correct += (logits(e).argmax(1) == y).sum().item()
-        out.append(F.normalize(emb, dim=1).cpu().numpy().astype(np.float16))
+                correct = (logits(e).argmax(1) == y).sum().item()
+        done.append((F.normalize(emb, dim=1).cpu().numpy().astype(np.float16), loss, correct))
         if progress:
             progress(len(x))
-    emb = np.concatenate(out) if out else np.zeros((0, 0), np.float16)
+    done = distributed.gather_in_order(done)
+    if done is None:
+        return None, None
+    emb = np.concatenate([b[0] for b in done]) if done else np.zeros((0, 0), np.float16)
     stats = None
     if head is not None and items:
-        stats = {"loss": sum(losses) / len(items), "acc": correct / len(items) if logits is not None else None}
+        stats = {"loss": sum(b[1] for b in done) / len(items),
+                 "acc": sum(b[2] for b in done) / len(items) if logits is not None else None}
     return emb, stats
 
 
@@ -64,15 +79,19 @@ def embed_multicrop(model, items, multicrop, cfg, device, flip=False, progress=N
     (sum / kept crops), NOT renormalised: one query's ranking is the same for any positive scale, but the ensemble
     adds models' scores, and a per-query scale of one model (a sum over 1-9 kept crops) would reweight that model
     query by query; the mean keeps its scores on the cosine scale, in [-1, 1] like every other model's (its rows'
-    norms are <= 1, equal to 1 only when a single view is kept)."""
+    norms are <= 1, equal to 1 only when a single view is kept). None on ranks other than 0."""
     model.eval()
     ds = MultiCropDataset(items, multicrop)
     per_batch = max(1, cfg["eval_batch_size"] // multicrop.n)  # images per batch, so crops per batch ~ eval size
-    dl = loader(ds, batch_size=per_batch, num_workers=cfg["num_workers"], device=device, collate_fn=collate_crops)
-    out = []
+    dl = loader(ds, batch_sampler=_batches(len(items), per_batch), num_workers=cfg["num_workers"], device=device,
+                collate_fn=collate_crops)
+    done = []
     for x, counts in dl:
         u = F.normalize(_forward(model, x, cfg, device, flip)[1], dim=1)
-        out += [c.mean(0) for c in torch.split(u, counts)]
+        done.append(torch.stack([c.mean(0) for c in torch.split(u, counts)]).cpu().numpy().astype(np.float16))
         if progress:
             progress(len(counts))
-    return torch.stack(out).cpu().numpy().astype(np.float16) if out else np.zeros((0, 0), np.float16)
+    done = distributed.gather_in_order(done)
+    if done is None:
+        return None
+    return np.concatenate(done) if done else np.zeros((0, 0), np.float16)

@@ -7,7 +7,13 @@ Validation each epoch: loss and accuracy of the head (accuracy only for classifi
 with the red test-like hole) against the training images (test pipeline) as gallery. --resume continues
 from last.pt (weights, optimiser, scheduler, epoch, position in the epoch, RNG).
 
-example: ./run.sh train m1 --data data/demo --fold 0 epochs=2 batch_size=8"""
+--nproc N trains under torchrun with N processes (DDP; one GPU each, or gloo on the CPU). batch_size stays the
+global batch: each process takes rows rank::N of the same batches, and the loss is computed on the whole
+gathered batch, so N processes follow the one-process run (exactly, up to float rounding, for a model without
+BatchNorm or with sync_bn=true on CUDA). Only rank 0 writes; --resume works with any N.
+
+example: ./run.sh train m1 --data data/demo --fold 0 epochs=2 batch_size=8
+         ./run.sh train m1 --nproc 4 sync_bn=true"""
 import itertools
 import sys
 import time
@@ -23,13 +29,16 @@ def add_arguments(p):
     p.add_argument("--data", help="competition folder (overrides the config's data)")
     p.add_argument("--fold", type=int, help="validation fold (default: the config's, 0)")
     p.add_argument("--resume", action="store_true", help="continue from last.pt of this run")
+    p.add_argument("--nproc", type=int, metavar="N", help="processes (GPUs) under torchrun; default 1")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2 arcface.m=0.3")
 
 
 def run(args):
     from .config import load_config
+    from .distributed import run_stage
 
-    train(load_config(args.config, args.overrides, data=args.data, fold=args.fold), resume=args.resume)
+    cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold)  # config errors before launching
+    run_stage(args.nproc, args._argv, lambda: train(cfg, resume=args.resume))
 
 
 def split(cfg):
@@ -45,6 +54,8 @@ def split(cfg):
 
 
 def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, device):
+    """Validation metrics, the same on every rank (each embeds its share; rank 0 scores)."""
+    from .distributed import broadcast
     from .inference import embed_items
     from .retrieval import map5
 
@@ -52,19 +63,22 @@ def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, dev
         return {}
     q, stats = embed_items(model, val_items, tfms["val"], cfg, device, head=head, codes=codes)
     g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
-    score = map5([q], [it.label for it in val_items], [g], [it.label for it in train_items], classes,
-                 max_memory=cfg["max_memory"], log=lambda *a: None)
-    return {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
+    metrics = None
+    if q is not None:
+        score = map5([q], [it.label for it in val_items], [g], [it.label for it in train_items], classes,
+                     max_memory=cfg["max_memory"], log=lambda *a: None)
+        metrics = {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
+    return broadcast(metrics)
 
 
-def _plan(cfg, labels):
+def _plan(cfg, labels, world=1):
     """(optimiser steps per epoch, batches per epoch): batches beyond a whole number of accumulations are unused."""
     from .data.samplers import build_sampler
 
     accum = cfg["accum_steps"]
     if accum < 1:
         raise UserError(f"accum_steps={accum}: must be 1 or more")
-    batches = build_sampler(cfg, labels, 0).num_batches
+    batches = build_sampler(cfg, labels, 0, world=world).num_batches
     steps = batches // accum
     if steps == 0:
         raise UserError(f"an epoch has {batches} batches of {cfg['batch_size']}, fewer than accum_steps={accum}: "
@@ -78,18 +92,20 @@ def train(cfg, resume=False, log=print):
     import torch
     from tqdm import tqdm
 
-    from . import checkpoint
+    from . import checkpoint, distributed
     from .config import run_dir, save_config
     from .data.dataset import ImageDataset, loader
     from .data.samplers import build_sampler
     from .data.transforms import build_transform
-    from .heads import build_head
+    from .heads import LossStep, build_head
     from .inference import autocast, pick_device
     from .io import write_csv
     from .model import build_model, input_config
     from .optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
     from .plots import training_curves
 
+    rank, world = distributed.rank(), distributed.world()
+    log = distributed.main_only(log)
     out = run_dir(cfg)
     ds, train_items, val_items, classes = split(cfg)
     codes = {c: i for i, c in enumerate(classes)}
@@ -97,19 +113,27 @@ def train(cfg, resume=False, log=print):
     check_scheduler(cfg)
     if cfg["nonfinite_loss"] not in ("stop", "skip"):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
-    steps_per_epoch, batches_per_epoch = _plan(cfg, labels)
+    steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
     total = steps_per_epoch * cfg["epochs"]
     device = pick_device()
     if cfg["deterministic"]:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg["seed"])
     model, source = build_model(cfg, with_weights=not resume)
+    if cfg["sync_bn"] and world > 1:
+        if device != "cuda":
+            raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only): set sync_bn=false "
+                            "on the CPU, where a BatchNorm-free backbone and neck train exactly as one process")
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)  # same state_dict keys: checkpoints stay interchangeable
     head = build_head(cfg, len(classes), np.bincount(labels, minlength=len(classes)).tolist())
     eval_head = getattr(head, "head", head)  # validation batches hold no replicas: LossTransform's term is moot
     size, mean, std = input_config(cfg, model.backbone)
     tfms = {k: build_transform(k, cfg, size, mean, std) for k in ("train", "val", "test")}
     fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=fmt), head.to(device)
+    step_fn = distributed.wrap(LossStep(model, head), device)
     opt = make_optimizer(cfg, model, head)
     plateau = Plateau(cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total) * plateau.scale)
@@ -132,10 +156,14 @@ def train(cfg, resume=False, log=print):
     else:
         log(f"training {cfg['name']} fold {cfg['fold']}: {cfg['backbone']} ({source or 'random init'}), "
             f"{len(train_items)} train / {len(val_items)} val images, {len(classes)} classes, {size}px, {device}, "
-            f"{cfg['head']} head, {cfg['sampler']} batches, {steps_per_epoch} steps/epoch")
-    save_config(cfg, out / "config.yaml")
+            f"{cfg['head']} head, {cfg['sampler']} batches, {steps_per_epoch} steps/epoch"
+            + (f", {world} processes" if world > 1 else ""))
+    if not rank:
+        save_config(cfg, out / "config.yaml")
 
     def snapshot(kind="last"):
+        if rank:
+            return
         weights = ema.module if kind == "ema" else model
         if not all(torch.isfinite(p).all() for p in weights.parameters()):  # never overwrite a good state
             raise UserError(f"the weights became NaN/inf by step {state['step']}; {out / kind}.pt keeps the last "
@@ -151,23 +179,26 @@ def train(cfg, resume=False, log=print):
     train_ds = ImageDataset(train_items, tfms["train"], codes)
     while state["epoch"] < cfg["epochs"]:
         epoch, t0 = state["epoch"], time.time()
-        sampler = build_sampler(cfg, labels, epoch, start=state["batch"])
+        sampler = build_sampler(cfg, labels, epoch, start=state["batch"], rank=rank, world=world)
         dl = loader(train_ds, batch_sampler=sampler, num_workers=cfg["num_workers"], device=device)
         model.train(), head.train()
         seen, todo = 0, batches_per_epoch - state["batch"]
         bar = tqdm(itertools.islice(dl, todo), total=todo, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-                   disable=not sys.stderr.isatty(), file=sys.stderr)
+                   disable=rank or not sys.stderr.isatty(), file=sys.stderr)
         for x, y in bar:
             x, y = x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device)
             try:
-                with autocast(device, cfg["amp"]):
-                    loss = head(model(x).float(), y)
+                last_of_step = (state["batch"] + 1) % cfg["accum_steps"] == 0
+                with autocast(device, cfg["amp"]), distributed.sync_gradients(step_fn, last_of_step):
+                    loss = step_fn(x, y)
                 if not torch.isfinite(loss):
                     if cfg["nonfinite_loss"] != "skip":
                         raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the "
                                         "last good state: lower lr or check the data, then --resume (or set "
                                         "nonfinite_loss=skip)")
                     state["skipped"] = state.get("skipped", 0) + 1  # the batch adds no gradient
+                    if world > 1:  # DDP waits for this batch's gradients on every rank: reduce zeros
+                        (sum(p.sum() for p in step_fn.parameters()) * 0.0).backward()
                     log(f"step {state['step'] + 1}: loss {loss.item()}, batch skipped ({state['skipped']} so far)")
                 else:
                     scaler.scale(loss / cfg["accum_steps"]).backward()
@@ -178,7 +209,7 @@ def train(cfg, resume=False, log=print):
                                 f"accum_steps={acc * 2} (the same effective batch) or a smaller image_size; "
                                 "last.pt keeps the last saved state (--resume continues from it)") from None
             state["batch"] += 1
-            seen += len(x)
+            seen += len(x) * world
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             if state["batch"] % cfg["accum_steps"]:
                 continue
@@ -208,9 +239,10 @@ def train(cfg, resume=False, log=print):
         is_best = metrics.get("val_map5", 0.0) > state["best_map5"] or not val_items
         if is_best:
             state["best_map5"] = metrics.get("val_map5", 0.0)
-        write_csv(out / "metrics.csv", METRIC_COLUMNS, [[r[k] for k in METRIC_COLUMNS] for r in state["history"]])
-        training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], out / "curves.png",
-                        f"{cfg['name']} fold {cfg['fold']}")
+        if not rank:
+            write_csv(out / "metrics.csv", METRIC_COLUMNS, [[r[k] for k in METRIC_COLUMNS] for r in state["history"]])
+            training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], out / "curves.png",
+                            f"{cfg['name']} fold {cfg['fold']}")
         # last.pt, the resume point, goes last: killed before it, a resume redoes this epoch's end (best, ema)
         if is_best:
             snapshot("best")

@@ -1,6 +1,10 @@
 """Batch samplers: each epoch is a pure function of (seed, epoch), so a run resumed mid-epoch (`start` = batches
 already done) sees exactly the batches it would have seen. Batches are lists of (index, sample_seed); every
-occurrence has its own sample_seed, so repeated copies of one image are augmented independently."""
+occurrence has its own sample_seed, so repeated copies of one image are augmented independently.
+
+Every sampler is distribution-aware through the base class: after .shard(rank, world), each global batch yields
+only its rows rank::world, so N processes see disjoint shares of the same global batches as one process (for any
+N dividing the batch size, and after a resume with another N)."""
 import numpy as np
 from torch.utils.data import Sampler
 
@@ -17,6 +21,14 @@ class _EpochSampler(Sampler):
     def __init__(self, labels, batch_size, seed, epoch, start=0):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size, self.seed, self.epoch, self.start = batch_size, seed, epoch, start
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank, world):
+        """Yield only rows rank::world of each batch (DDP: this process's share of the global batch)."""
+        if world < 1 or not 0 <= rank < world or self.batch_size % world:
+            raise ValueError(f"rank {rank} of {world} processes cannot share batches of {self.batch_size}")
+        self.rank, self.world = rank, world
+        return self
 
     def __len__(self):
         return max(0, self.num_batches - self.start)
@@ -25,7 +37,7 @@ class _EpochSampler(Sampler):
         # the whole epoch is drawn even when resuming: skipping batches must not change the RNG stream
         index, seeds = self._epoch(np.random.default_rng([self.seed, self.epoch, *self.salt]))
         for b in range(self.start, self.num_batches):
-            yield [(int(i), int(s)) for i, s in zip(index[b], seeds[b])]
+            yield [(int(i), int(s)) for i, s in zip(index[b][self.rank::self.world], seeds[b][self.rank::self.world])]
 
 
 class RandomBatches(_EpochSampler):
@@ -120,9 +132,13 @@ class RepeatedAugBatches(_EpochSampler):
 SAMPLERS = {"random": RandomBatches, "m_per_class": MPerClassBatches, "repeated_aug": RepeatedAugBatches}
 
 
-def build_sampler(cfg, labels, epoch, start=0):
-    """The configured sampler for one epoch; config mistakes become one-line UserErrors."""
+def build_sampler(cfg, labels, epoch, start=0, rank=0, world=1):
+    """The configured sampler for one epoch, sharded for process rank of world; config mistakes become one-line
+    UserErrors."""
     name, bs = cfg["sampler"], cfg["batch_size"]
+    if bs % world:
+        raise UserError(f"batch_size={bs} cannot be shared by {world} processes: use a multiple of {world} (it is "
+                        "the global batch; each process gets batch_size / nproc)")
     if name not in SAMPLERS:
         raise UserError(f"sampler={name!r} is unknown: use one of {', '.join(SAMPLERS)}")
     section = dict(cfg.get(name) or {})
@@ -142,4 +158,4 @@ def build_sampler(cfg, labels, epoch, start=0):
         r = section.get("repeats", 3)
         if r < 1 or bs % r:
             raise UserError(f"repeated_aug.repeats={r} must divide batch_size={bs}: pick repeats from its divisors")
-    return SAMPLERS[name](labels, bs, cfg["seed"], epoch, start, **section)
+    return SAMPLERS[name](labels, bs, cfg["seed"], epoch, start, **section).shard(rank, world)
