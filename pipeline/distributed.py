@@ -64,7 +64,12 @@ def init():
 def finish():
     d = _dist()
     if d:
+        import gc
+
         d.barrier()  # no rank leaves while rank 0 still writes what the others computed
+        # a DDP wrapper the stage dropped still holds the process group in a reference cycle; freed only at exit,
+        # gloo's threads would be torn down during interpreter shutdown, which aborts now and then
+        gc.collect()
         d.destroy_process_group()
 
 

@@ -128,3 +128,27 @@ def test_m_per_class_repeats_gives_adjacent_replicas_of_every_image():
     with pytest.raises(UserError, match="m_per_class.repeats=3"):
         build_sampler({"sampler": "m_per_class", "batch_size": 16, "seed": 0, "m_per_class": {"n": 4, "repeats": 3}},
                       labels, 0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("start", [0, 2])
+def test_shards_are_disjoint_rows_of_the_same_global_batches(name, world, start):
+    # DDP: process r takes rows r::world of each global batch; put back together they are the one-process batches
+    full = list(_make(name, epoch=1, start=start))
+    shares = [list(_make(name, epoch=1, start=start).shard(r, world)) for r in range(world)]
+    assert all(len(s) == len(full) for s in shares)
+    for b, batch in enumerate(full):
+        rebuilt = [None] * BS
+        for r in range(world):
+            assert len(shares[r][b]) == BS // world
+            rebuilt[r::world] = shares[r][b]
+        assert rebuilt == batch
+
+
+def test_build_sampler_shards_and_refuses_a_batch_the_processes_cannot_share():
+    one = list(build_sampler(_cfg("random"), LABELS, 0))
+    assert [b[1::2] for b in one] == list(build_sampler(_cfg("random"), LABELS, 0, rank=1, world=2))
+    with pytest.raises(UserError, match="batch_size=12 cannot be shared by 5 processes") as e:
+        build_sampler(_cfg("random"), LABELS, 0, rank=0, world=5)
+    assert "\n" not in str(e.value)
