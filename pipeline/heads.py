@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import gather_batch
+
 
 def _f(x):
     """Half precision (AMP) -> float32 for the softmax; float64 is kept (the tests compare in float64)."""
@@ -183,8 +185,6 @@ class LossStep(nn.Module):
         self.model, self.head = model, head
 
     def forward(self, images, labels):
-        from .distributed import gather_batch
-
         return self.head(*gather_batch(self.model(images).float(), labels))
 
 
