@@ -73,12 +73,6 @@ def finish():
         d.destroy_process_group()
 
 
-def barrier():
-    d = _dist()
-    if d:
-        d.barrier()
-
-
 def broadcast(obj):
     """Rank 0's obj on every rank (a decision all ranks must take alike: best epoch, learning-rate cut)."""
     d = _dist()

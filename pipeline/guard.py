@@ -29,6 +29,17 @@ def kaggle_config_dirs():
             Path(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")]
 
 
+def kaggle_json(field):
+    """The values of `field` (username, key) in the kaggle.json files the client would read, in its order."""
+    for d in kaggle_config_dirs():
+        try:
+            value = json.loads(Path(d, "kaggle.json").read_text()).get(field)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if value:
+            yield str(value)
+
+
 def local_secrets():
     """The credential values the kaggle client would use on this machine (never printed)."""
     found = []
@@ -36,13 +47,8 @@ def local_secrets():
         v = os.environ.get(var, "")
         if v and not Path(v).is_file():
             found.append(v)
+    found += kaggle_json("key")
     for d in kaggle_config_dirs():
-        try:
-            key = json.loads(Path(d, "kaggle.json").read_text()).get("key", "")
-            if key:
-                found.append(str(key))
-        except (OSError, ValueError, AttributeError):
-            pass
         for name in ("access_token", "access_token.txt"):
             try:
                 tok = Path(d, name).read_text().strip()

@@ -73,14 +73,9 @@ def default_owner():
     user = os.environ.get("KAGGLE_USERNAME")
     if user:
         return user
-    from .guard import kaggle_config_dirs
+    from .guard import kaggle_json
 
-    for d in kaggle_config_dirs():
-        try:
-            return json.loads((d / "kaggle.json").read_text()).get("username")
-        except (OSError, ValueError, AttributeError):
-            pass
-    return None
+    return next(kaggle_json("username"), None)
 
 
 def build(name, cfgs, tricks=None, owner=None, competition=None, python_version="3.11", platforms=DEFAULT_PLATFORMS,

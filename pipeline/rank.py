@@ -127,14 +127,21 @@ def _gemm_nt(a, b, out=None):
         return np.matmul(a, b.T, out=out)
     import torch
 
-    with warnings.catch_warnings():  # read-only memmaps: torch warns about writability, but we only read
-        warnings.simplefilter("ignore", UserWarning)
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
+    a, b = _tensors(a, b)
     r = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "").numpy()
     if out is None:
         return r
     out[...] = r
     return out
+
+
+def _tensors(*arrays):
+    """torch views of numpy arrays. Read-only memmaps make torch warn about writability; we only read them."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return [torch.from_numpy(np.asarray(a)) for a in arrays]
 
 
 def _cast_into(dst, src):
@@ -146,9 +153,8 @@ def _cast_into(dst, src):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings():  # read-only memmaps: torch warns about writability, but we only read
-            warnings.simplefilter("ignore", UserWarning)
-            torch.from_numpy(dst).copy_(torch.from_numpy(np.asarray(src)))
+        dst_t, src_t = _tensors(dst, src)
+        dst_t.copy_(src_t)
     finally:
         torch.set_num_threads(threads)
 

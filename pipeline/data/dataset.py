@@ -43,8 +43,9 @@ def collate_crops(batch):
     return torch.cat([x for x, _ in batch]), [k for _, k in batch]
 
 
-def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="cpu", collate_fn=None):
-    """DataLoader with worker processes; an explicit generator so loading never consumes the global RNG."""
+def loader(dataset, batch_sampler, num_workers=0, device="cpu", collate_fn=None):
+    """DataLoader over the given batches (a sampler or a list of index lists) with worker processes; an explicit
+    generator so loading never consumes the global RNG."""
     from torch.utils.data import DataLoader
 
     kw = dict(num_workers=num_workers, pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
@@ -52,6 +53,4 @@ def loader(dataset, batch_sampler=None, batch_size=None, num_workers=0, device="
         kw["collate_fn"] = collate_fn
     if num_workers:
         kw.update(persistent_workers=False, prefetch_factor=4)
-    if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
+    return DataLoader(dataset, batch_sampler=batch_sampler, **kw)
