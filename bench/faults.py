@@ -22,8 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# 4 epochs: most kills land in training, not imports
 TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embedding_dim=32", "batch_size=8",
-        "eval_batch_size=16", "num_workers=0", "epochs=4", "lr=0.05", "save_every_steps=1"]  # 4 epochs: most kills land in training, not imports
+        "eval_batch_size=16", "num_workers=0", "epochs=4", "lr=0.05", "save_every_steps=1"]
 
 
 def _cmd(stage, cfg, overrides, *extra):
@@ -110,13 +111,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     rng = random.Random(args.seed)
 
+    from pipeline.data.folds import write_folds
     from pipeline.data.layouts import load_dataset
-    from pipeline.folds import write_folds
-    from pipeline.synth import make_dataset
+    from pipeline.data.synth import make_dataset
 
     work = Path(tempfile.mkdtemp(prefix="faults-"))
     try:
-        data = make_dataset(work / "data", seed=3, hotels=40)  # enough images that kills land in the work, not the imports
+        # enough images that kills land in the work, not the imports
+        data = make_dataset(work / "data", seed=3, hotels=40)
         write_folds(load_dataset(data), work / "folds.csv", n_folds=5, seed=1)
         cfg = work / "f.yaml"
         cfg.write_text("# bench/faults.py\n")

@@ -68,8 +68,8 @@ def main(argv=None):
     import faiss
     import torch
 
-    import pipeline.rank as rank_mod
-    from pipeline.rank import rank
+    import pipeline.retrieval.rank as rank_mod
+    from pipeline.retrieval.rank import rank
 
     if args.cpu_gemm != "auto":
         rank_mod._GEMM = args.cpu_gemm
@@ -95,7 +95,7 @@ def main(argv=None):
     for a in range(0, args.gallery, 4096):
         index.add(np.concatenate([g[a:a + 4096].astype(np.float32) for g in gs], axis=1))
     g_all = faiss.rev_swig_ptr(index.get_xb(), args.gallery * q_all.shape[1]).reshape(args.gallery, -1)
-    from pipeline.rank import _gemm_backend
+    from pipeline.retrieval.rank import _gemm_backend
 
     onednn = hasattr(torch.ops.mkldnn, "_linear_pointwise")
     q_t, g_t = torch.from_numpy(q_all), torch.from_numpy(g_all)

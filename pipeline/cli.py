@@ -4,26 +4,26 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from pipeline.errors import UserError
 
-# stage name -> module (imported lazily so `--help` and light stages start fast)
+# stage name -> its module in pipeline/stages (each imports its library lazily, so `--help` starts fast)
 STAGES = {
-    "make-data": "pipeline.synth",
-    "folds": "pipeline.folds",
-    "train": "pipeline.train",
-    "embed": "pipeline.embed",
-    "ensemble": "pipeline.ensemble",
-    "ensemble-report": "pipeline.ensemble_report",
-    "show": "pipeline.show",
-    "evaluate": "pipeline.evaluate",
-    "compare": "pipeline.compare",
-    "score": "pipeline.score",
-    "validate": "pipeline.validate",
-    "kernel": "pipeline.kernel",
-    "upload": "pipeline.upload",
-    "kernel-status": "pipeline.kernel_status",
-    "demo": "pipeline.demo",
-    "test": "pipeline.selftest",
+    "make-data": "pipeline.stages.make_data",
+    "folds": "pipeline.stages.folds",
+    "train": "pipeline.stages.train",
+    "embed": "pipeline.stages.embed",
+    "ensemble": "pipeline.stages.ensemble",
+    "ensemble-report": "pipeline.stages.ensemble_report",
+    "show": "pipeline.stages.show",
+    "evaluate": "pipeline.stages.evaluate",
+    "compare": "pipeline.stages.compare",
+    "score": "pipeline.stages.score",
+    "validate": "pipeline.stages.validate",
+    "kernel": "pipeline.stages.kernel",
+    "upload": "pipeline.stages.upload",
+    "kernel-status": "pipeline.stages.kernel_status",
+    "demo": "pipeline.stages.demo",
+    "test": "pipeline.stages.test",
 }
 
 EPILOG = """typical flow:
@@ -38,7 +38,7 @@ EPILOG = """typical flow:
 run './run.sh <stage> --help' for a stage's options and an example."""
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="./run.sh", description="Image-retrieval pipeline for Kaggle instance-identification competitions.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +54,7 @@ def build_parser():
     return parser
 
 
-def one_line(err):
+def one_line(err: BaseException) -> str:
     """A UserError raised in a DataLoader worker comes back with the worker's traceback in its text: keep the
     user's message, its last line."""
     text = str(err).strip()
@@ -63,7 +63,7 @@ def one_line(err):
     return text
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # progress lines reach a log file or pipe as they happen
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -81,7 +81,7 @@ def main(argv=None):
     try:
         return args._module.run(args) or 0
     except UserError as e:
-        from .distributed import report_error
+        from pipeline.training.distributed import report_error
 
         if not report_error(one_line(e)):  # a torchrun worker hands it to the launcher, which prints it once
             print(f"error: {one_line(e)}", file=sys.stderr)

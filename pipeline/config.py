@@ -1,10 +1,15 @@
 """Configs: default.yaml holds every key; a model file holds what differs; `key=value` overrides both.
 An unknown key or a value of the wrong type is a UserError naming it."""
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from .errors import UserError
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import argparse
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -61,7 +66,7 @@ def _merge(base, update, source, prefix=""):
             base[key] = _coerce(full, value, base[key], source)
 
 
-def parse_override(text):
+def parse_override(text: str) -> dict:
     """'a.b=value' -> {'a': {'b': value}} with value read as YAML (so 2 is int, false is bool)."""
     if "=" not in text:
         raise UserError(f"'{text}': overrides are key=value (e.g. epochs=2)")
@@ -75,7 +80,7 @@ def parse_override(text):
     return value
 
 
-def config_path(name):
+def config_path(name: str | Path) -> Path:
     p = Path(name)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
@@ -88,7 +93,7 @@ def config_path(name):
     return p
 
 
-def load_config(name, overrides=(), **cli):
+def load_config(name: str | Path, overrides: Iterable[str] = (), **cli: object) -> dict:
     """Resolved config dict for config `name` (a name in pipeline/configs or a .yaml path).
     `overrides` are 'key=value' strings; `cli` are values from command-line flags (None = not given)."""
     cfg = _read_yaml(CONFIG_DIR / "default.yaml")
@@ -106,17 +111,17 @@ def load_config(name, overrides=(), **cli):
     return cfg
 
 
-def save_config(cfg, path):
-    from .io import write_text
+def save_config(cfg: dict, path: str | Path) -> None:
+    from pipeline.io import write_text
 
     write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
 
-def run_dir(cfg):
+def run_dir(cfg: dict) -> Path:
     return Path(cfg["runs_dir"]) / cfg["name"] / f"fold{cfg['fold']}"
 
 
-def add_run_set_arguments(p):
+def add_run_set_arguments(p: "argparse.ArgumentParser") -> None:
     """Options of the stages that read several trained runs (ensemble, ensemble-report, evaluate, show)."""
     p.add_argument("--data", help="competition folder (overrides each config's data)")
     p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
@@ -125,7 +130,7 @@ def add_run_set_arguments(p):
     p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
 
 
-def load_run_set(positional, args):
+def load_run_set(positional: list[str], args: "argparse.Namespace") -> list[dict]:
     """The configs named among `positional` (argparse puts key=value given before any option there: they are
     overrides, with --overrides and those after an option), loaded with the add_run_set_arguments flags."""
     overrides = [x for x in positional if "=" in x] + list(args.overrides)

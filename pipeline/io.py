@@ -1,14 +1,21 @@
-"""Atomic file writes: an artifact is either the old one or the complete new one, never half-written."""
+"""Files in and out: an artifact is either the old one or the complete new one, never half-written (temp file,
+then rename), and tables are pandas DataFrames whose cells are read as strings (ids such as '007' stay ids)."""
 import contextlib
-import csv
 import errno
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,8 +28,6 @@ def atomic_path(path):
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            from .errors import UserError
-
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise UserError(f"{path}: disk full while writing it ({e.strerror}); {kept}. Free space on "
                             f"{path.parent} and run the command again") from None
@@ -31,30 +36,40 @@ def atomic_path(path):
             os.unlink(tmp)
 
 
-def write_text(path, text):
+def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
 
-def write_csv(path, header, rows):
+def save_npy(path, array) -> None:
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def write_table(path, frame) -> None:
+    """A DataFrame as CSV (no index, '\\n' line ends), atomically."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
+        frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def read_csv(path, required=()):
-    """Rows of a CSV as dicts; a missing file or column is a UserError naming it."""
-    from .errors import UserError
+def read_table(path: str | Path, required: Iterable[str] = ()) -> "pd.DataFrame":
+    """A CSV as a DataFrame of strings (empty cells are ''); a missing file, a missing column or a malformed row is
+    a UserError naming it."""
+    import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        missing = [c for c in required if c not in cols]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(cols) or 'none'})")
-        return list(reader)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        cols = ", ".join(map(str, frame.columns)) or "none"
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {cols})")
+    return frame

@@ -26,6 +26,11 @@ def cli(*args, cwd=ROOT, env=None, timeout=600):
 PYPATH = {"PYTHONPATH": str(ROOT)}  # for cli() run from another folder
 
 
+def md_lines(text):
+    """A markdown table's lines with the cell padding squeezed out ('|  a |' -> '| a |'), to compare contents."""
+    return "\n".join(" ".join(line.split()) for line in text.splitlines())
+
+
 def assert_one_line_error(proc, *needles):
     assert proc.returncode != 0, proc.stdout + proc.stderr
     err = proc.stderr.strip()
@@ -39,9 +44,9 @@ def assert_one_line_error(proc, *needles):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A small embedded dataset (generated once per test session) with its folds file."""
+    from pipeline.data.folds import write_folds
     from pipeline.data.layouts import load_dataset
-    from pipeline.folds import write_folds
-    from pipeline.synth import make_dataset
+    from pipeline.data.synth import make_dataset
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_dataset(root / "data", seed=3, hotels=10)

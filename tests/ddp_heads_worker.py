@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.heads import HEADS, LossStep, LossTransform  # noqa: E402
+from pipeline.model.heads import HEADS, LossStep, LossTransform  # noqa: E402
 
 NAMES = [*HEADS, "loss_transform"]
 BATCH = 8
@@ -35,7 +35,7 @@ def grads(module):
 
 
 def run(name):
-    from pipeline import distributed
+    from pipeline.training import distributed
 
     rank, world = distributed.rank(), distributed.world()
     module = step(name)
@@ -47,7 +47,7 @@ def run(name):
 
 
 def main(out):
-    from pipeline import distributed
+    from pipeline.training import distributed
 
     distributed.init()
     results = {name: run(name) for name in NAMES}  # each DDP wrapper unreachable before finish()

@@ -205,7 +205,7 @@ def test_empty_class_folder(data):
 
 
 def test_class_with_one_image(data, tmp_path):
-    from pipeline.folds import write_folds
+    from pipeline.data.folds import write_folds
 
     one = data / "train_images" / "777777"
     one.mkdir()
@@ -332,17 +332,17 @@ def test_embeddings_from_other_checkpoint(data, runs):
     import torch
 
     from pipeline.config import load_config
-    from pipeline.embed import ensure_embeddings
+    from pipeline.retrieval.embeddings import ensure_embeddings
 
     cfg = load_config(str(runs / "a.yaml"), tiny_overrides(data.parent, runs, "epochs=1"))
     ensure_embeddings(cfg, log=lambda *a: None)
-    assert ensure_embeddings(cfg, log=lambda *a: None)["computed"] == []  # cached
+    assert ensure_embeddings(cfg, log=lambda *a: None).computed == []  # cached
     ck_path = runs / "a" / "fold0" / "best.pt"
     ck = torch.load(ck_path, weights_only=True)
     key = next(k for k, v in ck["model"].items() if v.is_floating_point())
     ck["model"][key] = ck["model"][key] + 0.01
     torch.save(ck, ck_path)
-    assert ensure_embeddings(cfg, log=lambda *a: None)["computed"] == ["gallery", "val", "test"]
+    assert ensure_embeddings(cfg, log=lambda *a: None).computed == ["gallery", "val", "test"]
 
 
 def test_submission_with_wrong_ids(data, tmp_path):

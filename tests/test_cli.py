@@ -4,8 +4,9 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 from pipeline.cli import STAGES
+
+from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 
 
 def test_top_level_help_lists_every_stage():

@@ -19,13 +19,14 @@ def test_compare_two_recipes_over_seeds(tiny_data, tmp_path):
     for f in ("compare.md", "compare.csv", "compare.json", "compare.png"):
         assert (out / f).is_file(), f
     report = json.loads((out / "compare.json").read_text())
-    assert [r["model"] for r in report["summary"]] == ["zero-shot test_efficientnet", "arc", "sup"]
+    assert [r["model"] for r in report["rows"]] == ["zero-shot test_efficientnet", "arc", "sup"]
     assert sorted((r["model"], r["seed"]) for r in report["runs"]) == [("arc", 1), ("arc", 2), ("sup", 1), ("sup", 2)]
     # the table's mean and std are those of the per-seed runs
-    for entry in report["summary"][1:]:
+    for entry in report["rows"][1:]:
         vals = [r["map@5"] for r in report["runs"] if r["model"] == entry["model"]]
-        assert entry["map@5"] == [statistics.mean(vals), statistics.stdev(vals)]
-        assert {"mAP@1", "mAP@5", "acc@1", "precision@5", "recall@5", "train_seconds", "images_per_sec"} <= set(entry)
+        assert [entry["map@5_mean"], entry["map@5_std"]] == [statistics.mean(vals), statistics.stdev(vals)]
+        stats = {"mAP@1", "mAP@5", "acc@1", "precision@5", "recall@5", "train_seconds", "images_per_sec"}
+        assert {f"{k}_{s}" for k in stats for s in ("mean", "std")} <= set(entry)
     # each seed is its own run: other initialisation, other weights
     a, b = (torch.load(out / f"seed{s}" / "arc" / "fold0" / "best.pt", weights_only=True)["model"] for s in (1, 2))
     assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.folds import assign_folds, read_folds, write_folds
 from pipeline.data.images import read_image
 from pipeline.data.layouts import LAYOUTS, Item, load_dataset
 from pipeline.errors import UserError
-from pipeline.folds import assign_folds, read_folds, write_folds
 
 
 def _img(path, color=(200, 30, 40), size=(24, 32)):

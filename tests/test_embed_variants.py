@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_one_line_error, cli, tiny_overrides
 from pipeline.errors import UserError
+
+from conftest import assert_one_line_error, cli, tiny_overrides
 
 DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test") for ext in ("npy", "csv")} | {"manifest.json"}
 
@@ -18,10 +19,10 @@ DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test") for ext in ("n
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
     """(config, loaded model, checkpoint state, {split: items}) of a tiny run trained for one epoch."""
-    from pipeline import checkpoint
     from pipeline.config import load_config, run_dir
-    from pipeline.model import build_model
-    from pipeline.train import split
+    from pipeline.data.folds import split
+    from pipeline.model.embedder import build_model
+    from pipeline.training import checkpoint
 
     runs = tmp_path_factory.mktemp("runs")
     cfg_path = runs / "v.yaml"
@@ -42,9 +43,9 @@ def trained(tiny_data, tmp_path_factory):
 
 
 def _embed(t, **kw):
-    from pipeline.embed import ensure_embeddings
+    from pipeline.retrieval.embeddings import Variant, ensure_embeddings
 
-    return ensure_embeddings(t["cfg"], log=lambda *a: None, **kw)
+    return ensure_embeddings(t["cfg"], Variant(**kw), log=lambda *a: None)
 
 
 @torch.no_grad()
@@ -58,15 +59,15 @@ def _mtimes(d):
 
 
 def test_defaults_write_todays_files_and_recompute_nothing(trained):
-    from pipeline import checkpoint
     from pipeline.config import run_dir
     from pipeline.data.transforms import build_transform, describe
-    from pipeline.embed import _key, load_split
+    from pipeline.retrieval.embeddings import cache_key, load_split
+    from pipeline.training import checkpoint
 
     r = _embed(trained)
-    d = r["dir"]
-    assert r["stems"] == {"gallery": "gallery", "val": "val", "test": "test"}
-    assert r["computed"] == ["gallery", "val", "test"]
+    d = r.dir
+    assert r.stems == {"gallery": "gallery", "val": "val", "test": "test"}
+    assert r.computed == ["gallery", "val", "test"]
     assert {p.name for p in d.iterdir()} == DEFAULT_FILES
     manifest = json.loads((d / "manifest.json").read_text())
     assert set(manifest) == {"gallery", "val", "test"}
@@ -75,39 +76,41 @@ def test_defaults_write_todays_files_and_recompute_nothing(trained):
     ck_hash = checkpoint.file_hash(run_dir(cfg) / f"{cfg['checkpoint']}.pt")
     for name, kind in (("gallery", "test"), ("val", "val"), ("test", "test")):
         tfm = build_transform(kind, cfg, st["image_size"], st["mean"], st["std"])
-        assert manifest[name]["key"] == _key(ck_hash, trained["items"][name], describe(tfm), st["image_size"])
-        emb, ids, _ = load_split(d, name)
+        assert manifest[name]["key"] == cache_key(ck_hash, trained["items"][name], describe(tfm), st["image_size"])
+        loaded = load_split(d, name)
+        emb, ids = loaded.array, loaded.ids
         assert ids == [it.image_id for it in trained["items"][name]]
         assert np.allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1, atol=1e-2)
     before = _mtimes(d)
     again = _embed(trained)
-    assert again["computed"] == [] and _mtimes(d) == before
+    assert again.computed == [] and _mtimes(d) == before
 
 
 def test_flip_equals_hand_computed(trained):
     from pipeline.data.images import read_image
     from pipeline.data.transforms import apply, build_transform
-    from pipeline.embed import load_split
+    from pipeline.retrieval.embeddings import load_split
 
-    before = _mtimes(_embed(trained)["dir"])
+    before = _mtimes(_embed(trained).dir)
     r = _embed(trained, flip=True)
-    assert r["stems"] == {"gallery": "gallery.flip", "val": "val.flip", "test": "test.flip"}
-    assert r["computed"] == ["gallery.flip", "val.flip", "test.flip"]
-    d, cfg, st, model = r["dir"], trained["cfg"], trained["state"], trained["model"]
+    assert r.stems == {"gallery": "gallery.flip", "val": "val.flip", "test": "test.flip"}
+    assert r.computed == ["gallery.flip", "val.flip", "test.flip"]
+    d, cfg, st, model = r.dir, trained["cfg"], trained["state"], trained["model"]
     for name, kind in (("gallery", "test"), ("val", "val"), ("test", "test")):
         tfm = build_transform(kind, cfg, st["image_size"], st["mean"], st["std"])
         items = trained["items"][name][:3]
         x = np.stack([apply(tfm, read_image(it.path), i) for i, it in enumerate(items)])  # sample i, seed i
         want = F.normalize(_e(model, x) + _e(model, x[..., ::-1]), dim=1).numpy()
-        got, ids, _ = load_split(d, r["stems"][name])
+        loaded = load_split(d, r.stems[name])
+        got, ids = loaded.array, loaded.ids
         assert ids == [it.image_id for it in trained["items"][name]]
         assert np.abs(got[:3].astype(np.float32) - want).max() < 2e-3, name
-        plain, _, _ = load_split(d, name)
+        plain = load_split(d, name).array
         assert np.abs(plain[:3].astype(np.float32) - want).max() > 1e-2  # flip really changes the embedding
     # the defaults' files are untouched; a second call computes nothing
     assert {k: v for k, v in _mtimes(d).items() if k in DEFAULT_FILES - {"manifest.json"}} == \
         {k: v for k, v in before.items() if k != "manifest.json"}
-    assert _embed(trained, flip=True)["computed"] == []
+    assert _embed(trained, flip=True).computed == []
 
 
 def test_red_crops_dropped():
@@ -166,17 +169,18 @@ def _hand_multicrop(model, image, n, size, mean, std):
 def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
     from pipeline.data.images import read_image
     from pipeline.data.transforms import _mask_hole
-    from pipeline.embed import load_split
+    from pipeline.retrieval.embeddings import load_split
 
     r = _embed(trained, multicrop=n)
-    assert r["stems"] == {"gallery": "gallery", "val": f"val.mc{n}", "test": f"test.mc{n}"}
-    assert r["computed"] == [f"val.mc{n}", f"test.mc{n}"]  # the gallery is the default one, already cached
+    assert r.stems == {"gallery": "gallery", "val": f"val.mc{n}", "test": f"test.mc{n}"}
+    assert r.computed == [f"val.mc{n}", f"test.mc{n}"]  # the gallery is the default one, already cached
     st, model = trained["state"], trained["model"]
     size, mean, std = st["image_size"], st["mean"], st["std"]
     hole = A.Compose([_mask_hole(1.0)])
     dropped_total = 0
     for name in ("test", "val"):
-        got, ids, _ = load_split(r["dir"], r["stems"][name])
+        loaded = load_split(r.dir, r.stems[name])
+        got, ids = loaded.array, loaded.ids
         items = trained["items"][name]
         assert ids == [it.image_id for it in items]
         for i, it in enumerate(items if name == "test" else items[:4]):
@@ -190,25 +194,25 @@ def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
             assert np.abs(got[i].astype(np.float32) - want).max() < 2e-3, (name, i)
             assert np.linalg.norm(got[i].astype(np.float32)) <= 1 + 1e-2  # a mean of unit vectors
     assert dropped_total > 0  # the red occlusions of the tiny data do make some crops go
-    assert _embed(trained, multicrop=n)["computed"] == []
+    assert _embed(trained, multicrop=n).computed == []
 
 
 def test_each_variant_caches_separately_and_cli_flags(trained):
     from pipeline.data.images import read_image
     from pipeline.data.transforms import apply, build_transform
-    from pipeline.embed import load_split
+    from pipeline.retrieval.embeddings import load_split
 
     r = _embed(trained, gallery_pipeline="val")
-    assert r["stems"] == {"gallery": "gallery.galval", "val": "val", "test": "test"}
-    assert r["computed"] == ["gallery.galval"]
-    cfg, st, model, d = trained["cfg"], trained["state"], trained["model"], r["dir"]
+    assert r.stems == {"gallery": "gallery.galval", "val": "val", "test": "test"}
+    assert r.computed == ["gallery.galval"]
+    cfg, st, model, d = trained["cfg"], trained["state"], trained["model"], r.dir
     tfm = build_transform("val", cfg, st["image_size"], st["mean"], st["std"])
     items = trained["items"]["gallery"][:3]
     x = np.stack([apply(tfm, read_image(it.path), i) for i, it in enumerate(items)])
-    got, _, _ = load_split(d, "gallery.galval")
+    got = load_split(d, "gallery.galval").array
     assert np.abs(got[:3].astype(np.float32) - F.normalize(_e(model, x), dim=1).numpy()).max() < 2e-3
     combo = _embed(trained, flip=True, multicrop=9, gallery_pipeline="val")
-    assert combo["computed"] == ["gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
+    assert combo.computed == ["gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
     manifest = json.loads((d / "manifest.json").read_text())
     stems = ["gallery", "val", "test", "gallery.flip", "val.flip", "test.flip", "val.mc5", "test.mc5", "val.mc9",
              "test.mc9", "gallery.galval", "gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
@@ -218,7 +222,7 @@ def test_each_variant_caches_separately_and_cli_flags(trained):
     before = _mtimes(d)
     for kw in ({}, {"flip": True}, {"multicrop": 5}, {"multicrop": 9}, {"gallery_pipeline": "val"},
                {"flip": True, "multicrop": 9, "gallery_pipeline": "val"}):
-        assert _embed(trained, **kw)["computed"] == [], kw
+        assert _embed(trained, **kw).computed == [], kw
     assert _mtimes(d) == before
     # the command line passes the flags through: only the new stems are computed
     p = cli("embed", trained["cfg_path"], "--flip", "--multicrop", "5", "--gallery-pipeline", "val",
@@ -236,10 +240,10 @@ def test_each_variant_caches_separately_and_cli_flags(trained):
                                          ({"gallery_pipeline": "train"}, ["gallery pipeline 'train'", "test, val"])])
 def test_bad_variant_values_are_user_errors(kw, needles, tmp_path):
     from pipeline.config import load_config
-    from pipeline.embed import ensure_embeddings
+    from pipeline.retrieval.embeddings import Variant, ensure_embeddings
 
     cfg = load_config("m1", [f"runs_dir={tmp_path}"])  # checked before anything else: no run needed
     with pytest.raises(UserError) as e:
-        ensure_embeddings(cfg, **kw)
+        ensure_embeddings(cfg, Variant(**kw))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and all(n in msg for n in needles), msg

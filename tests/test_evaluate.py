@@ -6,10 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, cli, tiny_overrides
 from pipeline.errors import UserError
-from pipeline.evaluate import evaluate_runs, parse_ks, parse_metrics, topk_cosine, zero_shot_row
-from pipeline.metrics import class_map5_leave_one_out, map_at_k
+from pipeline.experiments.evaluate import evaluate_runs, parse_ks, parse_metrics
+from pipeline.experiments.zero_shot import zero_shot_row
+from pipeline.retrieval.metrics import class_map5_leave_one_out, map_at_k
+from pipeline.retrieval.search import topk_cosine
+
+from conftest import md_lines, assert_one_line_error, cli, tiny_overrides
 
 
 def _unit(rng, n, d=16):
@@ -96,7 +99,7 @@ def _cfg(tiny_data, runs, name="a"):
 
 
 def test_map5_equals_ensemble_and_columns(trained, tmp_path, monkeypatch):
-    from pipeline.ensemble import ensemble
+    from pipeline.experiments.ensemble import ensemble
 
     tiny_data, runs = trained
     cfg = _cfg(tiny_data, runs)
@@ -119,7 +122,7 @@ def test_evaluate_cli_writes_report(trained):
     p = cli("evaluate", runs / "a.yaml", "--metrics", "map@5,map@k,acc@1", "--k", "1,5",
             *tiny_overrides(tiny_data, runs, "epochs=1"))
     assert p.returncode == 0, p.stderr
-    assert "| model | map@5 | mAP@1 | mAP@5 | acc@1 |" in p.stdout
+    assert "| model | map@5 | mAP@1 | mAP@5 | acc@1 |" in md_lines(p.stdout)
     out = runs / "evaluate" / "a"
     report = json.loads((out / "metrics.json").read_text())
     assert report["rows"][0]["model"] == "a" and report["ks"] == [1, 5] and not report["leave_one_out"]
@@ -134,7 +137,7 @@ def test_evaluate_cli_zero_shot_and_errors(trained):
     over = tiny_overrides(tiny_data, runs, "epochs=1")
     p = cli("evaluate", "--zero-shot", "test_efficientnet", "--metrics", "map@5,acc@1", *over)
     assert p.returncode == 0, p.stderr
-    assert "| zero-shot test_efficientnet |" in p.stdout
+    assert "| zero-shot test_efficientnet |" in md_lines(p.stdout)
     rows = json.loads((runs / "evaluate" / "zero-shot-test_efficientnet" / "metrics.json").read_text())["rows"]
     assert [r["model"] for r in rows] == ["zero-shot test_efficientnet"] and set(rows[0]) == {"model", "map@5",
                                                                                                 "acc@1"}
@@ -170,16 +173,17 @@ def test_zero_shot_api_cache_and_gem(trained):
 
 
 def test_query_gallery_train_and_evaluate(tmp_path):
-    from pipeline.config import load_config
-    from pipeline.data.layouts import load_dataset
-    from pipeline.folds import write_folds
     from test_data import make_query_gallery
+
+    from pipeline.config import load_config
+    from pipeline.data.folds import write_folds
+    from pipeline.data.layouts import load_dataset
 
     data = make_query_gallery(tmp_path / "qg", classes=3, gallery=4, queries=2)
     write_folds(load_dataset(data), tmp_path / "folds.csv", n_folds=2, seed=1)
     runs = tmp_path / "runs"
     over = [f"data={data}", f"folds_file={tmp_path / 'folds.csv'}", f"runs_dir={runs}"]
-    from conftest import TINY
+    from conftest import md_lines, TINY
 
     (tmp_path / "qg.yaml").write_text("epochs: 1\n")
     over += [*TINY, "epochs=1", "batch_size=4"]  # 6 training images in fold 0's split

@@ -20,7 +20,7 @@ def _cfg(tiny_data, tmp_path, *extra):
 
 def _poison_head(monkeypatch, bad_calls, error=None):
     """Training heads whose loss is NaN (or which raise `error`) on the given calls (1-based), real otherwise."""
-    import pipeline.heads as heads
+    import pipeline.model.heads as heads
 
     real = heads.build_head
     calls = {"n": 0}
@@ -47,10 +47,10 @@ def _poison_head(monkeypatch, bad_calls, error=None):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
-    from pipeline import checkpoint
     from pipeline.config import run_dir
     from pipeline.errors import UserError
-    from pipeline.train import train
+    from pipeline.training import checkpoint
+    from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "save_every_steps=1")
     _poison_head(monkeypatch, {3})
@@ -62,9 +62,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
 
 
 def test_nan_loss_skip_counts_and_finishes(tiny_data, tmp_path, monkeypatch):
-    from pipeline import checkpoint
     from pipeline.config import run_dir
-    from pipeline.train import train
+    from pipeline.training import checkpoint
+    from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "nonfinite_loss=skip")
     _poison_head(monkeypatch, {2, 4})
@@ -78,7 +78,7 @@ def test_nan_loss_skip_counts_and_finishes(tiny_data, tmp_path, monkeypatch):
 
 def test_cuda_out_of_memory_suggests_accumulation(tiny_data, tmp_path, monkeypatch):
     from pipeline.errors import UserError
-    from pipeline.train import train
+    from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "accum_steps=1")
     _poison_head(monkeypatch, {1}, error=torch.cuda.OutOfMemoryError("CUDA out of memory (injected)"))

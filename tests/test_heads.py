@@ -9,7 +9,7 @@ from pytorch_metric_learning import losses as pml_losses
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.heads import HEADS, ArcFace, CosFace, LossTransform, SubCenterArcFace, build_head, dynamic_margins
+from pipeline.model.heads import HEADS, ArcFace, CosFace, LossTransform, SubCenterArcFace, build_head, dynamic_margins
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -43,7 +43,7 @@ CASES = [(name, False) for name in HEADS] + [(name, True) for name in HEADS]
 
 @pytest.mark.parametrize("name,wrapped", CASES, ids=[f"{n}{'+loss_transform' if w else ''}" for n, w in CASES])
 def test_head_trains_tiny_model(name, wrapped):
-    from pipeline.model import build_model
+    from pipeline.model.embedder import build_model
 
     torch.manual_seed(0)
     cfg = _cfg(name, loss_transform=0.1 if wrapped else 0.0, sampler="repeated_aug" if wrapped else "random")

@@ -2,8 +2,6 @@
 mount it, and writes exactly the submission `./run.sh ensemble` writes; in an interpreter without the kernel's
 packages it installs them from the packaged wheels first. The credential guard refuses what it must."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +34,11 @@ def test_package_layout_and_metadata(kernel_package):
         assert weights and not any(k.startswith(("head.", "optimizer")) for k in weights)
     wheels = sorted(p.name.split("-")[0] for p in (pkg / "code" / "wheels").glob("*.whl"))
     assert wheels == ["albucore", "albumentations", "safetensors", "timm"]
-    assert (pkg / "code" / "pipeline" / "kernel_infer.py").is_file()
+    # the code dataset holds what inference imports, not the whole tree; the offline check proves it is enough
+    code = pkg / "code" / "pipeline"
+    assert (code / "kaggle" / "infer.py").is_file() and (code / "training" / "distributed.py").is_file()
+    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "kaggle", "training"}
+    assert not (code / "training" / "loop.py").exists() and not (code / "kaggle" / "template.py").exists()
     package_json = json.loads((pkg / "package.json").read_text())
     assert package_json["sizes"]["code"] == sum(f["bytes"] for f in package_json["files"]
                                                 if f["path"].startswith("code/"))
@@ -45,7 +47,7 @@ def test_package_layout_and_metadata(kernel_package):
 
 def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
     package = kernel_package
-    from pipeline.kernel_check import run_offline
+    from pipeline.kaggle.check import run_offline
 
     work, pkg = package
     tiny, runs = trained
@@ -83,7 +85,7 @@ def _venv_without(tmp, skip):
 
 def test_kernel_installs_missing_packages_from_its_wheels(kernel_package, trained, tmp_path):
     package = kernel_package
-    from pipeline.kernel_check import run_offline
+    from pipeline.kaggle.check import run_offline
 
     work, pkg = package
     tiny, _ = trained
@@ -102,8 +104,8 @@ def test_kernel_installs_missing_packages_from_its_wheels(kernel_package, traine
 
 
 def test_guard_refuses_credentials(tmp_path, monkeypatch):
-    from pipeline import guard
     from pipeline.errors import UserError
+    from pipeline.kaggle import guard
 
     monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-value-0123456789")
     secrets = guard.local_secrets()
@@ -126,7 +128,7 @@ def test_guard_refuses_credentials(tmp_path, monkeypatch):
 def test_build_refuses_a_credential_and_writes_nothing(trained, tmp_path, monkeypatch):
     from pipeline.config import load_config
     from pipeline.errors import UserError
-    from pipeline.kernel import build
+    from pipeline.kaggle.package import build
 
     tiny, runs = trained
     monkeypatch.chdir(tmp_path)

@@ -1,7 +1,7 @@
 """MAP@5 on hand-computed cases."""
 import pytest
 
-from pipeline.metrics import average_precision_at_k, map_at_k
+from pipeline.retrieval.metrics import average_precision_at_k, map_at_k
 
 
 @pytest.mark.parametrize("row,truth,want", [
@@ -42,7 +42,7 @@ def _rel(*rows):
 
 
 def test_instance_ap_by_hand():
-    from pipeline.metrics import instance_ap_at_k
+    from pipeline.retrieval.metrics import instance_ap_at_k
 
     rel = _rel([1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [1, 1, 1, 1, 1])
     m = [2, 3, 0, 1, 10]
@@ -54,7 +54,7 @@ def test_instance_ap_by_hand():
 
 
 def test_instance_metrics_by_hand():
-    from pipeline.metrics import instance_metrics, relevance
+    from pipeline.retrieval.metrics import instance_metrics, relevance
 
     rel = relevance([["a", "b", "a"], ["c", "a", "a"], ["b", "b", "b"]], ["a", "a", "c"])
     assert rel.tolist() == [[True, False, True], [False, True, True], [False, False, False]]

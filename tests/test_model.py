@@ -8,9 +8,10 @@ from torch.nn.utils.parametrize import is_parametrized
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.heads import HEADS
-from pipeline.model import NECKS, build_model, input_config
-from pipeline.weights import packaged_file, read_state_dict
+from pipeline.model.backbone import input_config
+from pipeline.model.embedder import NECKS, build_model
+from pipeline.model.heads import HEADS
+from pipeline.model.weights import packaged_file, read_state_dict
 
 
 def test_neck_structure_and_embedding_shape():

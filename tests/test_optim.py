@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 
-from conftest import cli, tiny_overrides
 from pipeline.config import load_config
+from pipeline.data.folds import split
 from pipeline.errors import UserError
-from pipeline.heads import build_head
-from pipeline.model import build_model
-from pipeline.train import split
-from pipeline.optim import SCHEDULERS, Plateau, lr_factor, make_ema, make_optimizer, param_groups
+from pipeline.model.embedder import build_model
+from pipeline.model.heads import build_head
+from pipeline.training.optim import SCHEDULERS, Plateau, lr_factor, make_ema, make_optimizer, param_groups
+
+from conftest import cli, tiny_overrides
 
 
 def _tiny(*extra):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 from pipeline.data.samplers import SAMPLERS
+
+from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""pipeline.rank must equal a brute-force float64 reference for any chunking, model count, class layout, weights
+"""pipeline.retrieval.rank must equal a brute-force float64 reference for any chunking, model count, class layout, weights
 and per-class aggregation (max, or sum of the top agg_k)."""
 import numpy as np
 import pytest
 
-from pipeline import rank as rank_mod
 from pipeline.errors import UserError
-from pipeline.rank import rank
+from pipeline.retrieval import rank as rank_mod
+from pipeline.retrieval.rank import rank
 
 
 def brute_force_rank(queries, gallery, labels, k=5, weights=None, agg="max", agg_k=3):

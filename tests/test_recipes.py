@@ -6,12 +6,13 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.data.dataset import ImageDataset
+from pipeline.data.folds import split
 from pipeline.data.samplers import build_sampler
 from pipeline.data.transforms import build_transform
-from pipeline.heads import build_head
-from pipeline.model import build_model, input_config
-from pipeline.optim import make_optimizer
-from pipeline.train import split
+from pipeline.model.backbone import input_config
+from pipeline.model.embedder import build_model
+from pipeline.model.heads import build_head
+from pipeline.training.optim import make_optimizer
 
 # recipe -> a small image size its architecture accepts (patch 14 / patch 8 grids, Swin windows)
 RECIPES = {

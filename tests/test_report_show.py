@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
+from conftest import ROOT, assert_one_line_error, cli, md_lines, tiny_overrides
 
 
 def _overrides(trained):
@@ -17,17 +17,17 @@ def _inputs(trained, names):
     """Per-model (val, gallery without the val rows) embeddings, their labels and the classes, in-process."""
     from pipeline.config import load_config
     from pipeline.data.layouts import load_dataset
-    from pipeline.embed import ensure_embeddings, load_split
+    from pipeline.retrieval.embeddings import ensure_embeddings, load_split
 
     _, runs = trained
     cfgs = [load_config(str(runs / f"{n}.yaml"), _overrides(trained)) for n in names]
-    dirs = [ensure_embeddings(c, log=lambda *a: None)["dir"] for c in cfgs]
+    dirs = [ensure_embeddings(c, log=lambda *a: None).dir for c in cfgs]
     vals = [load_split(d, "val") for d in dirs]
     gals = [load_split(d, "gallery") for d in dirs]
-    keep = np.array([i not in set(vals[0][1]) for i in gals[0][1]])
-    return dict(cfgs=cfgs, q=[np.asarray(v[0]) for v in vals], g=[np.asarray(g[0])[keep] for g in gals],
-                q_ids=vals[0][1], q_labels=vals[0][2], g_ids=[i for i, k in zip(gals[0][1], keep) if k],
-                g_labels=[lab for lab, k in zip(gals[0][2], keep) if k],
+    keep = np.array([i not in set(vals[0].ids) for i in gals[0].ids])
+    return dict(cfgs=cfgs, q=[np.asarray(v.array) for v in vals], g=[np.asarray(g.array)[keep] for g in gals],
+                q_ids=vals[0].ids, q_labels=vals[0].labels, g_ids=[i for i, k in zip(gals[0].ids, keep) if k],
+                g_labels=[lab for lab, k in zip(gals[0].labels, keep) if k],
                 classes=load_dataset(cfgs[0]["data"], cfgs[0]).classes)
 
 
@@ -45,12 +45,14 @@ def _brute_force_map5(x):
 
 
 def test_ensemble_report_scores_every_subset(trained):
-    from pipeline.retrieval import map5
+    from pipeline.retrieval.embeddings import EmbeddingSet
+    from pipeline.retrieval.predict import map5
 
     _, runs = trained
     p = cli("ensemble-report", runs / "a.yaml", runs / "b.yaml", "--out", "ab", "--overrides", *_overrides(trained))
     assert p.returncode == 0, p.stderr
-    assert "[1/3]" in p.stdout and "[3/3]" in p.stdout and "| size | models | val MAP@5 | best of size |" in p.stdout
+    assert "[1/3]" in p.stdout and "[3/3]" in p.stdout
+    assert "| size | models | val MAP@5 | best of size |" in md_lines(p.stdout)
     out = runs / "ensembles" / "ab"
     for f in ("report.md", "report.csv", "report.json", "report.png"):
         assert (out / f).is_file(), f
@@ -60,8 +62,9 @@ def test_ensemble_report_scores_every_subset(trained):
     # each row is the val MAP@5 `ensemble` computes for that subset (retrieval.map5 on the validation gallery)
     x = _inputs(trained, ["a", "b"])
     for r, subset in zip(rows, ([0], [1], [0, 1])):
-        expected = map5([x["q"][i] for i in subset], x["q_labels"], [x["g"][i] for i in subset], x["g_labels"],
-                        x["classes"], log=lambda *a: None)
+        expected = map5(EmbeddingSet([x["q"][i] for i in subset], x["q_ids"], x["q_labels"]),
+                        EmbeddingSet([x["g"][i] for i in subset], x["g_ids"], x["g_labels"]), x["classes"],
+                        log=lambda *a: None)
         assert r["val_map5"] == expected, (r, expected)
     assert rows[2]["val_map5"] == pytest.approx(_brute_force_map5(x), abs=1e-12)
     # ... and what `./run.sh ensemble a b` reports for each model alone and for the pair
@@ -79,7 +82,8 @@ def test_ensemble_report_scores_every_subset(trained):
     assert [(r["models"], r["best_of_size"]) for r in table] == [
         ("a", str(int(best_single == 0))), ("b", str(int(best_single == 1))), ("a+b", "1")]
     md = (out / "report.md").read_text()
-    assert md.count("✓") == 2 and md.count("**") == 4 and f"| 2 | a + b | **{rows[2]['val_map5']:.4f}** | ✓ |" in md
+    assert md.count("✓") == 2 and md.count("**") == 4
+    assert f"| 2 | a + b | **{rows[2]['val_map5']:.4f}** | ✓ |" in md_lines(md)
 
     # --max-size 1: the single models only, same scores
     p = cli("ensemble-report", runs / "a.yaml", runs / "b.yaml", "--max-size", "1", "--out", "ab1",
@@ -93,9 +97,10 @@ def test_ensemble_report_scores_every_subset(trained):
 def test_show_writes_grid_of_best_matches(trained, tmp_path):
     import matplotlib.image
 
-    from pipeline.plots import GRID_CELL_INCHES, GRID_DPI
-    from pipeline.retrieval import top5
-    from pipeline.show import best_matches, pick_queries, show
+    from pipeline.experiments.show import best_matches, pick_queries, show
+    from pipeline.reports.plots import GRID_CELL_INCHES, GRID_DPI
+    from pipeline.retrieval.embeddings import EmbeddingSet
+    from pipeline.retrieval.predict import predict
 
     _, runs = trained
     p = cli("show", runs / "a.yaml", runs / "b.yaml", "--n", "3", "--seed", "0", "--overrides", *_overrides(trained))
@@ -120,9 +125,9 @@ def test_show_writes_grid_of_best_matches(trained, tmp_path):
             rows = np.flatnonzero(labels == c)
             assert gid == x["g_ids"][rows[np.argmax(sims[i, rows])]]
             assert s == pytest.approx(per_class[c], abs=1e-4)
-    # its classes are the ensemble's ranking (retrieval.top5) of those queries
-    assert res["classes"] == top5([q[picked] for q in x["q"]], x["g"], x["g_labels"], x["classes"],
-                                  log=lambda *a: None)
+    # its classes are the ensemble's ranking (retrieval.predict) of those queries
+    assert res["classes"] == predict([q[picked] for q in x["q"]], EmbeddingSet(x["g"], x["g_ids"], x["g_labels"]),
+                                     x["classes"], log=lambda *a: None)
 
     # best_matches itself on small random data, against brute force (ties broken towards the smaller class)
     rng = np.random.default_rng(0)
@@ -138,7 +143,7 @@ def test_show_writes_grid_of_best_matches(trained, tmp_path):
 
 
 def test_first_n_without_seed():
-    from pipeline.show import pick_queries
+    from pipeline.experiments.show import pick_queries
 
     assert pick_queries(10, 3).tolist() == [0, 1, 2]
     assert pick_queries(2, 5).tolist() == [0, 1]

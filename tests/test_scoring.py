@@ -1,7 +1,9 @@
-"""The inference-trick options of `ensemble` and `evaluate` (pipeline/scoring.py) on two tiny trained runs: the
-flags reach the right cached embeddings and the ranking, --ablate writes its table, bad flags are one-line errors."""
+"""The inference-trick options of `ensemble` and `evaluate` (pipeline/retrieval/predict.py's trick table) on two
+tiny trained runs: the flags reach the right cached embeddings and the ranking, --ablate writes its table, bad flags
+are one-line errors; and every entry of the table on its own."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,21 +25,21 @@ def _reference_val_map5(trained, names, flip, tricks):
     """Independently: the flip-TTA embeddings read from the run folders (files named as embed.py documents),
     the validation gallery built here, tricks.predict, then Kaggle MAP@5."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.embed import load_split
-    from pipeline.metrics import map_at_k
-    from pipeline.retrieval import encode
-    from pipeline.tricks import predict
+    from pipeline.retrieval.embeddings import load_split
+    from pipeline.retrieval.metrics import map_at_k
+    from pipeline.retrieval.predict import encode
+    from pipeline.retrieval.tricks import predict
 
     cfgs = _cfgs(trained, names)
     sfx = ".flip" if flip else ""
     vals = [load_split(trained[1] / n / "fold0" / "embeddings", "val" + sfx) for n in names]
     gals = [load_split(trained[1] / n / "fold0" / "embeddings", "gallery" + sfx) for n in names]
-    keep = np.array([i not in set(vals[0][1]) for i in gals[0][1]])
+    keep = np.array([i not in set(vals[0].ids) for i in gals[0].ids])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
-    labels = [lab for lab, k in zip(gals[0][2], keep) if k]
-    codes, _ = predict([np.asarray(v[0]) for v in vals], [np.asarray(g[0])[keep] for g in gals],
+    labels = [lab for lab, k in zip(gals[0].labels, keep) if k]
+    codes, _ = predict([np.asarray(v.array) for v in vals], [np.asarray(g.array)[keep] for g in gals],
                        encode(labels, classes), k=5, **tricks)
-    return map_at_k([[classes[c] for c in row if c >= 0] for row in codes], vals[0][2], k=5)
+    return map_at_k([[classes[c] for c in row if c >= 0] for row in codes], vals[0].labels, k=5)
 
 
 def test_ensemble_tricks_reach_embeddings_and_ranking(trained):
@@ -61,7 +63,7 @@ def test_ensemble_tricks_reach_embeddings_and_ranking(trained):
 
 
 def test_evaluate_ablate_writes_one_row_per_trick(trained):
-    from pipeline.scoring import ABLATIONS
+    from pipeline.retrieval.predict import ABLATIONS
 
     names = [str(trained[1] / f"{n}.yaml") for n in ("a", "b")]
     p = cli("evaluate", *names, "--ablate", "--out", "abl", *_ov(trained))
@@ -110,3 +112,42 @@ def test_ensemble_report_takes_the_tricks(trained):
         _reference_val_map5(trained, ["a", "b"], True, dict(dba=(3, 2.0))), abs=1e-12)
     assert rows[0]["val_map5"] == pytest.approx(_reference_val_map5(trained, ["a"], True, dict(dba=(3, 2.0))),
                                                 abs=1e-12)
+
+
+def _trick_parser():
+    import argparse
+
+    from pipeline.retrieval.predict import add_trick_arguments
+
+    p = argparse.ArgumentParser()
+    add_trick_arguments(p)
+    return p
+
+
+@pytest.mark.parametrize("name", sorted(__import__("pipeline.retrieval.predict", fromlist=["TRICKS"]).TRICKS))
+def test_trick_table_entry(name):
+    """Every TRICKS entry: its flags parse to its defaults, its ablation rows change only its own keys, its values
+    survive JSON, and it acts at a known stage."""
+    from pipeline.retrieval.predict import DEFAULTS, TRICKS, describe, tricks_from_args, tricks_from_json
+
+    trick = TRICKS[name]
+    assert trick.stage in ("embedding", "ranking")
+    parsed = tricks_from_args(_trick_parser().parse_args([]), 2)
+    assert parsed == DEFAULTS and {k: parsed[k] for k in trick.defaults} == trick.defaults
+    for label, values in trick.ablations:
+        assert set(values) <= set(trick.defaults) and values != {k: trick.defaults[k] for k in values}, label
+        assert describe(dict(DEFAULTS, **values)) != "none"
+    saved = json.loads(json.dumps(dict(DEFAULTS, **{k: v for _, vals in trick.ablations for k, v in vals.items()})))
+    assert tricks_from_json(saved) == dict(DEFAULTS, **{k: v for _, vals in trick.ablations for k, v in vals.items()})
+
+
+@pytest.mark.parametrize("argv, needle", [(["--qe", "x"], "--qe 'x'"), (["--dba", "-1"], "--dba '-1'"),
+                                          (["--agg-k", "0"], "--agg-k 0"), (["--pca", "-2"], "--pca -2"),
+                                          (["--whiten"], "--whiten needs --pca"),
+                                          (["--weights", "1"], "--weights '1'")])
+def test_trick_table_checks_flags(argv, needle):
+    from pipeline.errors import UserError
+    from pipeline.retrieval.predict import tricks_from_args
+
+    with pytest.raises(UserError, match=re.escape(needle)):
+        tricks_from_args(_trick_parser().parse_args(argv), 2)

@@ -3,9 +3,10 @@ import types
 
 import pytest
 
-from conftest import assert_one_line_error, cli
 from pipeline.errors import UserError
-from pipeline.submission import read_truth, validate_submission, write_submission
+from pipeline.kaggle.submission import read_truth, validate_submission, write_submission
+
+from conftest import assert_one_line_error, cli
 
 CLASSES = [str(c) for c in range(100, 110)]
 IDS = ["t3.jpg", "t1.jpg", "t2.jpg"]  # sample-submission order (not sorted)

@@ -5,9 +5,10 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, cli
+from pipeline.data.synth import MARKER, make_dataset
 from pipeline.errors import UserError
-from pipeline.synth import MARKER, make_dataset
+
+from conftest import assert_one_line_error, cli
 
 HOTELS = 12
 

@@ -1,13 +1,12 @@
-"""pipeline.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit loops
+"""pipeline.retrieval.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit loops
 and sorts, ties -> smaller class code / row index) for every trick, combination and memory budget."""
 
 import numpy as np
 import pytest
 
-from pipeline import tricks
 from pipeline.errors import UserError
-from pipeline.rank import rank
-
+from pipeline.retrieval import tricks
+from pipeline.retrieval.rank import rank
 
 
 # ---------------------------------------------------------------- reference (float64, dense, loops)

@@ -7,8 +7,6 @@ import json
 import shutil
 import zipfile
 
-import pytest
-
 from conftest import PYPATH, assert_one_line_error, cli
 from kaggle_standin import StandIn
 

@@ -1,11 +1,16 @@
 """Torch datasets (batch samplers: samplers.py). A sample is addressed by (index, seed): its augmentation
 depends on nothing else, so results are identical for any number of loader workers and after a resume."""
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
 import torch
 from torch.utils.data import Dataset
 
-from .images import read_image
-from .samplers import EpochBatchSampler, epoch_seed  # noqa: F401  (moved; old imports keep working)
-from .transforms import apply
+from pipeline.data.images import read_image
+from pipeline.data.transforms import apply
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
 
 
 class ImageDataset(Dataset):
@@ -38,12 +43,13 @@ class MultiCropDataset(Dataset):
         return torch.from_numpy(views), len(views)
 
 
-def collate_crops(batch):
+def collate_crops(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int]]:
     """(all crops of the batch concatenated, [crop count per image])."""
     return torch.cat([x for x, _ in batch]), [k for _, k in batch]
 
 
-def loader(dataset, batch_sampler, num_workers=0, device="cpu", collate_fn=None):
+def loader(dataset: Dataset, batch_sampler: Iterable[list], num_workers: int = 0, device: str = "cpu",
+           collate_fn: Callable | None = None) -> "DataLoader":
     """DataLoader over the given batches (a sampler or a list of index lists) with worker processes; an explicit
     generator so loading never consumes the global RNG."""
     from torch.utils.data import DataLoader

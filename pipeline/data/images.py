@@ -2,10 +2,15 @@
 import os
 import sys
 import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
-from ..errors import UserError
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _CAPTURE = None  # per-process temp file that takes libjpeg/libpng's stderr messages during a decode
 
@@ -30,7 +35,7 @@ def _imread_quiet(path):
     return img, " ".join(_CAPTURE.read().decode(errors="replace").split())
 
 
-def read_image(path):
+def read_image(path: str | Path) -> "np.ndarray":
     """RGB uint8 (H, W, 3). cv2.IMREAD_COLOR applies the EXIF orientation and turns grayscale, RGBA, CMYK
     and 16-bit images into 8-bit BGR. An unreadable file is a one-line UserError naming it; a file the decoder
     could only partly read (a truncated JPEG) is used as decoded, with a one-line warning."""

@@ -3,8 +3,8 @@ One plain dict, LAYOUTS, keyed by the config's `layout` name; a new competition 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import read_csv
+from pipeline.errors import UserError
+from pipeline.io import read_table
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -27,7 +27,7 @@ class Dataset:
     test_ids: list = field(default_factory=list)  # submission row order
 
     @property
-    def classes(self):
+    def classes(self) -> list[str]:
         return sorted({it.label for it in self.train})
 
 
@@ -40,8 +40,7 @@ def _test_order(root, test, id_column):
     sample = root / "sample_submission.csv"
     if not sample.is_file():
         return None, [it.image_id for it in test]
-    rows = read_csv(sample, required=[id_column])
-    ids = [r[id_column] for r in rows]
+    ids = read_table(sample, required=[id_column])[id_column].tolist()
     known = {it.image_id for it in test}
     missing = [i for i in ids if i not in known]
     if missing:
@@ -50,7 +49,7 @@ def _test_order(root, test, id_column):
     return sample, ids
 
 
-def hotelid(root, cfg=None):
+def hotelid(root: Path, cfg: dict | None = None) -> Dataset:
     """Hotel-ID 2022: train_images/<hotel_id>/<image>, test_images/<image>, sample_submission.csv."""
     train_dir = root / "train_images"
     if not train_dir.is_dir():
@@ -76,11 +75,11 @@ def _inside(root, csv_name, row, rel):
     return path
 
 
-def csv_layout(root, cfg):
+def csv_layout(root: Path, cfg: dict | None) -> Dataset:
     """Generic: train.csv (image path + label columns), test.csv (image column) or test_images/."""
     cols = cfg["csv"] if cfg else {"image_column": "image", "label_column": "label"}
     image_col, label_col = cols["image_column"], cols["label_column"]
-    rows = read_csv(root / "train.csv", required=[image_col, label_col])
+    rows = read_table(root / "train.csv", required=[image_col, label_col]).to_dict("records")
     train = []
     for n, r in enumerate(rows, start=2):
         rel = r[image_col]
@@ -90,7 +89,7 @@ def csv_layout(root, cfg):
         train.append(Item(rel, path, r[label_col]))
     if (root / "test.csv").is_file():
         test = [Item(Path(r[image_col]).name, _inside(root, "test.csv", n, r[image_col]))
-                for n, r in enumerate(read_csv(root / "test.csv", required=[image_col]), start=2)]
+                for n, r in enumerate(read_table(root / "test.csv", required=[image_col]).to_dict("records"), start=2)]
     elif (root / "test_images").is_dir():
         test = [Item(p.name, p) for p in _images_in(root / "test_images")]
     else:
@@ -105,7 +104,7 @@ def _class_folders(folder):
             for d in sorted(p for p in folder.iterdir() if p.is_dir()) for img in _images_in(d)]
 
 
-def query_gallery(root, cfg=None):
+def query_gallery(root: Path, cfg: dict | None = None) -> Dataset:
     """Seed 000's retrieval benchmark: gallery/<class>/<image> (the training items) and query/<class>/<image>.
     The queries become the test items with their labels kept (test items are otherwise unlabelled), so `embed`
     embeds them as the test split and `evaluate --queries test` scores them against the whole gallery; with no
@@ -125,7 +124,7 @@ def query_gallery(root, cfg=None):
 LAYOUTS = {"hotelid": hotelid, "csv": csv_layout, "query_gallery": query_gallery}
 
 
-def detect_layout(root):
+def detect_layout(root: Path) -> str:
     if (root / "train.csv").is_file():
         return "csv"
     if (root / "gallery").is_dir() and not (root / "train_images").is_dir():
@@ -133,11 +132,12 @@ def detect_layout(root):
     return "hotelid"
 
 
-def load_dataset(data_dir, cfg=None):
+def load_dataset(data_dir: str | Path, cfg: dict | None = None) -> Dataset:
     """The Dataset at `data_dir`, with the layout named by cfg['layout'] (auto-detected by default)."""
     root = Path(data_dir)
     if not root.is_dir():
-        raise UserError(f"data folder '{root}' not found (pass --data DIR, or make one: ./run.sh make-data --out {root})")
+        raise UserError(f"data folder '{root}' not found (pass --data DIR, or make one: "
+                        f"./run.sh make-data --out {root})")
     name = (cfg or {}).get("layout", "auto")
     if name == "auto":
         name = detect_layout(root)

@@ -5,13 +5,16 @@ occurrence has its own sample_seed, so repeated copies of one image are augmente
 Every sampler is distribution-aware through the base class: after .shard(rank, world), each global batch yields
 only its rows rank::world, so N processes see disjoint shares of the same global batches as one process (for any
 N dividing the batch size, and after a resume with another N)."""
+from collections.abc import Sequence
+from typing import Self
+
 import numpy as np
 from torch.utils.data import Sampler
 
-from ..errors import UserError
+from pipeline.errors import UserError
 
 
-def epoch_seed(seed, epoch):
+def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch]).integers(2**31))
 
 
@@ -23,7 +26,7 @@ class _EpochSampler(Sampler):
         self.batch_size, self.seed, self.epoch, self.start = batch_size, seed, epoch, start
         self.rank, self.world = 0, 1
 
-    def shard(self, rank, world):
+    def shard(self, rank: int, world: int) -> Self:
         """Yield only rows rank::world of each batch (DDP: this process's share of the global batch)."""
         if world < 1 or not 0 <= rank < world or self.batch_size % world:
             raise ValueError(f"rank {rank} of {world} processes cannot share batches of {self.batch_size}")
@@ -44,7 +47,7 @@ class RandomBatches(_EpochSampler):
     """Shuffled full batches, each image at most once; the remainder of len(labels) / batch_size is dropped."""
 
     @property
-    def num_batches(self):
+    def num_batches(self) -> int:
         return len(self.labels) // self.batch_size
 
     def _epoch(self, rng):
@@ -53,13 +56,6 @@ class RandomBatches(_EpochSampler):
         order = rng.permutation(n)
         seeds = rng.integers(0, 2**31, size=n)
         return order[:used].reshape(-1, self.batch_size), seeds[order[:used]].reshape(-1, self.batch_size)
-
-
-class EpochBatchSampler(RandomBatches):
-    """The pre-registry signature (item count instead of labels), kept for existing callers."""
-
-    def __init__(self, n, batch_size, seed, epoch, start=0):
-        super().__init__(np.zeros(n), batch_size, seed, epoch, start)
 
 
 class MPerClassBatches(_EpochSampler):
@@ -132,7 +128,8 @@ class RepeatedAugBatches(_EpochSampler):
 SAMPLERS = {"random": RandomBatches, "m_per_class": MPerClassBatches, "repeated_aug": RepeatedAugBatches}
 
 
-def build_sampler(cfg, labels, epoch, start=0, rank=0, world=1):
+def build_sampler(cfg: dict, labels: Sequence[int] | np.ndarray, epoch: int, start: int = 0, rank: int = 0,
+                  world: int = 1) -> _EpochSampler:
     """The configured sampler for one epoch, sharded for process rank of world; config mistakes become one-line
     UserErrors."""
     name, bs = cfg["sampler"], cfg["batch_size"]

@@ -1,4 +1,6 @@
 """Albumentations pipelines of SPEC 2: train (7 steps), val (resize + mask-simulating red hole), test (resize)."""
+from collections.abc import Sequence
+
 import albumentations as A
 import numpy as np
 
@@ -11,7 +13,7 @@ def _mask_hole(p):
                            hole_width_range=(0.25, 0.5), fill=RED, p=p)
 
 
-def build_transform(kind, cfg, size, mean, std):
+def build_transform(kind: str, cfg: dict, size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
     """kind: train | val | test. Output: normalised float32 HWC array (the dataset makes it CHW)."""
     norm = A.Normalize(mean=mean, std=std)
     if kind == "train":
@@ -36,12 +38,12 @@ def build_transform(kind, cfg, size, mean, std):
     return A.Compose(steps)
 
 
-def describe(transform):
+def describe(transform: object) -> str:
     """A stable text of a pipeline, for cache keys."""
     return repr(transform)
 
 
-def apply(transform, image, seed):
+def apply(transform: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
     """Apply with a per-sample seed: the result depends only on (image, seed), whatever the worker."""
     transform.set_random_seed(int(seed))
     return np.ascontiguousarray(transform(image=image)["image"].transpose(2, 0, 1))
@@ -52,12 +54,12 @@ MULTICROPS = (0, 5, 9)  # 0 = off
 MAX_RED = 0.5  # a crop more than half red (the occlusion rectangle) is dropped
 
 
-def red_mask(image):
+def red_mask(image: np.ndarray) -> np.ndarray:
     """Pixels of the red occlusion fill. The fill is pure (255, 0, 0); JPEG perturbs it, hence the margins."""
     return (image[..., 0] >= 200) & (image[..., 1] <= 60) & (image[..., 2] <= 60)
 
 
-def crop_boxes(h, w, n):
+def crop_boxes(h: int, w: int, n: int) -> list[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) pixel boxes of the n crops of an h x w image. n=5: the four corner crops of 60% side
     (of the height and of the width) and the centre crop of the same size; n=9: a 3x3 grid of 50%-side crops
     at a 25% stride (so neighbours overlap by half)."""
@@ -75,7 +77,7 @@ def crop_boxes(h, w, n):
     return boxes
 
 
-def select_crops(image, n, max_red=MAX_RED):
+def select_crops(image: np.ndarray, n: int, max_red: float = MAX_RED) -> tuple[list[np.ndarray], list[tuple]]:
     """(kept crops [uint8 HWC views], [(box, red fraction, kept)] for all n crops): a crop whose red fraction is
     above max_red is dropped."""
     red = red_mask(image)
@@ -105,7 +107,7 @@ class MultiCrop:
         return (f"MultiCrop(n={self.n}, max_red={MAX_RED}, red='R>=200,G<=60,B<=60', hole={self.hole!r}, "
                 f"crop={self.finish!r})")
 
-    def views(self, image, seed):
+    def views(self, image: np.ndarray, seed: int) -> np.ndarray:
         """float32 (k, C, S, S), k >= 1: the kept crops of image (uint8 RGB HWC)."""
         if self.hole is not None:
             self.hole.set_random_seed(int(seed))

@@ -1,0 +1,82 @@
+"""Folds: a seeded split of the training images stratified by class (folds/folds.csv: image_id,label,fold), and
+the train / validation split of a config's fold. Classes with one image get fold -1: always in training, never
+validated."""
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.io import read_table, write_table
+
+if TYPE_CHECKING:
+    from pipeline.data.layouts import Dataset, Item
+
+
+def assign_folds(items: Iterable["Item"], n_folds: int, seed: int) -> dict[str, int]:
+    """{image_id: fold}. Each class's images, shuffled by a seed of (seed, class), are dealt round-robin
+    starting where the previous class stopped, so folds stay balanced in size and in classes."""
+    if n_folds < 2:
+        raise UserError(f"--n-folds {n_folds}: need at least 2")
+    by_class = defaultdict(list)
+    for it in items:
+        by_class[it.label].append(it.image_id)
+    folds, cursor = {}, 0
+    for label in sorted(by_class):
+        ids = sorted(by_class[label])
+        if len(ids) == 1:
+            folds[ids[0]] = -1
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        for i in rng.permutation(len(ids)):
+            folds[ids[i]] = cursor % n_folds
+            cursor += 1
+    return folds
+
+
+def write_folds(ds: "Dataset", out: str | Path, n_folds: int = 10, seed: int = 42,
+                log: Callable[[str], object] | None = None) -> list[tuple[str, str, int]]:
+    """Write the folds CSV of dataset `ds` to `out`; returns its rows (image_id, label, fold) sorted by id."""
+    folds = assign_folds(ds.train, n_folds, seed)
+    rows = sorted((it.image_id, it.label, folds[it.image_id]) for it in ds.train)
+    import pandas as pd
+
+    write_table(out, pd.DataFrame(rows, columns=["image_id", "label", "fold"]))
+    if log:
+        counts = np.bincount([f + 1 for _, _, f in rows], minlength=n_folds + 1)
+        log(f"wrote {out}: {len(rows)} images, {len(ds.classes)} classes, {n_folds} folds "
+            f"(sizes {counts[1:].min()}-{counts[1:].max()}; {counts[0]} single-image always in training)")
+    return rows
+
+
+def read_folds(path: str | Path, ds: "Dataset") -> dict[str, int]:
+    """{image_id: fold} checked against the dataset: a stale or foreign folds file is a UserError."""
+    rows = read_table(path, required=["image_id", "label", "fold"])
+    folds = dict(zip(rows["image_id"], map(int, rows["fold"])))
+    labels = dict(zip(rows["image_id"], rows["label"]))
+    ids = {it.image_id for it in ds.train}
+    fix = f"rerun ./run.sh folds --data {ds.root} --out {path}"
+    if set(folds) != ids:
+        extra, missing = set(folds) - ids, ids - set(folds)
+        what = f"'{sorted(missing)[0]}' not in it" if missing else f"'{sorted(extra)[0]}' not in the data"
+        raise UserError(f"{path} does not match {ds.root} ({len(missing)} missing, {len(extra)} extra; {what}): {fix}")
+    for it in ds.train:
+        if labels[it.image_id] != it.label:
+            raise UserError(f"{path}: label of '{it.image_id}' differs from the data: {fix}")
+    return folds
+
+
+
+
+def split(cfg: dict) -> tuple["Dataset", list["Item"], list["Item"], list[str]]:
+    """(dataset, train items, val items, classes) for the config's data and fold."""
+    from pipeline.data.layouts import load_dataset
+
+    ds = load_dataset(cfg["data"], cfg)
+    folds = read_folds(cfg["folds_file"], ds)
+    train_items = [it for it in ds.train if folds[it.image_id] != cfg["fold"]]
+    val_items = [it for it in ds.train if folds[it.image_id] == cfg["fold"]]
+    return ds, train_items, val_items, ds.classes

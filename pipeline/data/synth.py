@@ -1,0 +1,351 @@
+"""The embedded synthetic competition: procedurally drawn hotel rooms (a chain's shared colours, each hotel's own
+textures and furniture), photographed from new viewpoints, written as a Hotel-ID-like folder with its truth file;
+byte-identical for the same seed and hotel count (stages/make_data.py documents the folder)."""
+import colorsys
+import json
+import numbers
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.errors import UserError
+
+VERSION = 1
+MARKER = ".synth.json"
+DEFAULT_HOTELS = 250
+MAX_HOTELS = 20000
+CANVAS_W, CANVAS_H = 320, 240
+HOTELS_PER_CHAIN = 25  # hotels sharing one palette; more per chain = weaker colour cue
+
+
+# ---------------------------------------------------------------- colours and textures
+
+def _hsv(h, s, v):
+    # saturation <= 0.55 everywhere keeps room pixels clear of the pure-red occlusion colour
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(s, 0.55), min(v, 1.0)), np.float32) * 255
+
+
+def _chain_palette(rng):
+    u = rng.uniform
+    h, wood = u(0, 1), u(0.05, 0.1)
+    pal = {name: _hsv(u(0, 1) if hue is None else hue + u(-0.04, 0.04), u(*sr), u(*vr)) for name, hue, sr, vr in [
+        ("wall", h, (0.05, 0.35), (0.6, 0.92)), ("wall2", h, (0.1, 0.45), (0.4, 0.7)),
+        ("floor", wood if u() < 0.6 else None, (0.15, 0.55), (0.35, 0.7)), ("floor2", wood, (0.2, 0.55), (0.15, 0.4)),
+        ("wood", wood, (0.3, 0.55), (0.2, 0.55)), ("bedding", None, (0, 0.12), (0.82, 0.97)),
+        ("throw", None, (0.25, 0.55), (0.3, 0.7)), ("accent", None, (0.3, 0.55), (0.35, 0.8)),
+        ("accent2", None, (0.3, 0.55), (0.35, 0.8)), ("curtain", None, (0.15, 0.5), (0.4, 0.85))]}
+    pal["trim"] = _hsv(h, u(0, 0.1), u(0.85, 1.0)) if u() < 0.6 else _hsv(wood, 0.4, 0.3)
+    return pal
+
+
+def _lerp(a, b, t):
+    return a + (b - a) * t[..., None]
+
+
+def _wall(rng, pal, xx, yy):
+    kind = rng.choice(["stripes", "paper", "panels", "plain"])
+    ang = rng.uniform(0, np.pi) if kind == "paper" else rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.04)
+    u, v = xx * np.cos(ang) + yy * np.sin(ang), -xx * np.sin(ang) + yy * np.cos(ang)
+    period = rng.uniform(6, 26) if kind != "panels" else rng.uniform(35, 80)
+    fu, fv = (u / period) % 1 - 0.5, (v / period) % 1 - 0.5
+    if kind == "stripes":
+        t = 0.5 + 0.5 * np.sin(2 * np.pi * u / period)
+        if rng.random() < 0.5:
+            t = (t > rng.uniform(0.3, 0.7)).astype(np.float32)
+    elif kind == "paper":
+        r = rng.uniform(0.15, 0.4)
+        t = (np.abs(fu) + np.abs(fv) < r) if rng.random() < 0.5 else (fu * fu + fv * fv < r * r)
+    elif kind == "panels":
+        t = (np.abs(fu) > 0.44) | (np.abs(fv) > 0.44)
+    else:
+        t = cv2.resize(rng.random((6, 8)).astype(np.float32), xx.shape[::-1], interpolation=cv2.INTER_CUBIC)
+    return _lerp(pal["wall"], pal["wall2"], np.asarray(t, np.float32) * rng.uniform(0.45, 1.0))
+
+
+def _floor(rng, pal, W, H, y0):
+    Hp, Wp = 160, 320
+    yy, xx = np.mgrid[0:Hp, 0:Wp].astype(np.float32)
+    kind = rng.choice(["planks", "checker", "tiles", "carpet"])
+    if rng.random() < 0.5:
+        xx, yy = yy, xx
+    if kind == "planks":
+        ph, L = rng.uniform(8, 20), rng.uniform(40, 120)
+        row = (yy // ph).astype(np.int32)
+        sh = xx + (rng.random(row.max() + 2) * L)[row]  # staggered plank ends
+        col = (sh // L).astype(np.int32)
+        tone = rng.random((row.max() + 2, col.max() + 2))[row, col]
+        t = 0.6 * tone + 0.15 * np.sin(yy * rng.uniform(0.8, 1.6) + 3 * np.sin(xx / rng.uniform(8, 20)))
+        t[((yy % ph) < 1.2) | ((sh % L) < 1.2)] = 1.2
+    elif kind == "checker":
+        s = rng.uniform(10, 30)
+        if rng.random() < 0.5:
+            xx, yy = (xx + yy) * 0.7071, (xx - yy) * 0.7071
+        t = ((xx // s + yy // s) % 2) * rng.uniform(0.5, 1.0)
+    elif kind == "tiles":
+        s = rng.uniform(12, 40)
+        n = int(max(Hp, Wp) / s) + 2
+        t = 0.25 * rng.random((n, n))[(yy // s).astype(int), (xx // s).astype(int)]
+        t[((xx % s) < 1.5) | ((yy % s) < 1.5)] = 1.0
+    else:
+        t = cv2.GaussianBlur(rng.random((Hp, Wp)).astype(np.float32), (0, 0), rng.uniform(0.8, 2.5))
+        t = (t - t.min()) / (np.ptp(t) + 1e-6) * 0.6
+        t += 0.4 * (np.sin(xx / rng.uniform(3, 10)) * np.sin(yy / rng.uniform(3, 10)) > 0.3)
+    img = _lerp(pal["floor"], pal["floor2"], np.asarray(t, np.float32))
+    k = rng.uniform(0.3, 0.9)
+    src = np.float32([[0, 0], [Wp, 0], [Wp, Hp], [0, Hp]])
+    dst = np.float32([[0, y0], [W, y0], [W * (1 + k), H], [-W * k, H]])
+    return cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (W, H), borderMode=cv2.BORDER_REFLECT)
+
+
+def _furnish(img, rng, pal, y0):
+    H, W = img.shape[:2]
+
+    def R(a, b):
+        return int(rng.integers(a, max(a, b) + 1))
+
+    def c(name):
+        return tuple(float(x) for x in np.clip(pal[name] + rng.normal(0, 4, 3), 0, 255))
+
+    def box(x1, y1, x2, y2, col, t=-1):
+        cv2.rectangle(img, (int(x1), int(y1)), (int(x2), int(y2)), col, t)
+
+    sky = np.float32(rng.choice([[150, 190, 235], [200, 210, 220], [40, 50, 90], [120, 160, 130]]))
+    for _ in range(int(rng.choice([0, 1, 1, 2]))):  # windows
+        w, h = R(40, 90), R(40, 80)
+        x, y = R(0, W - w), R(8, y0 - h - 12)
+        box(x - 4, y - 4, x + w + 4, y + h + 4, c("trim"))
+        img[y:y + h, x:x + w] = _lerp(sky, sky * 0.75, np.repeat(np.linspace(0, 1, h, dtype=np.float32)[:, None], w, 1))
+        for i in range(1, R(2, 4)):
+            box(x + i * w // 3, y, x + i * w // 3 + 1, y + h, c("trim"))
+        box(x, y + h // 2, x + w, y + h // 2 + 1, c("trim"))
+        if rng.random() < 0.6:  # curtains
+            for cx in (x - 14, x + w - 6):
+                box(cx, y - 8, cx + 20, y + h + 30, c("curtain"))
+    for _ in range(R(0, 2)):  # pictures
+        w, h = R(22, 60), R(18, 45)
+        x, y = R(0, W - w), R(8, y0 - h - 20)
+        box(x - 3, y - 3, x + w + 3, y + h + 3, c(rng.choice(["wood", "trim"])))
+        box(x, y, x + w, y + h, c(rng.choice(["bedding", "wall2"])))
+        for _ in range(R(2, 4)):
+            cv2.ellipse(img, (R(x, x + w), R(y, y + h)), (R(3, w // 2), R(3, h // 2)), R(0, 180), 0, 360,
+                        c(rng.choice(["accent", "accent2", "throw"])), -1)
+        box(x, y, x + w, y + h, c("wood"), 1)
+    if rng.random() < 0.35:  # wardrobe
+        w, top = R(50, 80), y0 - R(90, 130)
+        x = R(0, W - w)
+        box(x, top, x + w, y0 + 10, c("wood"))
+        box(x + w // 2, top + 4, x + w // 2 + 1, y0 + 6, c("floor2"))
+        box(x + w // 2 - 6, (top + y0) // 2, x + w // 2 + 6, (top + y0) // 2 + 2, c("trim"))
+    if rng.random() < 0.5:  # desk and TV
+        w = R(50, 90)
+        x = R(0, W - w)
+        box(x + 8, y0 - 70, x + w - 8, y0 - 40, (25.0, 25.0, 30.0))
+        for x1, y1, x2, y2 in ((x, y0 - 18, x + w, y0 - 12), (x + 3, y0 - 12, x + 7, y0 + 12),
+                               (x + w - 7, y0 - 12, x + w - 3, y0 + 12)):
+            box(x1, y1, x2, y2, c("wood"))
+    bw, hh, bh = R(100, 170), R(25, 55), R(40, 75)
+    x1 = R(20, W - bw - 20)
+    x2 = x1 + bw
+    box(x1 - 6, y0 - hh - 10, x2 + 6, y0 + 8, c(rng.choice(["wood", "accent", "throw"])))  # headboard
+    grow = int(bw * rng.uniform(0.1, 0.25))
+    base = np.int32([[x1, y0 - 8], [x2, y0 - 8], [x2 + grow, min(H, y0 + bh)], [x1 - grow, min(H, y0 + bh)]])
+    cv2.fillPoly(img, [base], c("bedding"))
+    f = rng.uniform(0.3, 0.6)
+    band = np.int32([[x1 - grow * f, y0 + bh * f], [x2 + grow * f, y0 + bh * f],
+                     [x2 + grow, min(H, y0 + bh)], [x1 - grow, min(H, y0 + bh)]])
+    cv2.fillPoly(img, [band], c("throw"))
+    n = 2 if bw > 125 else 1
+    for i in range(n):  # pillows
+        for col, t in ((c("bedding"), -1), (c("wall2"), 1)):
+            cv2.ellipse(img, (x1 + (2 * i + 1) * bw // (2 * n), y0 - 2), (bw // (2 * n) - 8, 9), 0, 0, 360, col, t)
+    for sx in (x1 - 34, x2 + 8):  # nightstands with lamps
+        if rng.random() < 0.7:
+            box(sx, y0 - 22, sx + 26, y0 + 14, c("wood"))
+            box(sx + 12, y0 - 45, sx + 14, y0 - 22, c("trim"))
+            shade = np.int32([[sx + 5, y0 - 45], [sx + 21, y0 - 45], [sx + 17, y0 - 62], [sx + 9, y0 - 62]])
+            cv2.fillPoly(img, [shade], c(rng.choice(["bedding", "accent2"])))
+    if rng.random() < 0.4:  # armchair near the camera
+        x, w = R(0, W - 60), R(40, 60)
+        cv2.ellipse(img, (x + w // 2, H - R(10, 40)), (w // 2, R(18, 28)), 0, 0, 360, c("accent"), -1)
+
+
+def _room(rng, pal):
+    """Render one hotel's room once; photos are views of it."""
+    W, H = CANVAS_W, CANVAS_H
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    y0 = int(rng.integers(125, 170))
+    img = np.ascontiguousarray(np.concatenate([_wall(rng, pal, xx, yy)[:y0], _floor(rng, pal, W, H, y0)[y0:]]))
+    cv2.rectangle(img, (0, y0 - 5), (W, y0), tuple(float(x) for x in pal["trim"]), -1)
+    _furnish(img, rng, pal, y0)
+    lx, ly = rng.uniform(0, W), rng.uniform(0, y0)
+    light = rng.uniform(0.75, 0.9) + rng.uniform(0.1, 0.3) * np.exp(
+        -((xx - lx) ** 2 + (yy - ly) ** 2) / (W * W * rng.uniform(0.05, 0.3)))
+    img = img * light[..., None] + rng.normal(0, 3, img.shape).astype(np.float32)
+    return cv2.GaussianBlur(np.clip(img, 0, 255), (0, 0), 0.6)
+
+
+# ---------------------------------------------------------------- photos
+
+def _photo(room, rng):
+    H, W = room.shape[:2]
+    long_side = int(rng.integers(128, 193))
+    aspect = float(rng.choice([4 / 3, 3 / 2, 1.0, 16 / 9]))
+    if rng.random() < 0.25:
+        aspect = 1 / aspect
+    ow, oh = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+    cw = min(rng.uniform(0.45, 0.95) * W, 0.98 * H * aspect)  # zoom: the crop's share of the room's width
+    ch = cw / aspect
+    x0, y0 = rng.uniform(0, W - cw), rng.uniform(0, H - ch)
+    quad = np.float32([[x0, y0], [x0 + cw, y0], [x0 + cw, y0 + ch], [x0, y0 + ch]])
+    a, centre = np.deg2rad(rng.normal(0, 4)), quad.mean(0)  # tilt, then corner jitter = mild perspective
+    rot = np.float32([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    quad = (quad - centre) @ rot.T + centre + rng.normal(0, 0.05 * cw, (4, 2)).astype(np.float32)
+    dst = np.float32([[0, 0], [ow, 0], [ow, oh], [0, oh]])
+    img = cv2.warpPerspective(room, cv2.getPerspectiveTransform(np.float32(quad), dst), (ow, oh),
+                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    gain = rng.uniform(0.6, 1.3) * (1 + rng.uniform(-0.12, 0.12, 3))  # brightness and colour cast
+    img = np.clip(img / 255 * gain.astype(np.float32), 0, 1) ** np.float32(rng.uniform(0.7, 1.4)) * 255
+    if rng.random() < 0.3:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.6, 1.6))
+    if rng.random() < 0.4:
+        img = img + rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
+    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    if rng.random() < 0.1:
+        img = np.ascontiguousarray(np.rot90(img, int(rng.integers(1, 4))))
+    return img
+
+
+def _red_rect(img, rng):
+    """Paint one pure-red filled rectangle over 10-40% of the image (the test-time occlusion)."""
+    H, W = img.shape[:2]
+    area = rng.uniform(0.1, 0.4) * W * H
+    w = int(np.clip(np.sqrt(area * rng.uniform(0.5, 2.0)), 8, W))
+    h = int(np.clip(area / w, 8, H))
+    x, y = int(rng.integers(0, W - w + 1)), int(rng.integers(0, H - h + 1))
+    img[y:y + h, x:x + w] = (255, 0, 0)
+    return img
+
+
+def _encode(img_rgb, ext, *params):
+    return cv2.imencode(ext, np.ascontiguousarray(img_rgb[..., ::-1]), list(params))[1].tobytes()
+
+
+def _jpg(img_rgb, rng):
+    return _encode(img_rgb, ".jpg", cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(75, 95)))
+
+
+def _hex_ids(rng, n, seen):
+    """n new 8-hex-digit names, none in `seen` (which is updated)."""
+    out = []
+    while len(out) < n:
+        new = [f"{int(v):08x}" for v in rng.integers(0, 2 ** 32, size=n - len(out), dtype=np.uint64)]
+        out += [h for h in dict.fromkeys(new) if h not in seen]
+        seen.update(out)
+    return out
+
+
+# ---------------------------------------------------------------- folder
+
+def _check_out(out, shown):
+    """Refuse to replace anything but an empty folder or a previous make-data output (it has our marker)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {shown}: is a file, not a folder; choose a new folder")
+    try:
+        ours = json.loads((out / MARKER).read_text()).get("generator") == "pipeline.synth"
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if out.is_dir() and any(out.iterdir()) and not ours:
+        raise UserError(f"--out {shown}: folder is not empty and is not a make-data output (no {MARKER}); "
+                        "choose a new folder or empty this one")
+
+
+def _generate(root, seed, hotels, masks, verbose):
+    rng = np.random.default_rng([seed, 0])
+    hotel_ids = [int(h) + 1000 for h in rng.choice(999000, size=hotels, replace=False)]
+    n_chains = max(3, round(hotels / HOTELS_PER_CHAIN))
+    palettes = [_chain_palette(rng) for _ in range(n_chains)]
+    chain = rng.integers(0, n_chains, hotels)
+    n_train = 2 + np.minimum(rng.geometric(1 / 7, hotels) - 1, 28)  # skewed: most hotels have few photos
+    r = rng.random(hotels)
+    n_test = np.where(r < 0.08, 2, np.where(r < 0.78, 1, 0))
+    seen = set()
+    train_names = _hex_ids(rng, int(n_train.sum()), seen)
+    test_names = _hex_ids(rng, int(n_test.sum()), seen)
+    for sub in ("train_images", "test_images", "train_masks"):
+        (root / sub).mkdir()
+    truth, ti, qi = [], 0, 0
+    for i, hid in enumerate(hotel_ids):
+        hrng = np.random.default_rng([seed, 1, i])
+        pal = {k: np.clip(v + hrng.normal(0, 4, 3), 0, 255).astype(np.float32) for k, v in palettes[chain[i]].items()}
+        room = _room(hrng, pal)
+        folder = root / "train_images" / str(hid)
+        folder.mkdir()
+        for _ in range(n_train[i]):
+            (folder / f"{train_names[ti]}.jpg").write_bytes(_jpg(_photo(room, hrng), hrng))
+            ti += 1
+        for _ in range(n_test[i]):
+            name = f"{test_names[qi]}.jpg"
+            (root / "test_images" / name).write_bytes(_jpg(_red_rect(_photo(room, hrng), hrng), hrng))
+            truth.append((name, hid))
+            qi += 1
+        if verbose and (i + 1) * 4 // hotels > i * 4 // hotels:
+            print(f"make-data: {(i + 1) * 100 // hotels}% ({i + 1}/{hotels} hotels, {ti} train images)", flush=True)
+    mrng = np.random.default_rng([seed, 2])
+    for name in _hex_ids(mrng, masks, set()):
+        w, h = int(mrng.integers(96, 257)), int(mrng.integers(96, 257))
+        img = np.full((h, w, 3), 255 if mrng.random() < 0.5 else 0, np.uint8)
+        (root / "train_masks" / f"{name}.png").write_bytes(_encode(_red_rect(img, mrng), ".png"))
+    truth.sort()
+    # placeholder guess, as in Kaggle's sample: the 5 hotels with the most train photos
+    top5 = " ".join(str(hotel_ids[j]) for j in sorted(range(hotels), key=lambda j: (-n_train[j], hotel_ids[j]))[:5])
+    (root / "sample_submission.csv").write_text(
+        "image_id,hotel_id\n" + "".join(f"{n},{top5}\n" for n, _ in truth))
+    (root / "test_truth.csv").write_text("image_id,hotel_id\n" + "".join(f"{n},{h}\n" for n, h in truth))
+    meta = {"generator": "pipeline.synth", "version": VERSION, "seed": seed, "hotels": hotels, "masks": masks}
+    (root / MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return len(train_names), len(truth)
+
+
+def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, masks: int | None = None,
+                 verbose: bool = False) -> Path:
+    """Write the synthetic competition folder at `out` (atomically) and return its Path."""
+    shown = str(out)
+    if not isinstance(hotels, numbers.Integral) or not 5 <= hotels <= MAX_HOTELS:
+        raise UserError(f"--hotels {hotels}: must be between 5 and {MAX_HOTELS} (default {DEFAULT_HOTELS})")
+    if not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UserError(f"--seed {seed}: must be a non-negative integer, e.g. --seed 0")
+    seed, hotels = int(seed), int(hotels)
+    masks = min(300, 10 * hotels) if masks is None else int(masks)
+    out = Path(os.path.abspath(out))
+    _check_out(out, shown)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o755)
+        n_train, n_test = _generate(tmp, seed, hotels, masks, verbose)
+        _check_out(out, shown)  # it may have changed while we generated
+        if out.exists():  # a directory cannot be swapped atomically: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "x")
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old / "x", out)
+            raise
+    finally:
+        for p in (tmp, old):
+            if p is not None and p.exists():
+                shutil.rmtree(p, ignore_errors=True)
+    if verbose:
+        mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+        print(f"make-data: wrote {shown}: {hotels} hotels, {n_train} train images, {n_test} test images, "
+              f"{masks} masks, {mb:.1f} MB, {time.time() - t0:.1f} s")
+    return out

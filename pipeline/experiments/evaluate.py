@@ -1,0 +1,137 @@
+"""Retrieval metrics of trained runs (and of a pretrained backbone, zero-shot) on the validation fold: Kaggle's
+class-level MAP@5 and the instance metrics mAP@k, acc@1, precision@k, recall@k (retrieval/metrics.py). Queries are
+the validation images and the gallery the training images without them (as `ensemble` scores), or with
+leave-one-out the validation images against each other, or labelled test images against every training image."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+from pipeline.retrieval.embeddings import EmbeddingSet, Variant
+from pipeline.retrieval.predict import DEFAULTS, RANKING_TRICKS
+
+METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k")
+_INSTANCE = {"map@k": "mAP@k", "acc@1": "acc@1", "precision@k": "precision@k", "recall@k": "recall@k"}
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise UserError(f"--metrics '{text}': unknown metric '{bad[0] if bad else ''}' (choose from "
+                        f"{','.join(METRICS)})")
+    return list(dict.fromkeys(names))
+
+
+def parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UserError(f"--k '{text}': give comma-separated positive integers, e.g. --k 1,5,10")
+    return list(dict.fromkeys(ks))
+
+
+def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leave_one_out: bool = False,
+             queries: str = "val", zero_shot: str | None = None, out: str | None = None, ablate: bool = False,
+             log=print) -> None:
+    """The evaluate stage: the metrics table of the runs (and the zero-shot row) in runs/evaluate/<out>/, or with
+    ablate the runs' ensemble once per inference trick. base: cfgs[0], or the default config without runs."""
+    out = out or "+".join([c["name"] for c in cfgs] + ([f"zero-shot-{zero_shot}"] if zero_shot else []))
+    out_dir = Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_")
+    if ablate:
+        from pipeline.experiments.ablate import ablate as run_ablation
+
+        if not cfgs or leave_one_out or queries != "val":
+            raise UserError("--ablate scores trained runs on the validation fold: give runs, without "
+                            "--leave-one-out / --queries test")
+        run_ablation(cfgs, tricks, out_dir, log=log)
+        return
+    if leave_one_out and any(tricks[k] != DEFAULTS[k] for k in RANKING_TRICKS):
+        raise UserError("--leave-one-out scores without the ranking tricks (--qe, --dba, --pca, --agg, --weights)")
+    if cfgs:
+        rows = evaluate_runs(cfgs, metrics, ks, leave_one_out, zero_shot, log=log, queries=queries, tricks=tricks)
+    else:
+        from pipeline.experiments.zero_shot import zero_shot_row
+
+        rows = [zero_shot_row(base, zero_shot, metrics, ks, leave_one_out, log=log, queries=queries)]
+    write_report(rows, out_dir, {"metrics": metrics, "ks": ks, "leave_one_out": leave_one_out, "queries": queries,
+                                 "fold": base["fold"], "data": str(base["data"]), "tricks": tricks}, log)
+
+
+def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: list, ks: list,
+          leave_one_out: bool = False, max_memory: int = 2 << 30, log=print, tricks: dict | None = None) -> dict:
+    """{column: value} of the metrics for one model's queries against a gallery (columns in the order of
+    `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default)."""
+    from pipeline.retrieval.metrics import class_map5_leave_one_out, instance_metrics
+    from pipeline.retrieval.predict import map5
+    from pipeline.retrieval.search import topk_cosine
+
+    q = np.asarray(queries.array)
+    row, rel = {}, None
+    for m in metrics:
+        if m == "map@5":
+            row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else
+                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log))
+            continue
+        if rel is None:
+            idx, _ = topk_cosine(q, gallery.array, max(ks), max_memory, leave_one_out=leave_one_out)
+            rel = np.asarray(gallery.labels, object)[idx] == np.asarray(queries.labels, object)[:, None]
+            counts = Counter(gallery.labels)
+            n_rel = [counts[x] - int(leave_one_out) for x in queries.labels]
+        row.update(instance_metrics(rel, n_rel, ks, [_INSTANCE[m]]))
+    return row
+
+
+def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = False, zero_shot: str | None = None,
+                  log=print, queries: str = "val", tricks: dict | None = None) -> list:
+    """One row {'model': name, column: value ...} per trained run, from its (cached) embeddings; with zero_shot
+    (a timm backbone name), first the zero-shot row of that backbone on cfgs[0]'s data and fold (no tricks)."""
+    from pipeline.data.layouts import load_dataset
+    from pipeline.experiments.zero_shot import zero_shot_row
+    from pipeline.retrieval.embeddings import ensure_embeddings
+
+    tricks = dict(tricks or DEFAULTS, weights=None)
+    rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
+    for cfg in cfgs:
+        run = ensure_embeddings(cfg, Variant.of(tricks), log=log)
+        q = run.load(queries)
+        need_queries(cfg, queries, q)
+        g = searched_gallery(run.load("gallery"), q, leave_one_out, queries)
+        rows.append({"model": cfg["name"], **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
+                                                   leave_one_out, cfg["max_memory"], log, tricks)})
+        log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(q)} queries, {len(g)} gallery images")
+    return rows
+
+
+def searched_gallery(gallery: EmbeddingSet | None, queries: EmbeddingSet, leave_one_out: bool,
+                     split: str) -> EmbeddingSet:
+    """The gallery the queries search: the queries themselves (leave-one-out), every training image for test
+    queries (they are not training images), else the training images without the validation rows, so a query
+    never finds itself (as ensemble scores)."""
+    if leave_one_out:
+        return queries
+    return gallery if split == "test" else gallery.without(queries.ids)
+
+
+def need_queries(cfg: dict, split: str, queries: EmbeddingSet) -> None:
+    if split == "val" and not queries.ids:
+        raise UserError(f"fold {cfg['fold']} has no validation images in {cfg['data']}: pick another --fold "
+                        f"(see {cfg['folds_file']})")
+    if split == "test" and (not queries.ids or not all(queries.labels)):
+        raise UserError(f"--queries test: the test images of {cfg['data']} are missing or unlabelled; it needs "
+                        "labelled queries (layout query_gallery: query/<class>/<image>)")
+
+
+def write_report(rows: list, out_dir: Path, info: dict, log=print) -> None:
+    import pandas as pd
+
+    from pipeline.reports.tables import write_tables
+
+    cols = list(dict.fromkeys(k for r in rows for k in r if k != "model"))
+    frame = pd.DataFrame(rows, columns=["model"] + cols)
+    shown = pd.DataFrame([[r["model"]] + [f"{r[c]:.4f}" if c in r else "" for c in cols] for r in rows],
+                         columns=["model"] + cols)
+    write_tables(out_dir, "metrics", frame, shown=shown, info=info, log=log)

@@ -1,0 +1,67 @@
+"""The offline check of a kernel package: mount its datasets and a competition folder under a temp input root as
+Kaggle does, run kernel.py with the network unshared, and compare its submission with ./run.sh ensemble's."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.kaggle import spec
+
+
+def lay_out_inputs(pkg: Path, data_dir: str | Path, root: Path) -> spec.Package:
+    """Mount the package's datasets and the competition folder under root as Kaggle does (<root>/<slug>)."""
+    package = spec.Package.read(pkg)
+    root.mkdir(parents=True, exist_ok=True)
+    for part in spec.DATASETS:
+        (root / package.slugs[part]).symlink_to((pkg / part).resolve())
+    (root / package.competition).symlink_to(Path(data_dir).resolve())
+    return package
+
+
+def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str | Path = sys.executable,
+                log: Callable[[str], object] = print) -> Path:
+    """Run pkg's kernel.py with the network unshared (when `unshare -n` works here) and HF_HUB_OFFLINE=1, on
+    data_dir laid out under work/input; returns work/working/submission.csv."""
+    inputs, out = Path(work) / "input", Path(work) / "working"
+    lay_out_inputs(pkg, data_dir, inputs)
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
+               NO_ALBUMENTATIONS_UPDATE="1")
+    env.pop("PYTHONPATH", None)  # the kernel must run the packaged pipeline, not this checkout's
+    cmd = [str(python), str((pkg / "kernel" / spec.KERNEL_SCRIPT).resolve())]
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        cmd = ["unshare", "-n"] + cmd
+    else:
+        log("kernel check: `unshare -n` is not available here; running with HF_HUB_OFFLINE=1 only")
+    r = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
+    for line in (r.stdout + r.stderr).splitlines():
+        log(f"  | {line}")
+    if r.returncode != 0:
+        raise UserError(f"the kernel failed offline (exit {r.returncode}); its output is above")
+    return out / "submission.csv"
+
+
+def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], object] = print) -> None:
+    """Run the kernel offline on the configs' data; its submission must equal ./run.sh ensemble's for the same
+    models and tricks. Writes pkg/verified.json."""
+    from pipeline.experiments.ensemble import ensemble
+
+    local = ensemble(cfgs, out_name=f"kernel-{pkg.name}", log=lambda *a: None, tricks=tricks)["submission"]
+    if local is None:
+        raise UserError(f"{cfgs[0]['data']} has no test images to check the kernel on; use --no-verify")
+    with tempfile.TemporaryDirectory() as work:
+        t = time.time()
+        got = run_offline(pkg, cfgs[0]["data"], work, log=log)
+        same = got.is_file() and got.read_bytes() == Path(local).read_bytes()
+        seconds = time.time() - t
+    if not same:
+        raise UserError(f"the kernel's offline submission differs from {local} (./run.sh ensemble); do not upload")
+    (pkg / spec.VERIFIED_JSON).write_text(json.dumps({"data": str(cfgs[0]["data"]), "matches": str(local),
+                                                   "seconds": round(seconds, 1)}, indent=1))
+    log(f"kernel check: offline run in {seconds:.1f}s; its submission equals {local}")

@@ -1,0 +1,61 @@
+"""Inference inside a Kaggle kernel: embed the test images with every packaged model and rank them against the
+cached gallery embeddings with the same code as `./run.sh ensemble` (retrieval/predict.py), then write and
+validate submission.csv. Reads only the models dataset (kaggle/spec.py) and the competition folder."""
+import json
+import time
+from pathlib import Path
+
+from pipeline.kaggle import spec
+
+
+def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
+    """Writes out_csv; returns its validated rows. models_dir: the models dataset (kernel.json at its root)."""
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from pipeline.data.layouts import load_dataset
+    from pipeline.kaggle.submission import write_submission
+    from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
+    from pipeline.retrieval.predict import describe, predict
+    from pipeline.training.distributed import pick_device
+
+    t0 = time.time() if t0 is None else t0
+    models_dir, data_dir = Path(models_dir), Path(data_dir)
+    kernel = spec.KernelSpec.read(models_dir)
+    variant = Variant.of(kernel.tricks)
+    device = pick_device()
+    log(f"kernel: {len(kernel.models)} model(s) on {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "") + f"; tricks: {describe(kernel.tricks)}")
+    queries, gallery, ds, timings = [], None, None, {}
+    for name in kernel.models:
+        t = time.time()
+        mdir = models_dir / name
+        cfg = yaml.safe_load((mdir / spec.CONFIG).read_text())
+        train_cfg = yaml.safe_load((mdir / spec.TRAIN_CONFIG).read_text())
+        meta = json.loads((mdir / spec.META).read_text())
+        cfg["data"] = str(data_dir)
+        if ds is None:
+            ds = load_dataset(data_dir, cfg)
+            by_id = {it.image_id: it for it in ds.test}
+            items = [by_id[i] for i in ds.test_ids]
+            log(f"kernel: {len(items)} test images, {len(ds.classes)} classes in {data_dir}")
+        model = load_model(train_cfg, load_file(str(mdir / spec.WEIGHTS)), cfg, device)
+        tfm, _ = variant.transform("test", cfg, meta)
+        queries.append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip))
+        del model
+        g = load_split(mdir, kernel.gallery_stem)
+        if gallery is not None and g.labels != gallery.labels:
+            raise SystemExit(f"kernel: {mdir / kernel.gallery_stem}.csv lists other gallery images than the first "
+                             "model's")
+        gallery = g if gallery is None else EmbeddingSet(gallery.arrays + g.arrays, g.ids, g.labels)
+        timings[name] = time.time() - t
+        log(f"kernel: {name}: embedded {len(items)} test images in {timings[name]:.1f}s")
+    t = time.time()
+    preds = predict(queries, gallery, ds.classes, kernel.tricks, kernel.max_memory, log)
+    timings["rank"] = time.time() - t
+    rows = write_submission(out_csv, [it.image_id for it in items], preds, expected_ids=ds.test_ids,
+                            known_classes=ds.classes, id_column=ds.id_column, label_column=ds.label_column)
+    log(f"kernel: ranked in {timings['rank']:.1f}s; wrote and validated {out_csv} ({len(rows)} rows); "
+        f"total {time.time() - t0:.1f}s")
+    return rows

@@ -1,0 +1,221 @@
+"""Build an offline Kaggle kernel package from trained runs (layout: kaggle/spec.py): a models dataset, a code
+dataset (the pipeline packages inference needs + wheels) and the kernel, written whole or not at all, refusing any
+file that holds a Kaggle credential (kaggle/guard.py); then run it offline here (kaggle/check.py)."""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.kaggle import spec
+from pipeline.kaggle.spec import KERNELS_DIR, Package
+from pipeline.retrieval.embeddings import Variant
+from pipeline.retrieval.predict import DEFAULTS
+
+# dists the kernel imports that Kaggle's image may lack or have at another version (the rest - torch, numpy,
+# PyYAML, opencv, Pillow, pydantic - it has); pinned to this machine's versions so the kernel runs what was tested
+WHEELS = ("timm", "albumentations", "albucore", "safetensors")
+DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
+LICENSE = "CC0-1.0"
+
+
+def check_name(name: str) -> None:
+    ok = 3 <= len(name) <= 44 and all(c.islower() or c.isdigit() or c == "-" for c in name)
+    if not ok or name[0] == "-" or name[-1] == "-":
+        raise UserError(f"kernel name '{name}': use 3-44 lower-case letters, digits and '-' (it becomes the "
+                        "Kaggle slugs <name>, <name>-models, <name>-code)")
+
+
+def default_owner() -> str | None:
+    """The Kaggle username the client would use (only the username is read; the key never leaves its file)."""
+    user = os.environ.get("KAGGLE_USERNAME")
+    if user:
+        return user
+    from pipeline.kaggle.guard import kaggle_json
+
+    return next(kaggle_json("username"), None)
+
+
+def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | None = None,
+          competition: str | None = None, python_version: str = "3.11", platforms: Sequence[str] = DEFAULT_PLATFORMS,
+          wheels: Sequence[str] = WHEELS, verify_it: bool = True, log: Callable[[str], object] = print) -> Path:
+    """Write kernels/<name>/ (atomically) and, with verify_it, run it offline on the configs' data. Returns the
+    package folder."""
+    from pipeline.kaggle import guard
+    from pipeline.retrieval.embeddings import ensure_embeddings
+
+    check_name(name)
+    if not cfgs:
+        raise UserError("no models given: ./run.sh kernel NAME --models m1 m2 ...")
+    tricks = tricks or dict(DEFAULTS)
+    owner = owner or default_owner()
+    if not owner:
+        raise UserError("no Kaggle owner: give --owner USERNAME (or set KAGGLE_USERNAME / ~/.kaggle/kaggle.json)")
+    competition = competition or cfgs[0]["competition"]
+    names = [c["name"] for c in cfgs]
+    if len(set(names)) != len(names):
+        raise UserError(f"a config is named twice: {' '.join(names)}")
+    runs = [ensure_embeddings(c, Variant.of(tricks), log=log) for c in cfgs]
+    slugs = {"kernel": name, "models": f"{name}-models", "code": f"{name}-code"}
+    KERNELS_DIR.mkdir(exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=KERNELS_DIR))
+    try:
+        _models_dataset(stage / "models", cfgs, runs, tricks, owner, slugs, competition)
+        requires = _code_dataset(stage / "code", owner, slugs, wheels, python_version, platforms)
+        _kernel(stage / "kernel", owner, slugs, competition, requires)
+        guard.check_tree(stage)
+        package = _inventory(stage, names, owner, slugs, competition, requires, tricks)
+        dest = KERNELS_DIR / name
+        old = dest.with_name(f".{name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        stage.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"{KERNELS_DIR}: disk full while writing the package ({e.strerror}); the previous "
+                        f"kernels/{name} (if any) is intact. Free space and rerun") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    for part in spec.PARTS:
+        log(f"{dest / part}: {package.sizes[part] / 2**20:.1f} MB")
+    for w in package.wheels:
+        log(f"  wheel {w['file']}: {w['bytes'] / 2**20:.2f} MB")
+    if verify_it:
+        from pipeline.kaggle.check import verify
+
+        verify(dest, cfgs, tricks, log=log)
+    log(f"wrote {dest}; next: ./run.sh upload {name}")
+    return dest
+
+
+def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    from pipeline.config import run_dir
+    from pipeline.training import checkpoint
+
+    for cfg, run in zip(cfgs, runs):
+        mdir = root / cfg["name"]
+        mdir.mkdir(parents=True)
+        ck_path = run_dir(cfg) / f"{cfg['checkpoint']}.pt"
+        state = checkpoint.load(ck_path, cfg)
+        # weights only: no optimiser, no head; clones so tied / strided tensors save as plain ones
+        save_file({k: v.detach().clone().contiguous() for k, v in state["model"].items()
+                   if isinstance(v, torch.Tensor)}, str(mdir / spec.WEIGHTS))
+        (mdir / spec.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        (mdir / spec.TRAIN_CONFIG).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+        stem = run.stems["gallery"]
+        for suffix in (".npy", ".csv"):
+            shutil.copyfile(run.dir / f"{stem}{suffix}", mdir / f"{stem}{suffix}")
+        manifest = json.loads((run.dir / spec.MANIFEST).read_text())
+        (mdir / spec.MANIFEST).write_text(json.dumps({stem: manifest[stem]}, indent=1))
+        meta = {"name": cfg["name"], "fold": cfg["fold"], "image_size": state["image_size"], "mean": state["mean"],
+                "std": state["std"], "checkpoint": cfg["checkpoint"],
+                "checkpoint_sha256": checkpoint.file_hash(ck_path)}
+        (mdir / spec.META).write_text(json.dumps(meta, indent=1))
+    spec.KernelSpec([c["name"] for c in cfgs], tricks, runs[0].stems["gallery"], cfgs[0]["max_memory"],
+                    competition).write(root)
+    _dataset_metadata(root, owner, slugs["models"], f"{slugs['kernel']} models")
+
+
+def _dataset_metadata(root, owner, slug, title):
+    meta = {"title": title, "id": f"{owner}/{slug}", "licenses": [{"name": LICENSE}]}
+    (root / spec.DATASET_METADATA).write_text(json.dumps(meta, indent=1))
+
+
+def _code_dataset(root, owner, slugs, wheels, python_version, platforms):
+    import importlib.metadata
+
+    _copy_code(root / "pipeline")
+    requires = {}
+    for dist in wheels:
+        try:
+            requires[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            raise UserError(f"--wheels {dist}: not installed here, so its version is unknown; install it or drop "
+                            "it") from None
+    wdir = root / "wheels"
+    wdir.mkdir()
+    for dist, version in requires.items():
+        _fetch_wheel(dist, version, wdir, python_version, platforms)
+    (root / spec.REQUIREMENTS).write_text("".join(f"{d}=={v}\n" for d, v in requires.items()))
+    _dataset_metadata(root, owner, slugs["code"], f"{slugs['kernel']} code")
+    return requires
+
+
+def _fetch_wheel(dist, version, dest, python_version, platforms):
+    """One wheel of dist==version into dest by pip download (PyPI): a pure-Python one when there is one, else
+    one for the target platform and Python."""
+    pyver = python_version.replace(".", "")
+    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+            "--only-binary=:all:", "--dest", str(dest), "--python-version", python_version, "-q"]
+    pure = ["--implementation", "py", "--abi", "none", "--platform", "any"]
+    binary = ["--implementation", "cp", "--abi", f"cp{pyver}", "--abi", "abi3", "--abi", "none"]
+    for p in platforms:
+        binary += ["--platform", p]
+    errors = ""
+    for tags in (pure, binary):
+        r = subprocess.run(base + tags + [f"{dist}=={version}"], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        errors = (r.stderr.strip().splitlines() or ["?"])[-1]
+    raise UserError(f"cannot download a wheel of {dist}=={version} for Python {python_version} "
+                    f"{' / '.join(platforms)} ({errors}); check PyPI access or the --platform tags")
+
+
+def _kernel(root, owner, slugs, competition, requires):
+    root.mkdir()
+    settings = {"owner": owner, "code_slug": slugs["code"], "models_slug": slugs["models"],
+                "competition": competition, "requires": requires}
+    body = (Path(__file__).parent / "template.py").read_text()
+    (root / spec.KERNEL_SCRIPT).write_text(f"SETTINGS = {json.dumps(settings, indent=1)}\n\n{body}")
+    meta = {"id": f"{owner}/{slugs['kernel']}", "title": slugs["kernel"], "code_file": spec.KERNEL_SCRIPT,
+            "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,
+            "enable_internet": False, "dataset_sources": [f"{owner}/{slugs['models']}", f"{owner}/{slugs['code']}"],
+            "competition_sources": [competition], "kernel_sources": [], "model_sources": []}
+    (root / spec.KERNEL_METADATA).write_text(json.dumps(meta, indent=1))
+
+
+def git_commit() -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                           cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return (r.stdout.strip() + ("-dirty" if dirty else "")) if r.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _inventory(stage, names, owner, slugs, competition, requires, tricks):
+    files = [{"path": str(p.relative_to(stage)), "bytes": p.stat().st_size}
+             for p in sorted(stage.rglob("*")) if p.is_file()]
+    sizes = {part: sum(f["bytes"] for f in files if f["path"].startswith(part + "/")) for part in spec.PARTS}
+    wheels = [{"file": Path(f["path"]).name, "bytes": f["bytes"]} for f in files if f["path"].endswith(".whl")]
+    package = Package(names, owner, slugs, competition, requires, tricks, git_commit(),
+                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sizes, wheels, files)
+    package.write(stage)
+    return package
+
+
+def _copy_code(dest):
+    """The parts of the pipeline the kernel imports (spec.CODE), not the stages, experiments or training loop; the
+    kernel's own template stays out (it becomes kernel.py)."""
+    src = Path(__file__).resolve().parent.parent
+    for rel in spec.CODE:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        if (src / rel).is_dir():
+            shutil.copytree(src / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "template.py"))
+        else:
+            shutil.copyfile(src / rel, dest / rel)

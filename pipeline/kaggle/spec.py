@@ -1,0 +1,84 @@
+"""The kernel package's layout, shared by the builder (kaggle/package.py), the offline check, the client and the
+kernel itself (kaggle/infer.py): file names, and the typed records behind kernel.json and package.json.
+
+  kernels/<name>/models/   dataset <owner>/<name>-models: kernel.json (KernelSpec); per model MODEL_FILES
+  kernels/<name>/code/     dataset <owner>/<name>-code: the pipeline packages inference needs, wheels/,
+                           requirements-kernel.txt
+  kernels/<name>/kernel/   kernel.py + kernel-metadata.json
+  kernels/<name>/package.json (Package), verified.json (the offline check passed), output/ (kernel-status)"""
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+KERNELS_DIR = Path("kernels")
+DATASETS = ("models", "code")  # uploaded before the kernel that mounts them
+PARTS = DATASETS + ("kernel",)
+PACKAGE_JSON, VERIFIED_JSON, KERNEL_JSON = "package.json", "verified.json", "kernel.json"
+DATASET_METADATA, KERNEL_METADATA, KERNEL_SCRIPT = "dataset-metadata.json", "kernel-metadata.json", "kernel.py"
+REQUIREMENTS = "requirements-kernel.txt"
+# the files of one model in the models dataset, beside its cached gallery embeddings (<stem>.npy, <stem>.csv)
+WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.yaml", "train_config.yaml",
+                                                 "meta.json", "manifest.json")
+# what of the pipeline the kernel runs (kaggle/infer.py's imports, transitively; from training only the device and
+# process helpers): folders whole, single modules by path. The offline check proves it is enough.
+CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "kaggle",
+        "training/__init__.py", "training/distributed.py")
+
+
+@dataclass
+class KernelSpec:
+    """models/kernel.json: what the kernel computes."""
+    models: list
+    tricks: dict
+    gallery_stem: str
+    max_memory: int
+    competition: str
+
+    def write(self, models_dir: Path) -> None:
+        (Path(models_dir) / KERNEL_JSON).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, models_dir: Path) -> "KernelSpec":
+        from pipeline.retrieval.predict import tricks_from_json
+
+        spec = cls(**json.loads((Path(models_dir) / KERNEL_JSON).read_text()))
+        spec.tricks = tricks_from_json(spec.tricks)
+        return spec
+
+
+@dataclass
+class Package:
+    """package.json: every file with its size, the Kaggle slugs, versions and the git commit."""
+    models: list
+    owner: str
+    slugs: dict  # part -> slug
+    competition: str
+    requires: dict  # dist -> version shipped as a wheel
+    tricks: dict
+    git_commit: str
+    created: str
+    sizes: dict = field(default_factory=dict)  # part -> bytes
+    wheels: list = field(default_factory=list)  # {file, bytes}
+    files: list = field(default_factory=list)  # {path, bytes}
+
+    def ref(self, part: str) -> str:
+        """The Kaggle reference <owner>/<slug> of a part."""
+        return f"{self.owner}/{self.slugs[part]}"
+
+    def write(self, pkg_dir: Path) -> None:
+        (Path(pkg_dir) / PACKAGE_JSON).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def read(cls, pkg_dir: Path) -> "Package":
+        return cls(**json.loads((Path(pkg_dir) / PACKAGE_JSON).read_text()))
+
+
+def load_package(name: str):
+    """(package folder, Package) of kernels/<name>; a missing one is a UserError saying how to build it."""
+    pkg = KERNELS_DIR / name
+    if not (pkg / PACKAGE_JSON).is_file():
+        raise UserError(f"{pkg / PACKAGE_JSON} not found: build the package first "
+                        f"(./run.sh kernel {name} --models ...)")
+    return pkg, Package.read(pkg)

@@ -1,0 +1,1 @@
+"""Result tables (markdown, CSV, JSON) and pictures."""

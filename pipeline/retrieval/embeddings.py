@@ -1,0 +1,237 @@
+"""The embedding cache of a trained run: runs/<config>/fold<k>/embeddings/<stem>.npy (float16, one L2-normalised
+row per image), <stem>.csv (image_id,label in row order; label empty for test) and manifest.json (each stem's cache
+key). Splits: the gallery (all training images, test pipeline), the validation fold (val pipeline) and the test
+images. An embedding-time `Variant` (flip TTA, multi-crop queries, the gallery's pipeline) is cached under its own
+stem, e.g. val.flip.mc5. A stem is recomputed only when its key changes: the checkpoint's content hash, the image
+list (path, size, mtime), the transform (with the variant) and the image size."""
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    import albumentations as A
+    import pandas as pd
+    import torch
+
+    from pipeline.data.layouts import Item
+    from pipeline.data.transforms import MultiCrop
+    from pipeline.model.embedder import Embedder
+
+SPLITS = ("gallery", "val", "test")
+QUERY_SPLITS = ("val", "test")
+GALLERY_PIPELINES = ("test", "val")
+VERSION = 1  # bump when the embedding code changes what it computes
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a run's embeddings are made: flip TTA on every split, multi-crop queries (0, 5 or 9 crops of the val and
+    test images), the gallery's pipeline (test, or val: with the simulated red hole). It names its cache files and
+    writes its part of their cache key; the default variant is the plain gallery / val / test."""
+    flip: bool = False
+    multicrop: int = 0
+    gallery_pipeline: str = "test"
+
+    @classmethod
+    def of(cls, tricks: dict) -> "Variant":
+        """The variant an inference-tricks dict asks for."""
+        return cls(tricks["flip"], tricks["multicrop"], tricks["gallery_pipeline"]).checked()
+
+    def checked(self) -> "Variant":
+        """Itself with plain types; a value that is not allowed is a one-line UserError naming it."""
+        from pipeline.data.transforms import MULTICROPS
+
+        if self.multicrop not in MULTICROPS:
+            raise UserError(f"multicrop {self.multicrop!r}: not one of {', '.join(map(str, MULTICROPS))} (0 = off)")
+        if self.gallery_pipeline not in GALLERY_PIPELINES:
+            raise UserError(f"gallery pipeline {self.gallery_pipeline!r}: not one of {', '.join(GALLERY_PIPELINES)}")
+        return Variant(bool(self.flip), int(self.multicrop), self.gallery_pipeline)
+
+    def pipeline(self, split: str) -> str:
+        """The transform pipeline of a split: val for the validation queries (and a val-pipeline gallery), else test."""
+        return "val" if split == "val" or (split == "gallery" and self.gallery_pipeline == "val") else "test"
+
+    def crops(self, split: str) -> int:
+        return self.multicrop if split in QUERY_SPLITS else 0
+
+    def stem(self, split: str) -> str:
+        """File stem of a split's embeddings; the default variant gives the plain split name."""
+        return (split + (".flip" if self.flip else "") + (f".mc{self.crops(split)}" if self.crops(split) else "")
+                + (".galval" if split == "gallery" and self.gallery_pipeline == "val" else ""))
+
+    def transform(self, split: str, cfg: dict, meta: dict):
+        """(transform, its cache-key text) of one split; meta: a checkpoint (or the kernel's model meta) with
+        image_size, mean, std. Shared by embed and the Kaggle kernel."""
+        from pipeline.data.transforms import MultiCrop, build_transform, describe
+
+        size, mean, std = meta["image_size"], meta["mean"], meta["std"]
+        kind, crops = self.pipeline(split), self.crops(split)
+        tfm = MultiCrop(kind, crops, size, mean, std) if crops else build_transform(kind, cfg, size, mean, std)
+        # the key text of a default stem is exactly the transform's, so existing caches stay valid
+        return tfm, describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
+
+    def manifest(self, split: str) -> dict:
+        """What a manifest entry records of the variant (nothing for a plain split)."""
+        if self.stem(split) == split:
+            return {}
+        return {"split": split, "flip": self.flip, "multicrop": self.crops(split), "pipeline": self.pipeline(split)}
+
+
+@dataclass
+class EmbeddingSet:
+    """Embeddings of one list of images: one (n, E_m) float16 array per model (a read-only memmap when loaded from
+    the cache), the image ids and labels in row order (labels '' for test images)."""
+    arrays: list
+    ids: list
+    labels: list
+
+    @property
+    def array(self) -> np.ndarray:
+        """The single model's array."""
+        if len(self.arrays) != 1:
+            raise ValueError(f"EmbeddingSet of {len(self.arrays)} models has no single array")
+        return self.arrays[0]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def models(self, indices) -> "EmbeddingSet":
+        """The same images with only the models at `indices`."""
+        return EmbeddingSet([self.arrays[m] for m in indices], self.ids, self.labels)
+
+    def rows(self, keep: np.ndarray) -> "EmbeddingSet":
+        """A copy of the rows where the boolean mask `keep` is true."""
+        return EmbeddingSet([np.asarray(a)[keep] for a in self.arrays], [i for i, k in zip(self.ids, keep) if k],
+                            [lab for lab, k in zip(self.labels, keep) if k])
+
+    def without(self, ids) -> "EmbeddingSet":
+        """A copy without the rows of these image ids."""
+        drop = set(ids)
+        return self.rows(np.array([i not in drop for i in self.ids], bool))
+
+
+@dataclass
+class RunEmbeddings:
+    """The cache of one run under one variant: its folder, the stem of each split, the stems this call computed."""
+    dir: Path
+    stems: dict
+    computed: list
+
+    def load(self, split: str) -> EmbeddingSet:
+        return load_split(self.dir, self.stems[split])
+
+
+def item_set(array, items) -> EmbeddingSet:
+    """A one-model EmbeddingSet of freshly embedded items."""
+    return EmbeddingSet([array], [it.image_id for it in items], [it.label for it in items])
+
+
+def cache_key(ident: str, items, transform_text: str, size: int) -> str:
+    """sha256 over what makes the embeddings: the weights' identity, the image list (id, path, size, mtime), the
+    transform's text and the image size."""
+    h = hashlib.sha256(f"v{VERSION}|{ident}|{transform_text}|{size}".encode())
+    for it in items:
+        st = it.path.stat()
+        h.update(f"|{it.image_id}|{it.path}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> RunEmbeddings:
+    """Compute the stems of the run's splits whose cache is stale (under torchrun each rank its share; rank 0
+    writes)."""
+    from pipeline.config import run_dir
+    from pipeline.data.folds import split
+    from pipeline.io import save_npy, write_table, write_text
+    from pipeline.training import checkpoint, distributed
+
+    variant = variant.checked()
+    log = distributed.main_only(log)  # rank 0 reports and writes; the others compute their shares
+    run = run_dir(cfg)
+    ck_path = run / f"{cfg['checkpoint']}.pt"
+    if not ck_path.is_file():
+        raise UserError(f"{ck_path} not found: train first (./run.sh train {cfg['name']} --fold {cfg['fold']})")
+    ck_hash = checkpoint.file_hash(ck_path)
+    ds, _, val_items, _ = split(cfg)
+    test_by_id = {it.image_id: it for it in ds.test}
+    items = {"gallery": ds.train, "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
+    stems = {name: variant.stem(name) for name in SPLITS}
+    out = run / "embeddings"
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    state, model, device, computed = None, None, distributed.pick_device(), []
+    for name in SPLITS:
+        state = state or checkpoint.load(ck_path, cfg)
+        size = state["image_size"]
+        tfm, text = variant.transform(name, cfg, state)
+        key = cache_key(ck_hash, items[name], text, size)
+        st = stems[name]
+        if manifest.get(st, {}).get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
+            continue
+        if model is None:
+            model = load_model(state["config"], state["model"], cfg, device)
+        t0 = time.time()
+        emb = embed_with(model, items[name], tfm, variant.crops(name), cfg, device, variant.flip)
+        computed.append(st)
+        if emb is None:  # another rank's share: rank 0 has it now
+            continue
+        save_npy(out / f"{st}.npy", emb)
+        write_table(out / f"{st}.csv", id_label_frame(items[name]))
+        manifest[st] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
+                        "checkpoint": str(ck_path), "checkpoint_sha256": ck_hash, "image_size": size,
+                        "transform": text, **variant.manifest(name)}
+        write_text(manifest_path, json.dumps(manifest, indent=1))
+        log(f"embedded {cfg['name']} {st}: {len(emb)} images in {time.time() - t0:.1f}s")
+    if not computed:
+        which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
+        log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
+    return RunEmbeddings(out, stems, computed)
+
+
+def id_label_frame(items: "list[Item]") -> "pd.DataFrame":
+    """The (image_id, label) table of a list of items, labels '' where unknown."""
+    import pandas as pd
+
+    return pd.DataFrame({"image_id": [it.image_id for it in items], "label": [it.label or "" for it in items]})
+
+
+def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict, device: str) -> "Embedder":
+    """The embedding model of a run (built without pretrained weights, then given its trained ones), on device."""
+    import torch
+
+    from pipeline.model.embedder import build_model
+
+    model, _ = build_model(model_cfg, with_weights=False)
+    model.load_state_dict(state_dict)
+    return model.to(device, memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+
+
+def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | MultiCrop", crops: int, cfg: dict,
+               device: str, flip: bool = False) -> np.ndarray | None:
+    """float16 (n, E) embeddings of items: plain, or the multi-crop mean when crops > 0 (None on ranks but 0)."""
+    from pipeline.retrieval.forward import embed_items, embed_multicrop
+
+    if crops:
+        return embed_multicrop(model, items, tfm, cfg, device, flip=flip)
+    return embed_items(model, items, tfm, cfg, device, flip=flip)[0]
+
+
+def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:
+    """The cached embeddings of one stem (a split name, or RunEmbeddings.stems[split]) as a one-model EmbeddingSet
+    (a float16 memmap); each stem has its own .npy and .csv, written together."""
+    from pipeline.io import read_table
+
+    path = Path(emb_dir) / f"{stem}.npy"
+    if not path.is_file():
+        raise UserError(f"{path} not found: run ./run.sh embed first")
+    rows = read_table(Path(emb_dir) / f"{stem}.csv", required=["image_id", "label"])
+    emb = np.load(path, mmap_mode="r")
+    if len(rows) != len(emb):
+        raise UserError(f"{path}: {len(emb)} rows but {stem}.csv has {len(rows)}: delete {emb_dir} and re-embed")
+    return EmbeddingSet([emb], rows["image_id"].tolist(), rows["label"].tolist())

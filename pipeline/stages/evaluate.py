@@ -1,0 +1,62 @@
+"""Retrieval metrics of trained runs (and of a pretrained backbone, zero-shot) on the validation fold.
+
+Queries are the validation images, the gallery the training images without them (as `ensemble` scores), or with
+--leave-one-out the validation images against each other, each skipping itself. --queries test scores labelled
+test images (the query/gallery layout's query/ folder) against the whole gallery instead. Metrics (--metrics):
+  map@5        Kaggle class-level MAP@5 (top 5 classes by per-class max cosine; = ensemble's per-model score)
+  map@k        seed 001's instance mAP@k = mean of 1/min(k, M_q) * sum_{i<=k} P@i * rel(i), one column per k,
+               named mAP@1, mAP@5 ... (capital A: not the class-level map@5)
+  acc@1        top gallery image has the query's label
+  precision@k  relevant images in the top k / k
+  recall@k     1 if any relevant image is in the top k (seed 002's Recall@K)
+M_q = gallery images with the query's label; a query with M_q = 0 scores 0 and counts. --zero-shot BACKBONE adds
+the row 'zero-shot BACKBONE': timm's pretrained backbone, pooled as the config says, no neck, no training (its
+features are cached in runs/zero-shot/<backbone>/<size>/). Writes the table to runs/evaluate/<out>/metrics.md,
+.csv and .json. The inference-trick flags apply to trained runs: embedding-time ones (--flip, --multicrop,
+--gallery-pipeline) to every metric, ranking-time ones (QE, DBA, PCA, --agg) to map@5. --ablate scores the runs'
+ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside.
+
+example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k,acc@1 --k 1,5,10
+         ./run.sh evaluate demo_lite0 demo_lite0_gem demo_lite0_small --data data/demo --ablate"""
+from pipeline.errors import UserError
+from pipeline.experiments.evaluate import METRICS
+from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
+
+
+def add_arguments(p):
+    p.add_argument("runs", nargs="*", metavar="RUN", help="trained configs (names or .yaml paths); key=value "
+                   "overrides may follow")
+    p.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated, of {', '.join(METRICS)} "
+                   "(default all)")
+    p.add_argument("--k", default="1,5,10", help="k values of the @k metrics (default 1,5,10)")
+    p.add_argument("--leave-one-out", action="store_true", help="queries = gallery = validation images, "
+                   "each skipping itself")
+    p.add_argument("--queries", choices=["val", "test"], default="val", help="val: the validation fold (default); "
+                   "test: the labelled test images (query/gallery layout) against all training images")
+    p.add_argument("--data", help="competition folder (overrides each config's data)")
+    p.add_argument("--fold", type=int, help="validation fold (default 0)")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
+    p.add_argument("--max-memory", type=int, help="bytes of extra memory for the search (default 2 GiB)")
+    p.add_argument("--out", help="name of the report (default: the run names joined by '+')")
+    p.add_argument("--zero-shot", metavar="BACKBONE", help="also score this timm backbone's pretrained features")
+    p.add_argument("--ablate", action="store_true", help="val MAP@5 of the runs' ensemble with each inference trick "
+                   "alone vs none")
+    add_trick_arguments(p)
+    p.set_defaults(overrides=[])  # cli.main appends key=value given after an option here
+
+
+def run(args):
+    from pipeline.config import load_config
+    from pipeline.experiments.evaluate import evaluate, parse_ks, parse_metrics
+
+    # argparse puts key=value given before any option into `runs`: they are overrides
+    overrides = [r for r in args.runs if "=" in r] + list(args.overrides)
+    names = [r for r in args.runs if "=" not in r]
+    if not names and not args.zero_shot:
+        raise UserError("nothing to evaluate: give trained runs (config names or .yaml paths) or --zero-shot BACKBONE")
+    metrics, ks = parse_metrics(args.metrics), parse_ks(args.k)
+    flags = dict(data=args.data, fold=args.fold, checkpoint=args.checkpoint, max_memory=args.max_memory)
+    cfgs = [load_config(n, overrides, **flags) for n in names]
+    base = cfgs[0] if cfgs else load_config("default", overrides, **flags)
+    evaluate(cfgs, base, metrics, ks, tricks_from_args(args, len(cfgs)), leave_one_out=args.leave_one_out,
+             queries=args.queries, zero_shot=args.zero_shot, out=args.out, ablate=args.ablate)

@@ -1,0 +1,35 @@
+"""Train a config on one fold: runs/<config>/fold<k>/ gets config.yaml, last.pt, best.pt, metrics.csv, curves.png.
+
+Batches come from the sampler registry (pipeline/data/samplers.py), the loss from the head registry
+(pipeline/model/heads.py), optimiser/scheduler/EMA from pipeline/training/optim.py. With ema > 0, ema.pt holds the
+averaged weights.
+
+Validation each epoch: loss and accuracy of the head (accuracy only for classifier heads), and MAP@5 of the
+validation images (val pipeline: with the red test-like hole) against the training images (test pipeline) as
+gallery. --resume continues from last.pt (weights, optimiser, scheduler, epoch, position in the epoch, RNG).
+
+--nproc N trains under torchrun with N processes (DDP; one GPU each, or gloo on the CPU). batch_size stays the
+global batch: each process takes rows rank::N of the same batches, and the loss is computed on the whole
+gathered batch, so N processes follow the one-process run (exactly, up to float rounding, for a model without
+BatchNorm or with sync_bn=true on CUDA). Only rank 0 writes; --resume works with any N.
+
+example: ./run.sh train m1 --data data/demo --fold 0 epochs=2 batch_size=8
+         ./run.sh train m1 --nproc 4 sync_bn=true"""
+
+
+def add_arguments(p):
+    p.add_argument("config", help="config name in pipeline/configs (m1 ... m7) or a .yaml path")
+    p.add_argument("--data", help="competition folder (overrides the config's data)")
+    p.add_argument("--fold", type=int, help="validation fold (default: the config's, 0)")
+    p.add_argument("--resume", action="store_true", help="continue from last.pt of this run")
+    p.add_argument("--nproc", type=int, metavar="N", help="processes (GPUs) under torchrun; default 1")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. epochs=2 arcface.m=0.3")
+
+
+def run(args):
+    from pipeline.config import load_config
+    from pipeline.training.distributed import run_stage
+    from pipeline.training.loop import train
+
+    cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold)  # config errors before launching
+    run_stage(args.nproc, args._argv, lambda: train(cfg, resume=args.resume))

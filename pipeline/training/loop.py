@@ -1,0 +1,298 @@
+"""The training loop: a config on one fold -> runs/<config>/fold<k>/ with config.yaml, last.pt, best.pt (ema.pt),
+metrics.csv and curves.png. Batches come from the sampler registry, the loss from the head registry, the optimiser,
+schedule and EMA from training/optim.py; validation each epoch scores the val fold against the training images.
+Under torchrun each process takes rows rank::N of the same global batches and only rank 0 writes."""
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline.config import run_dir, save_config
+from pipeline.data.dataset import ImageDataset, loader
+from pipeline.data.folds import split
+from pipeline.data.samplers import build_sampler
+from pipeline.data.transforms import build_transform
+from pipeline.errors import UserError
+from pipeline.io import write_table
+from pipeline.model import heads  # heads.build_head is looked up per run: tests swap it
+from pipeline.model.backbone import input_config
+from pipeline.model.embedder import build_model
+from pipeline.retrieval.embeddings import item_set
+from pipeline.retrieval.forward import embed_items
+from pipeline.retrieval.predict import map5
+from pipeline.training import checkpoint, distributed
+from pipeline.training.optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
+
+METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
+                  "images_per_sec"]
+
+
+@dataclass
+class _Run:
+    """What the parts of one run share: the fold's data and plan (from _setup), the objects _build makes."""
+    cfg: dict
+    log: Callable[..., None]
+    out: Path
+    rank: int
+    world: int
+    device: str
+    train_items: list
+    val_items: list
+    classes: list
+    codes: dict
+    labels: list
+    steps_per_epoch: int
+    batches_per_epoch: int
+    model: Any = None
+    head: Any = None
+    inputs: dict = field(default_factory=dict)  # image_size, mean, std: what a checkpoint's user feeds the model
+    tfms: dict = field(default_factory=dict)
+    fmt: Any = None
+    step_fn: Any = None
+    opt: Any = None
+    plateau: Any = None
+    sched: Any = None
+    ema: Any = None
+    scaler: Any = None
+    state: dict = field(default_factory=dict)  # the progress a checkpoint keeps and a resume restores
+
+
+def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, device) -> dict:
+    """Validation metrics, the same on every rank (each embeds its share; rank 0 scores)."""
+    if not val_items:
+        return {}
+    q, stats = embed_items(model, val_items, tfms["val"], cfg, device, head=head, codes=codes)
+    g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
+    metrics = None
+    if q is not None:
+        score = map5(item_set(q, val_items), item_set(g, train_items), classes, max_memory=cfg["max_memory"],
+                     log=lambda *a: None)
+        metrics = {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
+    return distributed.broadcast(metrics)
+
+
+def _plan(cfg, labels, world=1):
+    """(optimiser steps per epoch, batches per epoch): batches beyond a whole number of accumulations are unused."""
+    accum = cfg["accum_steps"]
+    if accum < 1:
+        raise UserError(f"accum_steps={accum}: must be 1 or more")
+    batches = build_sampler(cfg, labels, 0, world=world).num_batches
+    steps = batches // accum
+    if steps == 0:
+        raise UserError(f"an epoch has {batches} batches of {cfg['batch_size']}, fewer than accum_steps={accum}: "
+                        "lower batch_size or accum_steps")
+    return steps, steps * accum
+
+
+def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    run = _setup(cfg, log)
+    source = _build(run, resume)
+    if resume:
+        _resume(run)
+    else:
+        run.log(f"training {cfg['name']} fold {cfg['fold']}: {cfg['backbone']} ({source or 'random init'}), "
+                f"{len(run.train_items)} train / {len(run.val_items)} val images, {len(run.classes)} classes, "
+                f"{run.inputs['image_size']}px, {run.device}, {cfg['head']} head, {cfg['sampler']} batches, "
+                f"{run.steps_per_epoch} steps/epoch" + (f", {run.world} processes" if run.world > 1 else ""))
+    if not run.rank:
+        save_config(cfg, run.out / "config.yaml")
+    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes)
+    while run.state["epoch"] < cfg["epochs"]:
+        epoch, t0 = run.state["epoch"], time.time()
+        seen = _train_epoch(run, train_ds, t0)
+        _end_epoch(run, epoch, t0, seen, train_seconds=time.time() - t0)
+    return run.out
+
+
+def _setup(cfg, log):
+    """The fold's data and the checks that need no model: a bad config fails before a backbone is built."""
+    rank, world = distributed.rank(), distributed.world()
+    out = run_dir(cfg)
+    _, train_items, val_items, classes = split(cfg)
+    codes = {c: i for i, c in enumerate(classes)}
+    labels = [codes[it.label] for it in train_items]
+    check_scheduler(cfg)
+    if cfg["nonfinite_loss"] not in ("stop", "skip"):
+        raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
+    steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
+    return _Run(cfg, distributed.main_only(log), out, rank, world, distributed.pick_device(), train_items, val_items,
+                classes, codes, labels, steps_per_epoch, batches_per_epoch)
+
+
+def _build(run, resume):
+    """Model, head, transforms, optimiser, schedule, EMA, scaler and fresh progress; returns the weights' source.
+    The seed goes right before build_model: its random init, then the head's, must repeat for the same seed."""
+    cfg, device, n = run.cfg, run.device, len(run.classes)
+    if cfg["deterministic"]:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg["seed"])
+    model, source = build_model(cfg, with_weights=not resume)  # a resume loads its weights from last.pt
+    if cfg["sync_bn"] and run.world > 1:
+        if device != "cuda":
+            raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only): set sync_bn=false "
+                            "on the CPU, where a BatchNorm-free backbone and neck train exactly as one process")
+        from timm.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)  # same state_dict keys: checkpoints stay interchangeable
+    run.model = model
+    run.head = head = heads.build_head(cfg, n, np.bincount(run.labels, minlength=n).tolist())
+    size, mean, std = input_config(cfg, model.backbone)
+    run.inputs = {"image_size": size, "mean": list(mean), "std": list(std)}
+    run.tfms = {k: build_transform(k, cfg, size, mean, std) for k in ("train", "val", "test")}
+    run.fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    model.to(device, memory_format=run.fmt), head.to(device)
+    run.step_fn = distributed.wrap(heads.LossStep(model, head), device)
+    run.opt = make_optimizer(cfg, model, head)
+    run.plateau = plateau = Plateau(cfg)
+    total = run.steps_per_epoch * cfg["epochs"]
+    # the schedule's factor times the plateau cut, read each step: a resume swaps plateau.state, not plateau
+    run.sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_factor(cfg, s, total) * plateau.scale)
+    run.ema = make_ema(cfg, model)
+    run.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device == "cuda")
+    run.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_map5": -1.0, "history": [],
+                 "plateau": plateau.state}
+    return source
+
+
+def _resume(run):
+    """Weights, optimiser, schedule, EMA, progress and torch RNG from last.pt: the rest is an unbroken run's."""
+    ck = checkpoint.load(run.out / "last.pt", run.cfg)
+    if ck["classes"] != run.classes:
+        raise UserError(f"{run.out / 'last.pt'} was trained on other classes than {run.cfg['data']}: start afresh")
+    run.model.load_state_dict(ck["model"]), run.head.load_state_dict(ck["head"])
+    run.opt.load_state_dict(ck["optimizer"]), run.sched.load_state_dict(ck["scheduler"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(ck["ema"])
+    state = run.state
+    state.update(ck["progress"])
+    run.plateau.state = state["plateau"]  # one dict: the plateau's updates land in the checkpointed progress
+    torch.set_rng_state(ck["rng"])
+    run.log(f"resuming {run.out} at epoch {state['epoch'] + 1}, batch {state['batch']} (step {state['step']})")
+
+
+def _snapshot(run, kind="last"):
+    """<kind>.pt from rank 0; only last.pt carries what a resume needs (optimiser, schedule, RNG, EMA)."""
+    if run.rank:
+        return
+    weights = run.ema.module if kind == "ema" else run.model
+    if not all(torch.isfinite(p).all() for p in weights.parameters()):  # never overwrite a good state
+        raise UserError(f"the weights became NaN/inf by step {run.state['step']}; {run.out / kind}.pt keeps the "
+                        "last good state: lower lr, then --resume")
+    ck = {"model": weights.state_dict(), "head": run.head.state_dict(), "config": run.cfg, "classes": run.classes,
+          "progress": dict(run.state), **run.inputs}
+    if kind == "last":
+        ck.update(optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), rng=torch.get_rng_state())
+        if run.ema is not None:
+            ck["ema"] = run.ema.module.state_dict()
+    checkpoint.save(ck, run.out / f"{kind}.pt")
+
+
+def _train_epoch(run, train_ds, t0):
+    """The epoch's remaining batches (a resume may start mid-epoch), an optimiser step every accum_steps of them;
+    returns the images seen over all ranks."""
+    cfg, state, epoch = run.cfg, run.state, run.state["epoch"]
+    sampler = build_sampler(cfg, run.labels, epoch, start=state["batch"], rank=run.rank, world=run.world)
+    dl = loader(train_ds, batch_sampler=sampler, num_workers=cfg["num_workers"], device=run.device)
+    run.model.train(), run.head.train()
+    seen, todo = 0, run.batches_per_epoch - state["batch"]
+    bar = tqdm(itertools.islice(dl, todo), total=todo, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
+               disable=run.rank or not sys.stderr.isatty(), file=sys.stderr)
+    for x, y in bar:
+        x, y = x.to(run.device, non_blocking=True).contiguous(memory_format=run.fmt), y.to(run.device)
+        loss = _backward(run, x, y)
+        state["batch"] += 1
+        seen += len(x) * run.world
+        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        if state["batch"] % cfg["accum_steps"]:
+            continue
+        run.scaler.step(run.opt), run.scaler.update(), run.sched.step()
+        run.opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        if run.ema is not None:
+            run.ema.update(run.model, step=state["step"])
+        if cfg["save_every_steps"] and state["step"] % cfg["save_every_steps"] == 0:
+            _snapshot(run)
+    return seen
+
+
+def _backward(run, x, y):
+    """One batch's forward and backward; returns its loss. A non-finite loss stops the run or skips the batch
+    (nonfinite_loss); CUDA out of memory becomes a one-line hint."""
+    cfg, state = run.cfg, run.state
+    try:
+        last_of_step = (state["batch"] + 1) % cfg["accum_steps"] == 0  # DDP all-reduces on that batch only
+        with distributed.autocast(run.device, cfg["amp"]), distributed.sync_gradients(run.step_fn, last_of_step):
+            loss = run.step_fn(x, y)
+        if not torch.isfinite(loss):
+            if cfg["nonfinite_loss"] != "skip":
+                raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the "
+                                "last good state: lower lr or check the data, then --resume (or set "
+                                "nonfinite_loss=skip)")
+            state["skipped"] = state.get("skipped", 0) + 1  # the batch adds no gradient
+            if run.world > 1:  # DDP waits for this batch's gradients on every rank: reduce zeros
+                (sum(p.sum() for p in run.step_fn.parameters()) * 0.0).backward()
+            run.log(f"step {state['step'] + 1}: loss {loss.item()}, batch skipped ({state['skipped']} so far)")
+        else:
+            run.scaler.scale(loss / cfg["accum_steps"]).backward()
+            state["loss_sum"] += loss.item()
+    except torch.cuda.OutOfMemoryError:
+        bs, acc = cfg["batch_size"], cfg["accum_steps"]
+        raise UserError(f"CUDA out of memory at batch_size={bs}: try batch_size={max(1, bs // 2)} "
+                        f"accum_steps={acc * 2} (the same effective batch) or a smaller image_size; "
+                        "last.pt keeps the last saved state (--resume continues from it)") from None
+    return loss
+
+
+def _end_epoch(run, epoch, t0, seen, train_seconds):
+    """Validation (and the EMA's), the plateau cut, metrics.csv + curves.png, the snapshots and the epoch's line."""
+    from pipeline.reports.plots import training_curves  # matplotlib: slow to import, needed once an epoch is done
+
+    cfg, state, opt = run.cfg, run.state, run.opt
+    args = (getattr(run.head, "head", run.head),  # validation batches hold no replicas: LossTransform's term is moot
+            run.train_items, run.val_items, run.classes, run.codes, run.tfms, cfg, run.device)
+    metrics = evaluate(run.model, *args)
+    if run.ema is not None and run.val_items:
+        metrics["ema_val_map5"] = evaluate(run.ema.module, *args)["val_map5"]
+    if run.plateau.step(metrics.get("val_map5")):
+        total = run.steps_per_epoch * cfg["epochs"]
+        for g in opt.param_groups:  # the cut applies from the next step, not one step late
+            g["lr"] = g["initial_lr"] * lr_factor(cfg, run.sched.last_epoch, total) * run.plateau.scale
+        run.log(f"val MAP@5 plateaued: learning rates x{run.plateau.scale:.3g} of schedule")
+    row = {"epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
+           "train_loss": state["loss_sum"] / run.batches_per_epoch, "seconds": round(time.time() - t0, 2),
+           "images_per_sec": round(seen / max(train_seconds, 1e-9), 1)}
+    row.update({k: "" if metrics.get(k) is None else metrics[k]
+                for k in ("val_loss", "val_acc", "val_map5", "ema_val_map5")})
+    state["history"].append({k: row[k] for k in METRIC_COLUMNS})
+    state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
+    is_best = metrics.get("val_map5", 0.0) > state["best_map5"] or not run.val_items
+    if is_best:
+        state["best_map5"] = metrics.get("val_map5", 0.0)
+    if not run.rank:
+        write_table(run.out / "metrics.csv", pd.DataFrame(state["history"], columns=METRIC_COLUMNS))
+        training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], run.out / "curves.png",
+                        f"{cfg['name']} fold {cfg['fold']}")
+    # last.pt, the resume point, goes last: killed before it, a resume redoes this epoch's end (best, ema)
+    if is_best:
+        _snapshot(run, "best")
+    if run.ema is not None:
+        _snapshot(run, "ema")
+    _snapshot(run)
+    run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, {_describe(metrics)}, "
+            f"{row['images_per_sec']} img/s, {row['seconds']}s")
+
+
+def _describe(metrics):
+    if not metrics:
+        return "no val"
+    acc = f" acc {metrics['val_acc']:.3f}" if metrics.get("val_acc") is not None else ""
+    ema = f" EMA MAP@5 {metrics['ema_val_map5']:.4f}" if "ema_val_map5" in metrics else ""
+    return f"val loss {metrics['val_loss']:.3f}{acc} MAP@5 {metrics['val_map5']:.4f}{ema}"
