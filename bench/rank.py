@@ -1,9 +1,11 @@
-"""Benchmark pipeline.rank against the bare matrix product and faiss IndexFlatIP on random data; JSON on stdout.
+"""Benchmark pipeline.retrieval.rank against the bare matrix product and faiss IndexFlatIP on random data; JSON on
+stdout.
 
 usage (from the repo root): python bench/rank.py [--queries 2000] [--gallery 45000] [--dim 4096] [--models 1]
                             [--classes 3116] [--max-memory BYTES] [--repeat 3] [--paper-scale]
-bare = a plain product of the same shapes with the GEMM rank used (--cpu-gemm: oneDNN via torch, which pipeline.rank
-picks on AVX-512 CPUs, or numpy's OpenBLAS, which faiss also uses); both bare products are reported.
+bare = a plain product of the same shapes with the GEMM rank used (--cpu-gemm: oneDNN via torch, which
+pipeline.retrieval.search picks on AVX-512 CPUs, or numpy's OpenBLAS, which faiss also uses); both bare products are
+reported.
 ratio_vs_bare = bare / rank (1.0 = ranking costs nothing beyond the matmul); ratio_vs_faiss = rank / faiss."""
 import argparse
 import json
@@ -59,7 +61,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu-gemm", choices=["auto", "onednn", "numpy"], default="auto",
-                   help="force rank's CPU matrix product (default: what pipeline.rank picks here)")
+                   help="force rank's CPU matrix product (default: what pipeline.retrieval.search picks here)")
     p.add_argument("--paper-scale", action="store_true", help="Q=5,000, N=44,703, 6 models x 4,096 dims")
     args = p.parse_args(argv)
     if args.paper_scale:
@@ -68,11 +70,12 @@ def main(argv=None):
     import faiss
     import torch
 
-    import pipeline.retrieval.rank as rank_mod
+    import pipeline.retrieval.search as search_mod
     from pipeline.retrieval.rank import rank
+    from pipeline.retrieval.search import gemm, gemm_backend
 
     if args.cpu_gemm != "auto":
-        rank_mod._GEMM = args.cpu_gemm
+        search_mod._GEMM = args.cpu_gemm
 
     rng = np.random.default_rng(0)
     qs = [_unit_rows(rng, args.queries, args.dim, np.float32) for _ in range(args.models)]
@@ -95,10 +98,7 @@ def main(argv=None):
     for a in range(0, args.gallery, 4096):
         index.add(np.concatenate([g[a:a + 4096].astype(np.float32) for g in gs], axis=1))
     g_all = faiss.rev_swig_ptr(index.get_xb(), args.gallery * q_all.shape[1]).reshape(args.gallery, -1)
-    from pipeline.retrieval.rank import _gemm_backend
-
     onednn = hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    q_t, g_t = torch.from_numpy(q_all), torch.from_numpy(g_all)
     times.update(bare_numpy=[], bare_onednn=[], faiss=[])
     # interleaved repeats, best of each: other load on the machine then hits all three alike
     for r in range(args.repeat):
@@ -106,15 +106,15 @@ def main(argv=None):
             times["rank"].append(_best(run_rank, 1))
         times["bare_numpy"].append(_best(lambda: q_all @ g_all.T, 1))
         if onednn:
-            times["bare_onednn"].append(_best(lambda: torch.ops.mkldnn._linear_pointwise(q_t, g_t, None, "none", [], ""), 1))
+            times["bare_onednn"].append(_best(lambda: gemm(q_all, g_all, backend="onednn"), 1))
         times["faiss"].append(_best(lambda: index.search(q_all, 100), 1))
     rank_s, faiss_s = min(times["rank"]), min(times["faiss"])
-    bare_s = min(times["bare_onednn"] if _gemm_backend() == "onednn" else times["bare_numpy"])
+    bare_s = min(times["bare_onednn"] if gemm_backend() == "onednn" else times["bare_numpy"])
 
     print(json.dumps({
         "queries": args.queries, "gallery": args.gallery, "dim": args.dim, "models": args.models,
         "classes": args.classes, "device": device, "threads": torch.get_num_threads(),
-        "cpu_gemm": _gemm_backend(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
+        "cpu_gemm": gemm_backend(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE"),
         "rank_seconds": round(rank_s, 3), "bare_matmul_seconds": round(bare_s, 3),
         "bare_numpy_seconds": round(min(times["bare_numpy"]), 3),
         "bare_onednn_seconds": round(min(times["bare_onednn"]), 3) if onednn else None,

@@ -10,9 +10,9 @@ from pipeline.errors import UserError
 from pipeline.experiments.evaluate import evaluate_runs, parse_ks, parse_metrics
 from pipeline.experiments.zero_shot import zero_shot_row
 from pipeline.retrieval.metrics import class_map5_leave_one_out, map_at_k
-from pipeline.retrieval.search import topk_cosine
+from pipeline.retrieval.search import nearest
 
-from conftest import md_lines, assert_one_line_error, cli, tiny_overrides
+from conftest import assert_one_line_error, cli, md_lines, tiny_overrides
 
 
 def _unit(rng, n, d=16):
@@ -20,13 +20,14 @@ def _unit(rng, n, d=16):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
 
 
+@pytest.mark.parametrize("max_memory", [1, 3_000, 2 << 30])  # one query x one gallery row at a time .. all at once
 @pytest.mark.parametrize("loo", [False, True])
-def test_topk_equals_brute_force(loo):
+def test_nearest_equals_brute_force(loo, max_memory):
     rng = np.random.default_rng(0)
     g = _unit(rng, 113)
     q = g if loo else _unit(rng, 37)
-    small = 113 * 16 * 4 + (4 * (113 + 16) + 12 * 10) * 5  # five queries per chunk
-    idx, sc = topk_cosine(q, g, 10, max_memory=small, leave_one_out=loo)
+    own = np.arange(113) if loo else None
+    idx, sc = nearest(q, g, 10, max_memory=max_memory, exclude=own)
     S = q.astype(np.float64) @ g.astype(np.float64).T
     if loo:
         np.fill_diagonal(S, -np.inf)
@@ -36,23 +37,23 @@ def test_topk_equals_brute_force(loo):
     if loo:
         assert (idx != np.arange(113)[:, None]).all()
     # k beyond the gallery: every other row, best first
-    idx, _ = topk_cosine(g[:4], g[:4], 10, leave_one_out=loo)
+    idx, _ = nearest(g[:4], g[:4], 10, exclude=own[:4] if loo else None)
     assert idx.shape == (4, 3 if loo else 4)
 
 
-def test_topk_self_index_skips_own_row():
+def test_nearest_exclude_skips_own_row():
     # queries that are gallery rows 20..49 (their own rows skipped) and one outside query (-1: nothing skipped)
     rng = np.random.default_rng(2)
     g = _unit(rng, 80)
     q = np.concatenate([g[20:50], _unit(rng, 1)])
     own = np.r_[np.arange(20, 50), -1]
-    idx, _ = topk_cosine(q, g, 5, max_memory=80 * 16 * 4 + 3000, self_index=own)
+    idx, _ = nearest(q, g, 5, max_memory=80 * 16 * 4 + 3000, exclude=own)
     S = q.astype(np.float64) @ g.astype(np.float64).T
     S[np.arange(30), own[:30]] = -np.inf
     assert (idx == np.argsort(-S, axis=1, kind="stable")[:, :5]).all()
     assert (idx[:30] != own[:30, None]).all() and idx[30, 0] == np.argmax(S[30])
     with pytest.raises(ValueError):
-        topk_cosine(q, g, 5, self_index=own[:3])
+        nearest(q, g, 5, exclude=own[:3])
 
 
 def test_class_map5_leave_one_out_equals_brute_force():
@@ -183,7 +184,7 @@ def test_query_gallery_train_and_evaluate(tmp_path):
     write_folds(load_dataset(data), tmp_path / "folds.csv", n_folds=2, seed=1)
     runs = tmp_path / "runs"
     over = [f"data={data}", f"folds_file={tmp_path / 'folds.csv'}", f"runs_dir={runs}"]
-    from conftest import md_lines, TINY
+    from conftest import TINY
 
     (tmp_path / "qg.yaml").write_text("epochs: 1\n")
     over += [*TINY, "epochs=1", "batch_size=4"]  # 6 training images in fold 0's split

@@ -1,10 +1,11 @@
-"""pipeline.retrieval.rank must equal a brute-force float64 reference for any chunking, model count, class layout, weights
-and per-class aggregation (max, or sum of the top agg_k)."""
+"""pipeline.retrieval.rank must equal a brute-force float64 reference for any chunking, model count, class layout,
+weights and per-class aggregation (max, or sum of the top agg_k)."""
 import numpy as np
 import pytest
 
 from pipeline.errors import UserError
 from pipeline.retrieval import rank as rank_mod
+from pipeline.retrieval import search as search_mod
 from pipeline.retrieval.rank import rank
 
 
@@ -55,7 +56,7 @@ def gemm(request, monkeypatch):
 
         if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
             pytest.skip("this torch build has no oneDNN linear op")
-    monkeypatch.setattr(rank_mod, "_GEMM", request.param)
+    monkeypatch.setattr(search_mod, "_GEMM", request.param)
     return request.param
 
 
@@ -183,7 +184,7 @@ def test_torch_path_logic_on_cpu_and_oom_fallback(monkeypatch, agg, agg_k, oom_b
         np.testing.assert_array_equal(got[0], want[0])  # no near-ties in this data
 
     chunks, lines = {"n": 0}, []
-    real_mm, real_topk = rank_mod._mm, rank_mod._topk
+    real_mm, real_topk = rank_mod._mm, rank_mod.top_columns
 
     def counting_topk(*a):
         chunks["n"] += 1
@@ -195,7 +196,7 @@ def test_torch_path_logic_on_cpu_and_oom_fallback(monkeypatch, agg, agg_k, oom_b
         return real_mm(q, g)
 
     monkeypatch.setattr(rank_mod, "_mm", flaky_mm)
-    monkeypatch.setattr(rank_mod, "_topk", counting_topk)
+    monkeypatch.setattr(rank_mod, "top_columns", counting_topk)
     got = rank(qs, gs, labels, k=5, max_memory=oom_budget, log=lines.append, agg=agg, agg_k=agg_k)
     np.testing.assert_allclose(got[1], want[1], atol=2e-3)
     np.testing.assert_array_equal(got[0], want[0])
@@ -235,7 +236,7 @@ def test_extra_memory_stays_within_budget(dims, agg, agg_k, monkeypatch):
     traced numpy buffer; oneDNN's output has the same tile shape but is torch memory, which tracemalloc misses."""
     import tracemalloc
 
-    monkeypatch.setattr(rank_mod, "_GEMM", "numpy")
+    monkeypatch.setattr(search_mod, "_GEMM", "numpy")
     rng = np.random.default_rng(2)
     Q, N = 400, 3000
     qs, gs, labels = _data(rng, Q, N, dims, 50)

@@ -1,5 +1,5 @@
-"""pipeline.retrieval.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit loops
-and sorts, ties -> smaller class code / row index) for every trick, combination and memory budget."""
+"""pipeline.retrieval.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit
+loops and sorts, ties -> smaller class code / row index) for every trick, combination and memory budget."""
 
 import numpy as np
 import pytest

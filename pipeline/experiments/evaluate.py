@@ -67,7 +67,7 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
     `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default)."""
     from pipeline.retrieval.metrics import class_map5_leave_one_out, instance_metrics
     from pipeline.retrieval.predict import map5
-    from pipeline.retrieval.search import topk_cosine
+    from pipeline.retrieval.search import nearest
 
     q = np.asarray(queries.array)
     row, rel = {}, None
@@ -77,7 +77,8 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
                       map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log))
             continue
         if rel is None:
-            idx, _ = topk_cosine(q, gallery.array, max(ks), max_memory, leave_one_out=leave_one_out)
+            own = np.arange(len(q)) if leave_one_out else None  # the queries are the gallery: skip itself
+            idx = nearest(q, gallery.array, max(ks), max_memory, exclude=own).indices
             rel = np.asarray(gallery.labels, object)[idx] == np.asarray(queries.labels, object)[:, None]
             counts = Counter(gallery.labels)
             n_rel = [counts[x] - int(leave_one_out) for x in queries.labels]

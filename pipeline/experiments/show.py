@@ -16,26 +16,28 @@ def pick_queries(n_val, n, seed=None):
     return np.sort(np.random.default_rng(seed).choice(n_val, n, replace=False))
 
 
-def best_matches(queries, gallery, codes, k=5, max_memory=256 << 20):
-    """Brute force over the gallery for a few queries. queries/gallery: one (Q, D_m) / (N, D_m) array per model;
-    codes: (N,) int class code per gallery row. Returns (classes, scores, rows), each (Q, k') with k' = min(k,
-    classes in the gallery): the top classes by per-class max of the summed cosines (ties: smaller code first) and,
-    for each, its best gallery row (ties: the first row)."""
+def best_matches(queries: list, gallery: list, codes, k: int = 5,
+                 max_memory: int = 256 << 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top classes of a few queries and each one's best gallery row. queries/gallery: one (Q, D_m) / (N, D_m)
+    array per model; codes: (N,) int class code per gallery row. Returns (classes, scores, rows), each (Q, k') with
+    k' = min(k, classes in the gallery): the top classes by per-class max of the summed cosines (rank() on the CPU,
+    exact fp32; ties: smaller code first) and, for each, its best gallery row (nearest() within the class; ties:
+    the first row)."""
+    from pipeline.retrieval.rank import rank
+    from pipeline.retrieval.search import nearest
+
     codes = np.asarray(codes, np.int64)
-    Q, N = queries[0].shape[0], codes.size
-    S = np.zeros((Q, N), np.float32)
-    for q, g in zip(queries, gallery):
-        step = max(1, int(max_memory) // (4 * q.shape[1]))  # the gallery is cast to fp32 a chunk at a time
-        qf = np.asarray(q, np.float32)
-        for a in range(0, N, step):
-            S[:, a:a + step] += qf @ np.asarray(g[a:a + step], np.float32).T
     kk = min(k, np.unique(codes).size)
-    classes, scores, rows = (np.zeros((Q, kk), np.int64), np.zeros((Q, kk), np.float32), np.zeros((Q, kk), np.int64))
-    for i in range(Q):
-        order = np.lexsort((np.arange(N), codes, -S[i]))  # by score desc, then class code, then row
-        _, first = np.unique(codes[order], return_index=True)  # each class's best row comes first in `order`
-        top = order[np.sort(first)[:kk]]
-        classes[i], scores[i], rows[i] = codes[top], S[i, top], top
+    classes, scores = rank(queries, gallery, codes, k=max(kk, 1), max_memory=max_memory, device="cpu")
+    classes, scores = classes[:, :kk], scores[:, :kk]
+    rows = np.zeros(classes.shape, np.int64)
+    for c in np.unique(classes):
+        members = np.flatnonzero(codes == c)
+        qi, slot = np.nonzero(classes == c)
+        # the models side by side: one dot product of the concatenated rows is the sum of the per-model cosines
+        q = np.concatenate([np.asarray(x)[qi] for x in queries], axis=1)
+        g = np.concatenate([np.asarray(x[members]) for x in gallery], axis=1)
+        rows[qi, slot] = members[nearest(q, g, 1, max_memory).indices[:, 0]]
     return classes, scores, rows
 
 

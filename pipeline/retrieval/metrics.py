@@ -3,6 +3,9 @@ instance-level retrieval metrics over ranked gallery items (mAP@k, acc@1, precis
 class-level MAP@5 of embeddings searched leave-one-out (each query against the others)."""
 import numpy as np
 
+from pipeline.retrieval.rank import rank
+from pipeline.retrieval.search import nearest
+
 
 def average_precision_at_k(pred_row, true_label, k=5):
     """1/rank of true_label within the first k predictions, 0 if absent. A label repeated in the row counts only
@@ -80,25 +83,27 @@ def instance_metrics(rel, n_relevant, ks, metrics=("mAP@k", "acc@1", "precision@
     return out
 
 
-def class_map5_leave_one_out(emb, labels, max_memory=2 << 30):
+def class_map5_leave_one_out(emb: np.ndarray, labels, max_memory: int = 2 << 30) -> float:
     """Kaggle class-level MAP@5 (map_at_k's) of each embedding row against the other rows, itself skipped: a class
-    scores its best row, ties go to the smaller class, as pipeline/rank.py ranks (which has no self-exclusion,
-    hence this). emb: (n, D) L2-normalised; fp32 products over row chunks bounded by max_memory."""
+    scores its best row, ties go to the smaller class, as retrieval/rank.py ranks. rank() has no self-exclusion, so
+    its top 6 over all rows gives the order of the other classes (the query's own class, whose best row there may
+    be the query itself, takes at most one of the 6 places), and the own class is re-scored by its best other row
+    (nearest() within the class) and placed among them. emb: (n, D) L2-normalised; exact fp32, memory-bounded."""
     classes, codes = np.unique(np.asarray(labels, object).astype(str), return_inverse=True)
+    n = len(codes)
+    if n == 0:
+        return 0.0
+    e = np.asarray(emb)
+    # on the CPU: the CUDA path rounds queries to fp16, and its class scores would not compare exactly with the
+    # own class's fp32 score
+    top, scores = rank(e, e, codes, k=6, max_memory=max_memory, device="cpu")
+    own = np.full(n, -np.inf, np.float32)  # -inf: a class of one row, which the query cannot find
     order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(len(classes)))
-    g = np.ascontiguousarray(np.asarray(emb)[order], dtype=np.float32)
-    n, total = len(codes), 0.0
-    chunk = max(1, (int(max_memory) - g.nbytes) // (4 * (2 * n + len(classes))))
-    pos = np.empty(n, np.int64)
-    pos[order] = np.arange(n)  # column of each row in class-sorted order
-    for s in range(0, n, chunk):
-        rows = np.arange(s, min(n, s + chunk))
-        S = np.asarray(emb)[rows].astype(np.float32) @ g.T
-        S[np.arange(len(rows)), pos[rows]] = -np.inf
-        C = np.maximum.reduceat(S, starts, axis=1)  # per-class max
-        c = codes[rows]
-        true = C[np.arange(len(rows)), c]
-        better = (C > true[:, None]).sum(1) + ((C == true[:, None]) & (np.arange(len(classes)) < c[:, None])).sum(1)
-        total += np.where((better < 5) & np.isfinite(true), 1.0 / (better + 1), 0.0).sum()
-    return total / n if n else 0.0
+    for rows in np.split(order, np.flatnonzero(np.diff(codes[order])) + 1):
+        if rows.size > 1:
+            x = e[rows]
+            own[rows] = nearest(x, x, 1, max_memory, exclude=np.arange(rows.size)).scores[:, 0]
+    c, t = codes[:, None], own[:, None]
+    ahead = (top >= 0) & (top != c) & ((scores > t) | ((scores == t) & (top < c)))  # classes ranked before it
+    better = ahead.sum(1)
+    return float(np.where((better < 5) & np.isfinite(own), 1.0 / (better + 1), 0.0).sum() / n)
