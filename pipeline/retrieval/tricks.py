@@ -45,10 +45,11 @@ def pca(gallery: np.ndarray, queries: np.ndarray, dim: int, whiten: bool = False
     sqrt(lambda_i + 1e-12), lambda_i = eigenvalue / (rows - 1) (the sample variance along it). dim must be <= the
     centred gallery's numerical rank (<= min(rows - 1, dims)).
     Memory: the chunks get what max_memory leaves beside the D x D scatter (8 D^2 bytes) and the D x dim axes, so the
-    peak is about max(max_memory, 8 D^2 + 16 D dim) plus the two float32 results. The D^2 floor is the price of an
-    exact fit. scikit-learn's IncrementalPCA has none (it keeps dim x D components, batches of >= dim rows) but cuts
-    to dim axes after every batch: exact in one batch, approximate from two on (20000 x 2048 float16, dim 512, 10
-    batches: projected rows off by up to 0.18, the tests' rankings change), and slower (58 s in one batch vs 11 s)."""
+    peak is about max(max_memory, 8 (D^2 + D dim)) plus the two float32 results. That D^2 floor is the price of an
+    exact fit, and why this is not scikit-learn's IncrementalPCA: it has no floor (it keeps dim x D components; its
+    batches need >= dim rows) but truncates to dim axes after every batch, so it is exact only in one batch. On
+    20000 x 2048 float16, dim 512, it is the same in one batch but 4x slower (12 s vs 2.7 s) at twice the memory;
+    in 256 MiB (10 batches) projected rows are off by up to 0.18, and on the tests' data the rankings change."""
     g, q = np.asarray(gallery), np.asarray(queries)
     if g.ndim != 2 or q.ndim != 2 or g.shape[1] != q.shape[1]:
         raise UserError(f"pca: gallery {g.shape} and queries {q.shape} must be 2-D with equal dims")
@@ -173,16 +174,18 @@ def _moments(g, step):
     N, D = g.shape
     mean = sum(g[a:a + step].sum(0, dtype=np.float64) for a in range(0, N, step)) / max(N, 1)
     scatter = np.zeros((D, D), order="F")
+    buf = np.empty((min(step, N), D))  # one float64 chunk, reused: a fresh one would coexist with the last
     for a in range(0, N, step):
-        x = g[a:a + step].astype(np.float64)
-        x -= mean  # in place: one float64 chunk, not two
+        x = buf[:min(step, N - a)]
+        x[:] = g[a:a + step]
+        x -= mean
         scatter = blas.dsyrk(1.0, x.T, beta=1.0, c=scatter, lower=1, overwrite_c=1)  # x.T is Fortran-ordered: no copy
     return mean, scatter
 
 
 def _top_axes(scatter, k):
     """The k largest eigenvalues, descending, and their eigenvectors (columns): syevr computes only those, in the
-    scatter's own memory (overwritten), where a full eigh would hold two more D x D matrices."""
+    scatter's own memory (overwritten), where np.linalg.eigh holds about three more D x D (a copy, syevd's work)."""
     from scipy.linalg import eigh
 
     D = scatter.shape[0]
@@ -191,9 +194,12 @@ def _top_axes(scatter, k):
 
 
 def _project(x, mean, P, step):
-    out = np.empty((x.shape[0], P.shape[1]), np.float32)
-    for a in range(0, x.shape[0], step):
-        c = x[a:a + step].astype(np.float64)
+    N = x.shape[0]
+    out = np.empty((N, P.shape[1]), np.float32)
+    buf = np.empty((min(step, N), x.shape[1]))  # as in _moments: one centred float64 chunk
+    for a in range(0, N, step):
+        c = buf[:min(step, N - a)]
+        c[:] = x[a:a + step]
         c -= mean
         out[a:a + step] = c @ P
     return _l2(out)
