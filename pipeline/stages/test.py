@@ -12,7 +12,7 @@ def add_arguments(p):
 
 
 def run(args):
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository: pipeline/stages/test.py -> ../..
     cmd = [sys.executable, "-m", "pytest", str(root / "tests"), "-q", *args.pytest_args]
     code = subprocess.call(cmd, cwd=root)
     # pytest's 5 means it collected no test: that is a failure here, never a silent pass.
