@@ -6,7 +6,7 @@ import sys
 
 from pipeline.errors import UserError
 
-# stage name -> its module in pipeline/stages (each imports its library lazily, so `--help` starts fast)
+# stage name -> its module in pipeline/stages (their heavy imports happen in run(), so `--help` starts fast)
 STAGES = {
     "make-data": "pipeline.stages.make_data",
     "folds": "pipeline.stages.folds",

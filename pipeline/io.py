@@ -4,6 +4,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,12 @@ def read_table(path: str | Path, required: Iterable[str] = ()) -> "pd.DataFrame"
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=True)
+        # index_col=False: rows with a trailing extra field must not shift the columns under the header; the extra
+        # field is ignored, as extra columns are (pandas warns about it: silenced, it is not the user's concern)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=True,
+                                index_col=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as e:

@@ -159,3 +159,13 @@ def test_query_gallery_layout(tmp_path):
     (empty / "gallery").mkdir(parents=True)
     with pytest.raises(UserError, match="gallery/<class>/<image>"):
         load_dataset(empty)
+
+
+def test_read_table_keeps_ids_as_strings_and_columns_in_place(tmp_path):
+    from pipeline.io import read_table
+
+    (tmp_path / "t.csv").write_text("image_id,hotel_id\n007.jpg,0042,\nb.jpg,,\n\nNA,nan\n")
+    rows = read_table(tmp_path / "t.csv", required=["image_id", "hotel_id"]).to_dict("records")
+    # a trailing extra field does not shift the columns; ids and empty cells stay strings
+    assert rows == [{"image_id": "007.jpg", "hotel_id": "0042"}, {"image_id": "b.jpg", "hotel_id": ""},
+                    {"image_id": "NA", "hotel_id": "nan"}]

@@ -22,8 +22,8 @@ def _cfgs(trained, names):
 
 
 def _reference_val_map5(trained, names, flip, tricks):
-    """Independently: the flip-TTA embeddings read from the run folders (files named as embed.py documents),
-    the validation gallery built here, tricks.predict, then Kaggle MAP@5."""
+    """Independently: the flip-TTA embeddings read from the run folders (files named as retrieval/embeddings.py
+    documents), the validation gallery built here, tricks.predict, then Kaggle MAP@5."""
     from pipeline.data.layouts import load_dataset
     from pipeline.retrieval.embeddings import load_split
     from pipeline.retrieval.metrics import map_at_k

@@ -69,8 +69,6 @@ def read_folds(path: str | Path, ds: "Dataset") -> dict[str, int]:
     return folds
 
 
-
-
 def split(cfg: dict) -> tuple["Dataset", list["Item"], list["Item"], list[str]]:
     """(dataset, train items, val items, classes) for the config's data and fold."""
     from pipeline.data.layouts import load_dataset

@@ -14,10 +14,6 @@ from torch.utils.data import Sampler
 from pipeline.errors import UserError
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.default_rng([seed, epoch]).integers(2**31))
-
-
 class _EpochSampler(Sampler):
     salt = ()  # extra entropy per sampler kind, so kinds sharing a seed don't share an order
 

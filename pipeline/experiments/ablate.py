@@ -44,7 +44,8 @@ def ablate(cfgs: list, tricks: dict, out_dir: Path, log=print) -> list:
                           "ranking s": frame["seconds"].map("{:.2f}".format)})
     title = (f"Ablation over {' + '.join(c['name'] for c in cfgs)} (fold {cfgs[0]['fold']}; baseline tricks: "
              f"{describe(tricks)})")
-    write_tables(out_dir, "ablate", frame, shown=shown, title=title, log=log,
-                 info={"models": [c["name"] for c in cfgs], "fold": cfgs[0]["fold"], "baseline": tricks})
+    table = write_tables(out_dir, "ablate", frame, shown=shown, title=title, log=lambda *a: None,
+                         info={"models": [c["name"] for c in cfgs], "fold": cfgs[0]["fold"], "baseline": tricks})
     ablation_bars(rows, out_dir / "ablate.png")
+    log(table + f"wrote {out_dir / 'ablate.md'}, ablate.csv, ablate.json, ablate.png")
     return rows

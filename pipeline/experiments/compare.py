@@ -90,6 +90,6 @@ def _write(root, summary, per_run, columns, log):
     shown = pd.DataFrame([[e["model"], str(e["seeds"])] + [
         f"{e[k][0]:.{digits.get(k, 4)}f} ± {e[k][1]:.{digits.get(k, 4)}f}" if k in e else "" for k in stats]
         for e in summary], columns=["model", "seeds"] + stats)
-    write_tables(root, "compare", frame, shown=shown, info={"runs": per_run}, log=lambda *a: None)
+    table = write_tables(root, "compare", frame, shown=shown, info={"runs": per_run}, log=lambda *a: None)
     compare_bars(summary, "map@5" if "map@5" in columns else columns[0], root / "compare.png")
-    log((root / "compare.md").read_text() + f"wrote {root / 'compare.md'}, compare.csv, compare.json, compare.png")
+    log(table + f"wrote {root / 'compare.md'}, compare.csv, compare.json, compare.png")

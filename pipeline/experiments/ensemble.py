@@ -99,7 +99,7 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
                         f"--max-size {fit} or fewer")
     out_name = (out_name or "+".join(names)).replace("/", "_")
     inputs = load_embeddings(cfgs, tricks, log=log)
-    need_val(inputs, cfgs[0])
+    need_val(inputs.val.ids, cfgs[0])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
     rows, t0 = [], time.time()
     for n, s in enumerate(subsets(len(names), max_size), start=1):
@@ -125,7 +125,6 @@ def write_subset_report(rows: list, out_dir: Path, info: dict, log=print) -> Non
                           "val MAP@5": [f"**{v:.4f}**" if b else f"{v:.4f}"
                                         for v, b in zip(frame["val_map5"], frame["best_of_size"])],
                           "best of size": ["✓" if b else "" for b in frame["best_of_size"]]})
-    write_tables(out_dir, "report", frame, shown=shown,
-                 info=info, log=lambda *a: None)
+    table = write_tables(out_dir, "report", frame, shown=shown, info=info, log=lambda *a: None)
     subset_scores(rows, out_dir / "report.png")
-    log((out_dir / "report.md").read_text() + f"wrote {out_dir / 'report.md'}, report.csv, report.json, report.png")
+    log(table + f"wrote {out_dir / 'report.md'}, report.csv, report.json, report.png")

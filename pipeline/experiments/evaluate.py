@@ -99,7 +99,7 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     for cfg in cfgs:
         run = ensure_embeddings(cfg, Variant.of(tricks), log=log)
         q = run.load(queries)
-        need_queries(cfg, queries, q)
+        need_queries(cfg, queries, q.ids, q.labels)
         g = searched_gallery(run.load("gallery"), q, leave_one_out, queries)
         rows.append({"model": cfg["name"], **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
                                                    leave_one_out, cfg["max_memory"], log, tricks)})
@@ -117,11 +117,13 @@ def searched_gallery(gallery: EmbeddingSet | None, queries: EmbeddingSet, leave_
     return gallery if split == "test" else gallery.without(queries.ids)
 
 
-def need_queries(cfg: dict, split: str, queries: EmbeddingSet) -> None:
-    if split == "val" and not queries.ids:
-        raise UserError(f"fold {cfg['fold']} has no validation images in {cfg['data']}: pick another --fold "
-                        f"(see {cfg['folds_file']})")
-    if split == "test" and (not queries.ids or not all(queries.labels)):
+def need_queries(cfg: dict, split: str, ids: list, labels: list) -> None:
+    """A UserError when the queries of a split are missing (val) or missing or unlabelled (test)."""
+    from pipeline.retrieval.predict import need_val
+
+    if split == "val":
+        need_val(ids, cfg)
+    if split == "test" and (not ids or not all(labels)):
         raise UserError(f"--queries test: the test images of {cfg['data']} are missing or unlabelled; it needs "
                         "labelled queries (layout query_gallery: query/<class>/<image>)")
 

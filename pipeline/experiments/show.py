@@ -58,7 +58,7 @@ def show(cfgs, n=16, seed=None, out=None, log=print):
     from pipeline.retrieval.predict import DEFAULTS, encode, load_embeddings, need_val
 
     inputs = load_embeddings(cfgs, DEFAULTS, log=log)
-    need_val(inputs, cfgs[0])
+    need_val(inputs.val.ids, cfgs[0])
     val, gallery = inputs.val, inputs.val_gallery  # as ensemble scores
     val_ids, val_labels = val.ids, val.labels
     ds = load_dataset(cfgs[0]["data"], cfgs[0])

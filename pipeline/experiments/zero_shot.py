@@ -26,7 +26,7 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
                 pretrained_file=cfg["pretrained_file"] if backbone == cfg["backbone"] else "")
     ds, train_items, val_items, classes = split(zcfg)
     q_items = ds.test if queries == "test" else val_items
-    need_queries(zcfg, queries, item_set(None, q_items))
+    need_queries(zcfg, queries, [it.image_id for it in q_items], [it.label for it in q_items])
     # seeded so that random weights (pretrained=false) are the same on every call, hence cacheable
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zcfg["seed"])

@@ -19,7 +19,8 @@ from pipeline.retrieval.embeddings import Variant
 from pipeline.retrieval.predict import DEFAULTS
 
 # dists the kernel imports that Kaggle's image may lack or have at another version (the rest - torch, numpy,
-# PyYAML, opencv, Pillow, pydantic - it has); pinned to this machine's versions so the kernel runs what was tested
+# pandas, scipy, PyYAML, opencv, Pillow, pydantic - it has); pinned to this machine's versions so the kernel runs
+# what was tested
 WHEELS = ("timm", "albumentations", "albucore", "safetensors")
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 LICENSE = "CC0-1.0"

@@ -43,7 +43,7 @@ class KernelSpec:
     def read(cls, models_dir: Path) -> "KernelSpec":
         from pipeline.retrieval.predict import tricks_from_json
 
-        spec = cls(**json.loads((Path(models_dir) / KERNEL_JSON).read_text()))
+        spec = _record(cls, Path(models_dir) / KERNEL_JSON)
         spec.tricks = tricks_from_json(spec.tricks)
         return spec
 
@@ -72,7 +72,16 @@ class Package:
 
     @classmethod
     def read(cls, pkg_dir: Path) -> "Package":
-        return cls(**json.loads((Path(pkg_dir) / PACKAGE_JSON).read_text()))
+        return _record(cls, Path(pkg_dir) / PACKAGE_JSON)
+
+
+def _record(cls, path: Path):
+    """cls from a JSON file; a file of another version or a hand edit is a UserError naming it."""
+    try:
+        return cls(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: not a {cls.__name__} file of this pipeline ({e}); rebuild the package with "
+                        "./run.sh kernel") from None
 
 
 def load_package(name: str):

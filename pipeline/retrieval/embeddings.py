@@ -87,7 +87,8 @@ class Variant:
 @dataclass
 class EmbeddingSet:
     """Embeddings of one list of images: one (n, E_m) float16 array per model (a read-only memmap when loaded from
-    the cache), the image ids and labels in row order (labels '' for test images)."""
+    the cache), the image ids and labels in row order (labels '' for test images read from the cache, None for
+    unlabelled items given to item_set)."""
     arrays: list
     ids: list
     labels: list
@@ -101,10 +102,6 @@ class EmbeddingSet:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def models(self, indices) -> "EmbeddingSet":
-        """The same images with only the models at `indices`."""
-        return EmbeddingSet([self.arrays[m] for m in indices], self.ids, self.labels)
 
     def rows(self, keep: np.ndarray) -> "EmbeddingSet":
         """A copy of the rows where the boolean mask `keep` is true."""

@@ -222,8 +222,9 @@ def map5(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, tricks: di
     return map_at_k(preds, list(queries.labels), k=5)
 
 
-def need_val(inputs: RunSetEmbeddings, cfg: dict) -> None:
-    if not inputs.val.ids:
+def need_val(val_ids: list, cfg: dict) -> None:
+    """A UserError when the config's fold has no validation images."""
+    if not val_ids:
         raise UserError(f"fold {cfg['fold']} has no validation images in {cfg['data']}: pick another --fold "
                         f"(see {cfg['folds_file']})")
 

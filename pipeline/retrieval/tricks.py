@@ -71,6 +71,7 @@ def pca(gallery: np.ndarray, queries: np.ndarray, dim: int, whiten: bool = False
     step = max(1, (int(max_memory) - 8 * D * dim) // (8 * (D + dim)))  # a float64 chunk and its projection
     return _project(g, mean, P, step), _project(q, mean, P, step)
 
+
 def dba(gallery: np.ndarray, gallery_codes: np.ndarray, k: int, alpha: float, max_memory: int = 2 << 30) -> np.ndarray:
     """Label-constrained database-side augmentation, float32 (rows, dims). Row i becomes
         normalise(g_i + sum_{j in NN_i} max(<g_i, g_j>, 0)^alpha * g_j)

@@ -1,11 +1,12 @@
 """Package trained runs as an offline Kaggle kernel: kernels/<name>/ with a models dataset, a code dataset (the
-pipeline package + wheels) and the kernel itself, then run the kernel offline on the local data and check its
-submission against ./run.sh ensemble's, byte for byte (--no-verify skips that).
+parts of the pipeline inference imports + wheels) and the kernel itself, then run the kernel offline on the local
+data and check its submission against ./run.sh ensemble's, byte for byte (--no-verify skips that).
 
   kernels/<name>/models/  dataset <owner>/<name>-models: kernel.json; per model model.safetensors (weights only),
                           config.yaml, train_config.yaml, meta.json, the cached gallery embeddings (.npy, .csv,
                           manifest.json)
-  kernels/<name>/code/    dataset <owner>/<name>-code: pipeline/, wheels/, requirements-kernel.txt
+  kernels/<name>/code/    dataset <owner>/<name>-code: pipeline/ (data, model, retrieval, kaggle, the torchrun
+                          helpers), wheels/, requirements-kernel.txt
   kernels/<name>/kernel/  kernel.py + kernel-metadata.json (internet off, GPU on, private)
   kernels/<name>/package.json  every file with its size, the versions, the git commit; verified.json after a check
 
