@@ -36,9 +36,11 @@ def test_package_layout_and_metadata(kernel_package):
     assert wheels == ["albucore", "albumentations", "safetensors", "timm"]
     # the code dataset holds what inference imports, not the whole tree; the offline check proves it is enough
     code = pkg / "code" / "pipeline"
-    assert (code / "kaggle" / "infer.py").is_file() and (code / "training" / "distributed.py").is_file()
-    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "kaggle", "training"}
-    assert not (code / "training" / "loop.py").exists() and not (code / "kaggle" / "template.py").exists()
+    assert (code / "kernel" / "infer.py").is_file() and (code / "training" / "distributed.py").is_file()
+    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "kernel", "kaggle",
+                                                              "training"}
+    assert {p.name for p in (code / "kaggle").iterdir()} == {"__init__.py", "submission.py"}
+    assert not (code / "training" / "loop.py").exists() and not (code / "kernel" / "template.py").exists()
     package_json = json.loads((pkg / "package.json").read_text())
     assert package_json["sizes"]["code"] == sum(f["bytes"] for f in package_json["files"]
                                                 if f["path"].startswith("code/"))
@@ -47,7 +49,7 @@ def test_package_layout_and_metadata(kernel_package):
 
 def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
     package = kernel_package
-    from pipeline.kaggle.check import run_offline
+    from pipeline.kernel.check import run_offline
 
     work, pkg = package
     tiny, runs = trained
@@ -85,7 +87,7 @@ def _venv_without(tmp, skip):
 
 def test_kernel_installs_missing_packages_from_its_wheels(kernel_package, trained, tmp_path):
     package = kernel_package
-    from pipeline.kaggle.check import run_offline
+    from pipeline.kernel.check import run_offline
 
     work, pkg = package
     tiny, _ = trained
@@ -128,7 +130,7 @@ def test_guard_refuses_credentials(tmp_path, monkeypatch):
 def test_build_refuses_a_credential_and_writes_nothing(trained, tmp_path, monkeypatch):
     from pipeline.config import load_config
     from pipeline.errors import UserError
-    from pipeline.kaggle.package import build
+    from pipeline.kernel.package import build
 
     tiny, runs = trained
     monkeypatch.chdir(tmp_path)

@@ -1,2 +1,2 @@
-"""Kaggle: the submission file, the offline kernel package (spec, builder, offline check, the kernel itself), the
-credential guard and the kaggle client."""
+"""Kaggle: the submission file format, the credential guard and the kaggle client (upload, status, download,
+submit)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
-from pipeline.kaggle.spec import DATASETS, PARTS, VERIFIED_JSON, load_package
+from pipeline.kernel.spec import DATASETS, PARTS, VERIFIED_JSON, load_package
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi

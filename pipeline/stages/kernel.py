@@ -15,7 +15,7 @@ Then: ./run.sh upload <name>.
 
 example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]"""
 from pipeline.config import add_run_set_arguments, load_run_set
-from pipeline.kaggle.package import DEFAULT_PLATFORMS, WHEELS
+from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
 from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
 
 
@@ -36,7 +36,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.kaggle.package import build
+    from pipeline.kernel.package import build
 
     cfgs = load_run_set(args.models, args)
     build(args.name, cfgs, tricks=tricks_from_args(args, len(cfgs)), owner=args.owner,

@@ -1,6 +1,6 @@
-"""Build an offline Kaggle kernel package from trained runs (layout: kaggle/spec.py): a models dataset, a code
+"""Build an offline Kaggle kernel package from trained runs (layout: kernel/spec.py): a models dataset, a code
 dataset (the pipeline packages inference needs + wheels) and the kernel, written whole or not at all, refusing any
-file that holds a Kaggle credential (kaggle/guard.py); then run it offline here (kaggle/check.py)."""
+file that holds a Kaggle credential (kaggle/guard.py); then run it offline here (kernel/check.py)."""
 import errno
 import json
 import os
@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.kaggle import spec
-from pipeline.kaggle.spec import KERNELS_DIR, Package
+from pipeline.kernel import spec
+from pipeline.kernel.spec import KERNELS_DIR, Package
 from pipeline.retrieval.embeddings import Variant
 from pipeline.retrieval.predict import DEFAULTS
 
@@ -91,7 +91,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     for w in package.wheels:
         log(f"  wheel {w['file']}: {w['bytes'] / 2**20:.2f} MB")
     if verify_it:
-        from pipeline.kaggle.check import verify
+        from pipeline.kernel.check import verify
 
         verify(dest, cfgs, tricks, log=log)
     log(f"wrote {dest}; next: ./run.sh upload {name}")

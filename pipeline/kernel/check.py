@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.kaggle import spec
+from pipeline.kernel import spec
 
 
 def lay_out_inputs(pkg: Path, data_dir: str | Path, root: Path) -> spec.Package:

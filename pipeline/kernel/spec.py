@@ -1,5 +1,5 @@
-"""The kernel package's layout, shared by the builder (kaggle/package.py), the offline check, the client and the
-kernel itself (kaggle/infer.py): file names, and the typed records behind kernel.json and package.json.
+"""The kernel package's layout, shared by the builder (kernel/package.py), the offline check, the client and the
+kernel itself (kernel/infer.py): file names, and the typed records behind kernel.json and package.json.
 
   kernels/<name>/models/   dataset <owner>/<name>-models: kernel.json (KernelSpec); per model MODEL_FILES
   kernels/<name>/code/     dataset <owner>/<name>-code: the pipeline packages inference needs, wheels/,
@@ -21,10 +21,10 @@ REQUIREMENTS = "requirements-kernel.txt"
 # the files of one model in the models dataset, beside its cached gallery embeddings (<stem>.npy, <stem>.csv)
 WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.yaml", "train_config.yaml",
                                                  "meta.json", "manifest.json")
-# what of the pipeline the kernel runs (kaggle/infer.py's imports, transitively; from training only the device and
+# what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training only the device and
 # process helpers): folders whole, single modules by path. The offline check proves it is enough.
-CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "kaggle",
-        "training/__init__.py", "training/distributed.py")
+CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "kernel",
+        "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py")
 
 
 @dataclass

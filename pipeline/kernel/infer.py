@@ -1,11 +1,11 @@
 """Inference inside a Kaggle kernel: embed the test images with every packaged model and rank them against the
 cached gallery embeddings with the same code as `./run.sh ensemble` (retrieval/predict.py), then write and
-validate submission.csv. Reads only the models dataset (kaggle/spec.py) and the competition folder."""
+validate submission.csv. Reads only the models dataset (kernel/spec.py) and the competition folder."""
 import json
 import time
 from pathlib import Path
 
-from pipeline.kaggle import spec
+from pipeline.kernel import spec
 
 
 def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:

@@ -51,7 +51,7 @@ def main() -> None:
     data = mounted(SETTINGS["competition"], owner, "competitions")
     ensure_packages(code / "wheels")
     sys.path.insert(0, str(code))
-    from pipeline.kaggle.infer import run
+    from pipeline.kernel.infer import run
 
     run(models, data, OUTPUT / "submission.csv", t0=T0)
 
