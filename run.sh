@@ -5,8 +5,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 venv="$here/.venv"
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
-# Nothing in the pipeline may reach the network at run time.
-export HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+# pipeline/cli.py puts the hub offline for every stage but the network ones (weights, download, upload, submit,
+# status). albumentations' update check never runs.
+export NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 if [[ ! -x "$venv/bin/python" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "run.sh: setting up $venv from requirements.txt (first use; a few minutes)..." >&2
   python3 -m venv "$venv"

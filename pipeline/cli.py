@@ -8,6 +8,8 @@ from pipeline.errors import UserError
 
 # stage name -> its module in pipeline/stages (their heavy imports happen in run(), so `--help` starts fast)
 STAGES = {
+    "weights": "pipeline.stages.weights",
+    "download": "pipeline.stages.download",
     "make-data": "pipeline.stages.make_data",
     "folds": "pipeline.stages.folds",
     "train": "pipeline.stages.train",
@@ -21,20 +23,26 @@ STAGES = {
     "validate": "pipeline.stages.validate",
     "kernel": "pipeline.stages.kernel",
     "upload": "pipeline.stages.upload",
-    "kernel-status": "pipeline.stages.kernel_status",
+    "status": "pipeline.stages.status",
+    "submit": "pipeline.stages.submit",
     "demo": "pipeline.stages.demo",
     "test": "pipeline.stages.test",
 }
 
-EPILOG = """typical flow:
-  ./run.sh make-data --out data/demo          # or point --data at a real competition folder
-  ./run.sh folds --data data/demo
-  ./run.sh train m1 --data data/demo --fold 0
-  ./run.sh embed m1 --data data/demo --fold 0
-  ./run.sh ensemble m1 m2 --data data/demo --out my_sub
-  ./run.sh validate submissions/my_sub.csv --data data/demo
-  ./run.sh kernel my_kernel --models m1 m2 --data data/demo --owner ME  # offline Kaggle kernel, checked here
-  ./run.sh upload my_kernel                     # datasets + kernel via the kaggle client
+# The stages whose job is the network; every other stage runs with the hub offline (pipeline/network.py)
+NETWORK = {"weights", "download", "upload", "submit", "status"}
+
+EPILOG = """typical flow (a competition from start to finish: README):
+  ./run.sh weights m1 m2                      # online, once: the backbones' ImageNet weights into the caches
+  ./run.sh download --out data/hotel-id       # online: the competition's files (or ./run.sh make-data --out data/demo)
+  ./run.sh folds --data data/hotel-id
+  ./run.sh train m1 --data data/hotel-id --folds all
+  ./run.sh evaluate m1 --data data/hotel-id --oof
+  ./run.sh ensemble m1 m2 --data data/hotel-id --folds all --out my_sub
+  ./run.sh kernel my-kernel --models m1 m2 --data data/hotel-id --folds all  # offline Kaggle kernel, checked here
+  ./run.sh upload my-kernel                   # datasets + kernel via the kaggle client, checked against Kaggle's list
+  ./run.sh status my-kernel --wait            # until the kernel has run; its output -> kernels/my-kernel/output/
+  ./run.sh submit my-kernel && ./run.sh status my-kernel --wait   # submitted, then its score
 run './run.sh <stage> --help' for a stage's options and an example."""
 
 
@@ -78,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.parse_args(argv)  # argparse's own one-line usage error and exit 2
         args.overrides = list(args.overrides) + extra
+    from pipeline.network import set_policy
+
+    set_policy(online=args.stage in NETWORK)
     try:
         return args._module.run(args) or 0
     except UserError as e:

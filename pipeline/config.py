@@ -121,18 +121,107 @@ def run_dir(cfg: dict) -> Path:
     return Path(cfg["runs_dir"]) / cfg["name"] / f"fold{cfg['fold']}"
 
 
-def add_run_set_arguments(p: "argparse.ArgumentParser") -> None:
-    """Options of the stages that read several trained runs (ensemble, ensemble-report, evaluate, show)."""
+def add_run_set_arguments(p: "argparse.ArgumentParser", folds: bool = False) -> None:
+    """Options of the stages that read several trained runs (ensemble, ensemble-report, evaluate, show); with
+    folds, --folds too (each config on each of several folds)."""
     p.add_argument("--data", help="competition folder (overrides each config's data)")
-    p.add_argument("--fold", type=int, help="fold of the runs (default 0)")
+    add_fold_arguments(p, folds, "fold of the runs (default 0)")
     p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
     p.add_argument("--max-memory", type=int, help="bytes of extra memory for ranking (default 2 GiB)")
     p.add_argument("--overrides", nargs="*", default=[], metavar="key=value", help="config overrides for every model")
 
 
+def add_fold_arguments(p: "argparse.ArgumentParser", folds: bool, fold_help: str) -> None:
+    """--fold K, and with folds the exclusive --folds SET (parse_folds)."""
+    g = p.add_mutually_exclusive_group() if folds else p
+    g.add_argument("--fold", type=int, help=fold_help)
+    if folds:
+        g.add_argument("--folds", metavar="SET", help="several folds, each its own run: 0-4, 0,2 or all (every fold "
+                       "of the folds file)")
+
+
 def load_run_set(positional: list[str], args: "argparse.Namespace") -> list[dict]:
     """The configs named among `positional` (argparse puts key=value given before any option there: they are
-    overrides, with --overrides and those after an option), loaded with the add_run_set_arguments flags."""
+    overrides, with --overrides and those after an option), loaded with the add_run_set_arguments flags; with
+    --folds one config per config and fold, config by config."""
     overrides = [x for x in positional if "=" in x] + list(args.overrides)
-    return [load_config(x, overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint,
-                        max_memory=args.max_memory) for x in positional if "=" not in x]
+    flags = dict(data=args.data, checkpoint=args.checkpoint, max_memory=args.max_memory)
+    names = [x for x in positional if "=" not in x]
+    if getattr(args, "folds", None) is None:
+        return [load_config(x, overrides, fold=args.fold, **flags) for x in names]
+    return [cfg for x in names for cfg in load_folds(x, args.folds, overrides, **flags)]
+
+
+def load_folds(name: str | Path, folds: str, overrides: Iterable[str] = (), **cli: object) -> list[dict]:
+    """The config `name` once per fold of the --folds value `folds` (parse_folds, read in the config's folds_file)."""
+    base = load_config(name, overrides, **cli)
+    return [load_config(name, overrides, **cli, fold=k) for k in parse_folds(folds, base["folds_file"])]
+
+
+def parse_folds(text: str, folds_file: str | Path) -> list[int]:
+    """The folds of a --folds value: 'all' (every fold of the folds file but -1, whose images always train), or
+    folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file."""
+    from pipeline.io import read_table
+
+    path = Path(folds_file)
+    if not path.is_file():
+        raise UserError(f"--folds {text}: the folds file {path} is not there (write it with ./run.sh folds or set "
+                        "folds_file=...)")
+    present = sorted({int(f) for f in read_table(path, required=["fold"])["fold"]} - {-1})
+    if str(text).strip().lower() == "all":
+        if not present:
+            raise UserError(f"--folds all: {path} has no validation folds (rerun ./run.sh folds)")
+        return present
+    folds = []
+    for part in str(text).split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            lo = int(first)
+            hi = int(last) if dash else lo
+        except ValueError:
+            lo, hi = 0, -1
+        if hi < lo:
+            raise UserError(f"--folds '{text}': give folds like 0-4, 0,2 or all")
+        folds += range(lo, hi + 1)
+    missing = [k for k in folds if k not in present]
+    if missing:
+        raise UserError(f"--folds {text}: fold {missing[0]} is not in {path} (its folds: {fold_text(present)})")
+    return list(dict.fromkeys(folds))
+
+
+def fold_text(folds: Iterable[int]) -> str:
+    """Folds written short: [0, 1, 2, 4] -> '0-2,4'."""
+    parts, run = [], []
+    for k in sorted(set(folds)):
+        if run and k != run[-1] + 1:
+            parts.append(run)
+            run = []
+        run.append(k)
+    parts += [run] if run else []
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in parts)
+
+
+def config_names(cfgs: list[dict]) -> list[str]:
+    """The configs of a run set, each once, in order (a config on several folds is several runs)."""
+    return list(dict.fromkeys(c["name"] for c in cfgs))
+
+
+def run_names(cfgs: list[dict]) -> list[str]:
+    """Each run's name in reports: its config's name, with /fold<k> when the runs span several folds (m1/fold0);
+    a run given twice is a UserError."""
+    several = len({c["fold"] for c in cfgs}) > 1
+    names = [f"{c['name']}/fold{c['fold']}" if several else c["name"] for c in cfgs]
+    if len(set(names)) != len(names):
+        raise UserError(f"a config is named twice: {' '.join(names)}")
+    return names
+
+
+def config_from_dict(saved: dict, source: str) -> dict:
+    """A resolved config written into a JSON file (an ensemble-report's best.json), over today's defaults and
+    checked key by key as a config file is; source names the file in errors."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("name"), str):
+        raise UserError(f"{source}: a saved config must be a mapping with its name")
+    cfg = _read_yaml(CONFIG_DIR / "default.yaml")
+    _merge(cfg, {k: v for k, v in saved.items() if k != "name"}, source)
+    cfg["name"] = saved["name"]
+    return cfg

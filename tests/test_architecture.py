@@ -11,7 +11,7 @@ from pipeline.cli import STAGES
 from conftest import ROOT
 
 PIPELINE = ROOT / "pipeline"
-LIBRARY_FOLDERS = ("data", "model", "training", "retrieval", "experiments", "reports", "kaggle")
+LIBRARY_FOLDERS = ("data", "model", "training", "retrieval", "experiments", "reports", "kernel", "kaggle")
 MAX_MODULES = 8
 MAX_LINES = 300
 LONG_ALLOWED = {"data/synth.py": "the procedural dataset generator: one drawing routine per part of a room"}

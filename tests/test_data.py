@@ -39,9 +39,12 @@ def test_csv_layout(tmp_path):
     for i in range(4):
         _img(tmp_path / "imgs" / f"{i}.png")
     (tmp_path / "train.csv").write_text("image,label\n" + "".join(f"imgs/{i}.png,w{i % 2}\n" for i in range(4)))
-    (tmp_path / "test.csv").write_text("image\nimgs/0.png\n")
-    ds = load_dataset(tmp_path)
+    (tmp_path / "test.csv").write_text("image\nimgs/0.png\n")  # relative to csv.test_dir (test_images/)
+    with pytest.raises(UserError, match=r"test.csv row 2: image 'imgs/0.png' not found .*; set csv.test_dir=''"):
+        load_dataset(tmp_path)
+    ds = load_dataset(tmp_path, {"csv": {"test_dir": ""}})
     assert [it.label for it in ds.train] == ["w0", "w1", "w0", "w1"] and ds.test_ids == ["0.png"]
+    assert (ds.id_column, ds.label_column) == ("image_id", "label")  # no sample submission: the layout's defaults
     assert set(LAYOUTS) >= {"hotelid", "csv"}
 
 

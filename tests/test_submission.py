@@ -1,10 +1,11 @@
 """Submission writing/validation, truth files, and the score / validate stages."""
+import random
 import types
 
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.kaggle.submission import read_truth, validate_submission, write_submission
+from pipeline.kaggle.submission import read_truth, score_submission, validate_submission, write_submission
 
 from conftest import assert_one_line_error, cli
 
@@ -114,16 +115,85 @@ def test_read_truth(tmp_path):
 
 def test_score_stage(tmp_path):
     truth = _write(tmp_path / "truth.csv", "image_id,hotel_id\nt1.jpg,101\nt2.jpg,105\nt3.jpg,1\n")
-    sub = _write(tmp_path / "sub.csv", HEADER + "t3.jpg,100 101\nt1.jpg,101 102 103\nt2.jpg,100 101 102 103 105\n")
+    sub = _write(tmp_path / "sub.csv", HEADER + "t3.jpg,100 100 101\nt1.jpg,101 102 103 104 105 106\n"
+                 "t2.jpg,100 101 102 103 105\n")
     proc = cli("score", sub, "--truth", truth)
     assert proc.returncode == 0, proc.stderr
-    assert "MAP@5: 0.40000 (3 rows" in proc.stdout  # (1 + 1/5 + 0) / 3
+    assert "MAP@5: 0.40000 (3 rows" in proc.stdout  # (0 + 1 + 1/5) / 3
+    assert proc.stderr == ("warning: 1 row repeats a label, 1 row has more than 5 labels, 1 row has fewer than 5 "
+                           "labels; ./run.sh validate would reject this file (Kaggle scores it: a label counts once, "
+                           "labels past the 5th are ignored)\n")
 
     short = _write(tmp_path / "short.csv", HEADER + "t3.jpg,100\nt1.jpg,101\n")
     assert_one_line_error(cli("score", short, "--truth", truth), "short.csv", "missing", "t2.jpg")
     extra = _write(tmp_path / "extra.csv", sub.read_text() + "t9.jpg,100\n")
     assert_one_line_error(cli("score", extra, "--truth", truth), "row 5", "t9.jpg")
     assert_one_line_error(cli("score", tmp_path / "none.csv", "--truth", truth), "none.csv", "not found")
+
+
+@pytest.mark.parametrize("row,expected", [("A B C D E", 1.0), ("A A A A A", 1.0), ("A B A C A", 1.0),
+                                          ("B A A", 0.5), ("B B A", 1 / 3), ("B C D E F A", 0.0), ("", 0.0)])
+def test_score_follows_kaggles_rule(tmp_path, row, expected):
+    """SPEC 6: once the correct label is scored, its repeats are skipped; labels past the 5th are ignored."""
+    truth = _write(tmp_path / "t.csv", "image,whale\nq,A\n")
+    sub = _write(tmp_path / "s.csv", f"image,whale\nq,{row}\n")
+    score, rows, warning = score_submission(sub, truth)
+    assert (score, rows) == (pytest.approx(expected), 1)
+    assert (warning is None) == (row == "A B C D E")
+
+
+def _kaggle_apk(actual, predicted, k=5):
+    """Kaggle's average precision at k (the ml_metrics apk its MAP@K pages cite), for one true label."""
+    predicted = predicted[:k]
+    score, hits = 0.0, 0
+    for i, p in enumerate(predicted):
+        if p == actual and p not in predicted[:i]:
+            hits += 1
+            score += hits / (i + 1)
+    return score  # / min(len(actual), k) = 1
+
+
+def test_score_equals_an_independent_kaggle_apk_on_random_rows(tmp_path):
+    rng = random.Random(7)
+    labels = [f"w{i}" for i in range(6)] + ["unknown", "new_individual"]
+    truth, rows = {}, {}
+    for n in range(300):
+        truth[f"img{n}.jpg"] = rng.choice(labels[:6])
+        rows[f"img{n}.jpg"] = [rng.choice(labels) for _ in range(rng.choice([0, 1, 3, 5, 5, 6, 9]))]
+    ids = list(truth)
+    rng.shuffle(ids)  # the submission's row order is not the truth's
+    truth_path = _write(tmp_path / "t.csv", "image,individual_id\n" + "".join(f"{i},{w}\n" for i, w in truth.items()))
+    sub = _write(tmp_path / "s.csv", "image,predictions\n" + "".join(f"{i},{' '.join(rows[i])}\n" for i in ids))
+    score, n_rows, warning = score_submission(sub, truth_path, label_column="individual_id")
+    assert n_rows == 300
+    assert score == pytest.approx(sum(_kaggle_apk(truth[i], rows[i]) for i in ids) / 300, abs=1e-12)
+    repeat = sum(len(set(r)) < len(r) for r in rows.values())
+    more, fewer = sum(len(r) > 5 for r in rows.values()), sum(len(r) < 5 for r in rows.values())
+    assert min(repeat, more, fewer) > 0
+    assert warning.startswith(f"{repeat} rows repeat a label, {more} rows have more than 5 labels, {fewer} rows "
+                              "have fewer than 5 labels; ./run.sh validate would reject this file")
+    with pytest.raises(UserError, match=r"row \d+ \(image id 'img\d+\.jpg'\): .*(repeated|expected 5)"):
+        validate_submission(sub, ids, labels, "image", "predictions")  # validate stays strict
+
+
+def test_score_columns(tmp_path):
+    sub = _write(tmp_path / "s.csv", "image,predictions\na.jpg,w1 w2\n")
+    other = _write(tmp_path / "t.csv", "image,individual_id\na.jpg,w2\n")
+    with pytest.raises(UserError) as e:
+        score_submission(sub, other)
+    assert str(e.value) == (f"{other}: missing column(s) predictions (has: image, individual_id); the submission's "
+                            "header is image,predictions: name the truth file's columns with --id-column / "
+                            "--label-column")
+    assert score_submission(sub, other, label_column="individual_id")[0] == 0.5
+    same = _write(tmp_path / "same.csv", "image,predictions\na.jpg,w2\n")
+    assert score_submission(sub, same)[0] == 0.5
+    for header in ("image", "image,image", "image,predictions,x"):
+        bad = _write(tmp_path / "bad.csv", f"{header}\na.jpg,w2\n")
+        with pytest.raises(UserError, match=f"header is {header}, expected two column names"):
+            score_submission(bad, same)
+    dup = _write(tmp_path / "dup.csv", "image,predictions\na.jpg,w2\na.jpg,w2\n")
+    with pytest.raises(UserError, match="row 3 .*duplicate image id"):
+        score_submission(dup, same)
 
 
 def test_validate_stage_with_stubbed_dataset(tmp_path, monkeypatch, capsys):

@@ -7,57 +7,80 @@ import math
 import time
 from pathlib import Path
 
+from pipeline.config import config_from_dict, config_names, fold_text
 from pipeline.errors import UserError
-from pipeline.retrieval.predict import DEFAULTS, describe, load_embeddings, need_val, predict, val_map5
+from pipeline.retrieval.predict import DEFAULTS, describe, every_run_tricks, load_fold_sets, need_val, oof_map5, predict
 
 MAX_SUBSETS = 4096
+BEST_JSON, BEST_VERSION = "best.json", 1  # ensemble-report's best subset, for kernel --from-report
 
 
 def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | None = None) -> dict:
     """Returns {'models': {name: val_map5}, 'ensemble': {'val_map5', 'test_map5'?}, 'submission': path} and writes
-    submissions/<out>.csv, runs/ensembles/<out>/scores.json and scores.md."""
+    submissions/<out>.csv, runs/ensembles/<out>/scores.json and scores.md. Runs of the configs on several folds
+    (m1/fold0 ...): each model and the ensemble are scored out of fold (per fold its runs on its validation images,
+    pooled: 'ensemble' also has 'folds', and 'out_of_fold' each config's score), and the test images are ranked
+    with every fold model."""
     import pandas as pd
 
     from pipeline.data.layouts import load_dataset
-    from pipeline.io import write_text
+    from pipeline.io import read_table, write_text
     from pipeline.kaggle.submission import read_truth, write_submission
     from pipeline.reports.tables import markdown
     from pipeline.retrieval.metrics import map_at_k
 
     tricks = tricks or dict(DEFAULTS)
-    inputs = load_embeddings(cfgs, tricks, log=log)
-    out_name = out_name or "+".join(inputs.names)
+    sets = load_fold_sets(cfgs, tricks, log=log)
+    several = len(sets.folds) > 1
+    folds = fold_text(sets.folds)
+    out_name = out_name or "+".join(sets.configs) + (f"-folds{folds}" if several else "")
     ds = load_dataset(cfgs[0]["data"], cfgs[0])
     classes, mem = ds.classes, cfgs[0]["max_memory"]
-    report = {"models": {}, "ensemble": {}, "fold": cfgs[0]["fold"], "tricks": tricks}
+    report = {"models": {}, "ensemble": {}, "folds": list(sets.folds), "tricks": tricks}
+    if not several:
+        report["fold"] = cfgs[0]["fold"]
     if tricks != DEFAULTS:
         log(f"inference tricks: {describe(tricks)}")
-    if inputs.val.ids:
-        for i, n in enumerate(inputs.names):
-            report["models"][n] = val_map5(inputs, classes, tricks, mem, log, models=[i])
-        report["ensemble"]["val_map5"] = val_map5(inputs, classes, tricks, mem, log)
+    rows = []
+    if several:
+        for fold, inputs in sets.folds.items():
+            need_val(inputs.val.ids, dict(cfgs[0], fold=fold))
+    if all(inputs.val.ids for inputs in sets.folds.values()):
+        for i, config in enumerate(sets.configs):
+            per_fold, pooled = oof_map5(sets, classes, tricks, mem, log, models=[i])
+            for fold, (score, _) in per_fold.items():
+                report["models"][sets.folds[fold].names[i]] = score
+            if several:
+                report.setdefault("out_of_fold", {})[config] = pooled
+        per_fold, report["ensemble"]["val_map5"] = oof_map5(sets, classes, tricks, mem, log)
+        rows = [(n, f"{s:.4f}") for n, s in report["models"].items()]
+        label = f"ensemble ({len(sets.configs)})"
+        if several:
+            report["ensemble"]["folds"] = {str(f): s for f, (s, _) in per_fold.items()}
+            rows += [(f"{c} out-of-fold", f"{s:.4f}") for c, s in report["out_of_fold"].items()]
+            rows += [(f"ensemble fold {f}", f"{s:.4f}") for f, (s, _) in per_fold.items()]
+            label = f"ensemble out-of-fold ({len(sets.configs)} configs x folds {folds})"
+        rows.append((f"**{label}**", f"**{report['ensemble']['val_map5']:.4f}**"))
     sub_path, truth_path = None, Path(cfgs[0]["data"]) / "test_truth.csv"
     if ds.test_ids:
-        preds = predict(inputs.test.arrays, inputs.gallery, classes, tricks, mem, log)
+        every = sets.every
+        preds = predict(every.test.arrays, every.gallery, classes, every_run_tricks(tricks, cfgs), mem, log)
         sub_path = Path("submissions") / f"{out_name}.csv"
-        write_submission(sub_path, inputs.test.ids, preds, expected_ids=ds.test_ids, known_classes=classes,
+        write_submission(sub_path, every.test.ids, preds, expected_ids=ds.test_ids, known_classes=classes,
                          id_column=ds.id_column, label_column=ds.label_column)
-        if truth_path.is_file():  # the embedded dataset ships its answers
-            truth = read_truth(truth_path)
-            report["ensemble"]["test_map5"] = map_at_k(preds, [truth[i] for i in inputs.test.ids], k=5)
+        if truth_path.is_file():  # the embedded dataset ships its answers, under its own header
+            truth = read_truth(truth_path, *read_table(truth_path).columns[:2])
+            report["ensemble"]["test_map5"] = map_at_k(preds, [truth[i] for i in every.test.ids], k=5)
     report["submission"] = str(sub_path) if sub_path else None
     out_dir = Path(cfgs[0]["runs_dir"]) / "ensembles" / out_name
     write_text(out_dir / "scores.json", json.dumps(report, indent=1))
-    rows = [(n, f"{s:.4f}") for n, s in report["models"].items()]
-    if "val_map5" in report["ensemble"]:
-        rows.append((f"**ensemble ({len(inputs.names)})**", f"**{report['ensemble']['val_map5']:.4f}**"))
     table = markdown(pd.DataFrame(rows, columns=["model", "val MAP@5"]))
     write_text(out_dir / "scores.md", table)
     log(table.rstrip())
     if "test_map5" in report["ensemble"]:
         log(f"test MAP@5 against {truth_path}: {report['ensemble']['test_map5']:.4f}")
     if sub_path:
-        log(f"wrote {sub_path} ({len(preds)} rows)")
+        log(f"wrote {sub_path} ({len(preds)} rows, ranked with {len(every.names)} models: {' '.join(every.names)})")
     return report
 
 
@@ -85,33 +108,91 @@ def mark_best(rows: list) -> list:
 
 def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | None = None, log=print,
                     tricks: dict | None = None) -> list:
-    """Val MAP@5 of every subset's equal-weight ensemble (each model's embeddings loaded once); returns the rows
-    [{'models': [names], 'size', 'val_map5', 'best_of_size'}] (by size, then in config order) and writes
-    runs/ensembles/<out>/report.md, .csv, .json, .png."""
+    """Val MAP@5 of every subset's equal-weight ensemble (each model's embeddings loaded once; runs of the configs on
+    several folds: the out-of-fold MAP@5 of each subset of configs); returns the rows [{'models': [names], 'size',
+    'val_map5', 'best_of_size'}] (by size, then in config order) and writes runs/ensembles/<out>/report.md, .csv,
+    .json, .png and best.json (what `kernel --from-report` builds)."""
     from pipeline.data.layouts import load_dataset
 
     tricks = tricks or dict(DEFAULTS)
-    names = [c["name"] for c in cfgs]
+    names = config_names(cfgs)
     total = count_subsets(len(names), max_size)
     if total > MAX_SUBSETS:
         fit = max(k for k in range(1, len(names) + 1) if count_subsets(len(names), k) <= MAX_SUBSETS)
         raise UserError(f"{len(names)} models have {total} subsets (more than {MAX_SUBSETS}): limit them with "
                         f"--max-size {fit} or fewer")
-    out_name = (out_name or "+".join(names)).replace("/", "_")
-    inputs = load_embeddings(cfgs, tricks, log=log)
-    need_val(inputs.val.ids, cfgs[0])
+    sets = load_fold_sets(cfgs, tricks, log=log)
+    several = len(sets.folds) > 1
+    out_name = (out_name or "+".join(names) + (f"-folds{fold_text(sets.folds)}" if several else "")).replace("/", "_")
+    for fold, inputs in sets.folds.items():
+        need_val(inputs.val.ids, dict(cfgs[0], fold=fold))
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
     rows, t0 = [], time.time()
+    what = "out-of-fold" if several else "val"
     for n, s in enumerate(subsets(len(names), max_size), start=1):
-        score = val_map5(inputs, classes, tricks, cfgs[0]["max_memory"], log, models=s)
+        score = oof_map5(sets, classes, tricks, cfgs[0]["max_memory"], log, models=s)[1]
         rows.append({"models": [names[i] for i in s], "size": len(s), "val_map5": score})
-        log(f"[{n}/{total}] {'+'.join(names[i] for i in s)}: val MAP@5 {score:.4f} ({time.time() - t0:.0f}s)")
+        log(f"[{n}/{total}] {'+'.join(names[i] for i in s)}: {what} MAP@5 {score:.4f} ({time.time() - t0:.0f}s)")
     mark_best(rows)
-    info = {"models": names, "max_size": max_size or len(names), "fold": cfgs[0]["fold"],
-            "data": str(cfgs[0]["data"]), "val_images": len(inputs.val), "gallery_images": len(inputs.val_gallery),
+    info = {"models": names, "max_size": max_size or len(names), "folds": list(sets.folds),
+            "data": str(cfgs[0]["data"]), "val_images": sum(len(x.val) for x in sets.folds.values()),
             "tricks": tricks}
-    write_subset_report(rows, Path(cfgs[0]["runs_dir"]) / "ensembles" / out_name, info, log)
+    if not several:
+        info.update(fold=cfgs[0]["fold"], gallery_images=len(sets.every.val_gallery))
+    out_dir = Path(cfgs[0]["runs_dir"]) / "ensembles" / out_name
+    write_subset_report(rows, out_dir, info, log)
+    best = write_best(rows, out_dir / BEST_JSON, cfgs, tricks)
+    log(f"best: {' + '.join(best['models'])} ({best['val_map5']:.4f}) in {out_dir / BEST_JSON}; package it with "
+        f"./run.sh kernel NAME --from-report {out_dir}")
     return rows
+
+
+def write_best(rows: list, path: Path, cfgs: list, tricks: dict) -> dict:
+    """best.json: the best subset (highest score, the smaller on a tie) with what rebuilds it: each of its configs
+    resolved, the folds, checkpoint and data, and the tricks (--weights cut to the subset)."""
+    from pipeline.io import write_text
+
+    best = max(rows, key=lambda r: r["val_map5"])  # the first of the best: rows go by size
+    configs = config_names(cfgs)
+    chosen = [configs.index(m) for m in best["models"]]
+    w = tricks["weights"]
+    first = {c["name"]: c for c in reversed(cfgs)}  # each config's first run: its resolved config
+    record = {"version": BEST_VERSION, "models": best["models"], "val_map5": best["val_map5"],
+              "folds": list(dict.fromkeys(c["fold"] for c in cfgs)), "checkpoint": cfgs[0]["checkpoint"],
+              "data": str(cfgs[0]["data"]), "tricks": dict(tricks, weights=w and [w[i] for i in chosen]),
+              "configs": [{k: v for k, v in first[configs[i]].items() if k != "fold"} for i in chosen]}
+    write_text(path, json.dumps(record, indent=1))
+    return record
+
+
+def load_best(report: str | Path, log=print) -> tuple:
+    """(runs, tricks) of an ensemble-report's best subset: each of its configs on each of its folds, in the
+    report's order. report: the report's folder (runs/ensembles/<out>) or a file in it."""
+    from pipeline.retrieval.predict import tricks_from_json
+
+    p = Path(report)
+    path = p.with_name(BEST_JSON) if p.is_file() else p / BEST_JSON
+    if not path.is_file():
+        raise UserError(f"{path} not found: --from-report takes the folder of an ensemble-report of this version "
+                        "(runs/ensembles/<out>; rerun ./run.sh ensemble-report ... --out NAME)")
+    try:
+        best = json.loads(path.read_text())
+    except ValueError:
+        best = None
+    if not isinstance(best, dict) or best.get("version") != BEST_VERSION:
+        version = best.get("version") if isinstance(best, dict) else None
+        raise UserError(f"{path}: not a best.json of this ensemble-report (version {version!r}, this one writes "
+                        f"{BEST_VERSION}): rerun ./run.sh ensemble-report")
+    try:
+        if set(best["tricks"]) != set(DEFAULTS):
+            raise KeyError("tricks")
+        cfgs = [dict(config_from_dict(c, str(path)), fold=int(k)) for c in best["configs"] for k in best["folds"]]
+        tricks, models, score = tricks_from_json(best["tricks"]), best["models"], float(best["val_map5"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: its {e} entry is missing or malformed: rerun ./run.sh ensemble-report") from None
+    log(f"{path}: best subset {' + '.join(models)} (MAP@5 {score:.4f}), folds {fold_text(best['folds'])}, "
+        f"checkpoint {best['checkpoint']}, tricks: {describe(tricks)}")
+    return cfgs, tricks
 
 
 def write_subset_report(rows: list, out_dir: Path, info: dict, log=print) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import config_names, fold_text, run_names
 from pipeline.errors import UserError
 from pipeline.retrieval.embeddings import EmbeddingSet, Variant
 from pipeline.retrieval.predict import DEFAULTS, RANKING_TRICKS
@@ -36,17 +37,29 @@ def parse_ks(text: str) -> list[int]:
 
 def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leave_one_out: bool = False,
              queries: str = "val", zero_shot: str | None = None, out: str | None = None, ablate: bool = False,
-             log=print) -> None:
+             oof: bool = False, log=print) -> None:
     """The evaluate stage: the metrics table of the runs (and the zero-shot row) in runs/evaluate/<out>/, or with
-    ablate the runs' ensemble once per inference trick. base: cfgs[0], or the default config without runs."""
-    out = out or "+".join([c["name"] for c in cfgs] + ([f"zero-shot-{zero_shot}"] if zero_shot else []))
+    ablate the runs' ensemble once per inference trick, or with oof each config's out-of-fold MAP@5 over its runs
+    on several folds. base: cfgs[0], or the default config without runs."""
+    folds = fold_text(c["fold"] for c in cfgs)
+    default = config_names(cfgs) if oof else run_names(cfgs)
+    out = out or "+".join(default + ([f"zero-shot-{zero_shot}"] if zero_shot else [])) + (f"-oof{folds}" if oof
+                                                                                         else "")
     out_dir = Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_")
+    if oof:
+        if not cfgs or ablate or leave_one_out or queries != "val" or zero_shot or metrics != ["map@5"]:
+            raise UserError("--oof scores trained runs' map@5 on their validation folds: give runs, without "
+                            "--ablate / --leave-one-out / --queries test / --zero-shot / other --metrics")
+        write_report(oof_rows(cfgs, tricks, log), out_dir, {"metrics": ["map@5"], "oof": True,
+                     "folds": list(dict.fromkeys(c["fold"] for c in cfgs)), "data": str(base["data"]),
+                     "tricks": tricks}, log)
+        return
     if ablate:
         from pipeline.experiments.ablate import ablate as run_ablation
 
-        if not cfgs or leave_one_out or queries != "val":
-            raise UserError("--ablate scores trained runs on the validation fold: give runs, without "
-                            "--leave-one-out / --queries test")
+        if not cfgs or leave_one_out or queries != "val" or len({c["fold"] for c in cfgs}) > 1:
+            raise UserError("--ablate scores trained runs on one validation fold: give runs, without "
+                            "--leave-one-out / --queries test / --folds")
         run_ablation(cfgs, tricks, out_dir, log=log)
         return
     if leave_one_out and any(tricks[k] != DEFAULTS[k] for k in RANKING_TRICKS):
@@ -96,14 +109,34 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
 
     tricks = dict(tricks or DEFAULTS, weights=None)
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
-    for cfg in cfgs:
+    for cfg, name in zip(cfgs, run_names(cfgs)):
         run = ensure_embeddings(cfg, Variant.of(tricks), log=log)
         q = run.load(queries)
         need_queries(cfg, queries, q.ids, q.labels)
         g = searched_gallery(run.load("gallery"), q, leave_one_out, queries)
-        rows.append({"model": cfg["name"], **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
+        rows.append({"model": name, **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
                                                    leave_one_out, cfg["max_memory"], log, tricks)})
         log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(q)} queries, {len(g)} gallery images")
+    return rows
+
+
+def oof_rows(cfgs: list, tricks: dict, log=print) -> list:
+    """Per config: a row per fold (the fold's run: its validation images against its gallery without them, as
+    `ensemble` scores) and the out-of-fold row, MAP@5 pooled over every validated image ('queries': their count)."""
+    from pipeline.data.layouts import load_dataset
+    from pipeline.retrieval.predict import load_fold_sets, need_val, oof_map5
+
+    tricks, rows = dict(tricks, weights=None), []
+    for name in config_names(cfgs):
+        runs = [c for c in cfgs if c["name"] == name]
+        sets = load_fold_sets(runs, tricks, log=log)
+        for fold, inputs in sets.folds.items():
+            need_val(inputs.val.ids, dict(runs[0], fold=fold))
+        per_fold, pooled = oof_map5(sets, load_dataset(runs[0]["data"], runs[0]).classes, tricks,
+                                    runs[0]["max_memory"], log)
+        rows += [{"model": f"{name}/fold{f}", "map@5": s, "queries": n} for f, (s, n) in per_fold.items()]
+        rows.append({"model": f"{name} out-of-fold", "map@5": pooled, "queries": sum(n for _, n in per_fold.values())})
+        log(f"evaluated {name} out of fold: {rows[-1]['queries']} validated images over {len(per_fold)} fold(s)")
     return rows
 
 
@@ -135,6 +168,7 @@ def write_report(rows: list, out_dir: Path, info: dict, log=print) -> None:
 
     cols = list(dict.fromkeys(k for r in rows for k in r if k != "model"))
     frame = pd.DataFrame(rows, columns=["model"] + cols)
-    shown = pd.DataFrame([[r["model"]] + [f"{r[c]:.4f}" if c in r else "" for c in cols] for r in rows],
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    shown = pd.DataFrame([[r["model"]] + [cell(r[c]) if c in r else "" for c in cols] for r in rows],
                          columns=["model"] + cols)
     write_tables(out_dir, "metrics", frame, shown=shown, info=info, log=log)

@@ -1,19 +1,26 @@
-"""The kaggle client's side of a package built by `./run.sh kernel`: upload (each dataset created the first time,
-a new version after, then the kernel pushed) and the pushed kernel's status and output. Credentials come only from
-the client's own places (~/.kaggle/kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN); none is ever
-written to kernels/, a log or an error message."""
+"""The kaggle client as every network stage (download, upload, status, submit) uses it: credentials only from the
+client's own places (~/.kaggle/kaggle.json, KAGGLE_USERNAME + KAGGLE_KEY, KAGGLE_API_TOKEN), the API host reached
+before the client is imported (`import kaggle` authenticates, and a token is checked over the network), every
+failed call turned into one line that says what to do and holds no credential, bounded polling with a progress line
+per poll, and the small records upload and submit leave in kernels/<name>/ for the stages after them."""
+import json
 import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
-from pipeline.kernel.spec import DATASETS, PARTS, VERIFIED_JSON, load_package
+from pipeline.io import write_text
+from pipeline.network import reach
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
 
 NO_CREDENTIALS = ("no Kaggle credentials: put kaggle.json (kaggle.com > Settings > API > Create New Token) in "
                   "~/.kaggle/ with chmod 600, or set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
+# kernels/<name>/ records: the pushed kernel version (upload), the submission made of it (submit)
+PUSHED_JSON, SUBMITTED_JSON = "pushed.json", "submitted.json"
 
 
 def _credentials_present():
@@ -25,10 +32,24 @@ def _credentials_present():
     return any((d / n).is_file() for d in kaggle_config_dirs() for n in names)
 
 
-def client() -> "KaggleApi":
-    """An authenticated KaggleApi, or a one-line UserError saying where credentials go."""
+def api_url() -> str:
+    """The API host the client calls: https://api.kaggle.com, or http://localhost with
+    KAGGLE_API_ENVIRONMENT=LOCALHOST (the tests' stand-in, through HTTP_PROXY)."""
+    from kagglesdk.kaggle_env import get_endpoint, get_env
+
+    try:
+        return get_endpoint(get_env())
+    except Exception:  # kagglesdk raises a bare Exception for an unknown value
+        raise UserError(f"KAGGLE_API_ENVIRONMENT={os.environ.get('KAGGLE_API_ENVIRONMENT')}: not a Kaggle "
+                        "environment; unset it") from None
+
+
+def client(what: str) -> "KaggleApi":
+    """An authenticated KaggleApi once the API host answers, or a one-line UserError: no credentials (where they
+    go), or the host unreachable within a few seconds (`what` names the job)."""
     if not _credentials_present():
         raise UserError(NO_CREDENTIALS)
+    reach(api_url(), what, "check the internet connection (this stage needs Kaggle's API)")
     from kaggle.api.kaggle_api_extended import KaggleApi  # imported late: `import kaggle` authenticates
 
     api = KaggleApi()
@@ -40,101 +61,82 @@ def client() -> "KaggleApi":
 
 
 def scrub(text: str) -> str:
-    """text with any local credential value masked (for messages built from client errors)."""
+    """text on one line with any local credential value masked (for messages built from client errors)."""
     from pipeline.kaggle.guard import local_secrets
 
     for s in local_secrets():
         text = text.replace(s.decode(), "***")
-    return text
+    return " ".join(text.split())
 
 
-def _call(what, fn, *a, **kw):
+def call(what: str, fn: Callable, *a, fixes: dict | None = None, **kw):
+    """fn(*a, **kw) of the client; a failure is a one-line UserError starting with `what`. fixes: HTTP status ->
+    what to do, appended to that status's message."""
     from requests import HTTPError, RequestException
 
     try:
         return fn(*a, **kw)
     except HTTPError as e:
-        code = e.response.status_code if e.response is not None else "?"
-        raise UserError(scrub(f"{what}: Kaggle answered HTTP {code} ({e})")) from None
-    except (RequestException, ValueError) as e:
+        code = e.response.status_code if e.response is not None else None
+        fix = (fixes or {}).get(code)
+        raise UserError(scrub(f"{what}: Kaggle answered HTTP {code or '?'} ({e})" + (f": {fix}" if fix else "")
+                              )) from None
+    except (RequestException, ValueError, OSError) as e:
         raise UserError(scrub(f"{what}: {type(e).__name__}: {e}")) from None
 
 
-def _exists(api, ref):
-    from requests import HTTPError
-
-    try:
-        api.dataset_status(ref)
-        return True
-    except HTTPError as e:
-        if e.response is not None and e.response.status_code == 404:
-            return False
-        raise UserError(scrub(f"dataset {ref}: status check failed ({e})")) from None
+def enum_name(value) -> str:
+    """A kagglesdk enum (KernelWorkerStatus.COMPLETE, SubmissionStatus.PENDING) as the lower-case word."""
+    return getattr(value, "name", str(value)).lower()
 
 
-def _listing(pkg, package, log):
-    total = 0
-    for part in PARTS:
-        files = [f for f in package.files if f["path"].startswith(part + "/")]
-        size = sum(f["bytes"] for f in files)
-        total += size
-        target = package.ref(part)
-        log(f"{'kernel' if part == 'kernel' else 'dataset'} {target}: {len(files)} files, {size / 2**20:.1f} MB "
-            f"from {pkg / part}")
-        for f in files:
-            log(f"  {f['path']}  {f['bytes']:,} B")
-    log(f"total {total / 2**20:.1f} MB")
+def not_found_fix(name: str, ref: str, pushed: dict | None) -> str:
+    """What to do when Kaggle answers 404 for the package's pushed kernel: SPEC §6, a notebook pushed through the
+    API may be "not found" until it has been saved once in the web UI."""
+    saved = f"open it once in the Kaggle web UI (kaggle.com/code/{ref}) and save it, then rerun"
+    if pushed is None:
+        return f"push it first with ./run.sh upload {name}; if it was pushed, {saved}"
+    return f"version {pushed.get('version')} was pushed at {pushed.get('pushed')}: {saved}"
 
 
-def upload(name: str, dry_run: bool = False, unverified: bool = False,
-           log: Callable[[str], object] = print) -> str | None:
-    from pipeline.kaggle import guard
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
-    pkg, package = load_package(name)
-    guard.check_tree(pkg)  # again: the folder may have been edited since it was built
-    if not unverified and not (pkg / VERIFIED_JSON).is_file():
-        raise UserError(f"{pkg} has not passed its offline check (no verified.json): rebuild without --no-verify, "
-                        "or upload with --unverified")
-    api = None if dry_run else client()  # a missing credential stops before the listing
-    _listing(pkg, package, log)
-    if dry_run:
-        log("dry run: nothing was uploaded")
+
+def poll(what: str, check: Callable[[], tuple], interval: float, timeout: float, fix: str,
+         log: Callable[[str], object] = print):
+    """Call check() -> (done, shown, value) every `interval` seconds, printing '<what>: <shown> (<elapsed>)' each
+    time, until done; then return value. Past `timeout` seconds a one-line UserError ending with `fix`."""
+    t0 = time.monotonic()
+    while True:
+        done, shown, value = check()
+        elapsed = time.monotonic() - t0
+        log(f"{what}: {shown} ({_duration(elapsed)})")
+        if done:
+            return value
+        if elapsed + interval > timeout:
+            raise UserError(f"{what}: still {shown} after {_duration(elapsed)} (--timeout {timeout:g}): {fix}")
+        time.sleep(interval)
+
+
+def read_record(pkg: Path, name: str) -> dict | None:
+    """kernels/<name>/<record>.json as a dict, None when absent; a damaged one is a UserError naming it."""
+    path = Path(pkg) / name
+    if not path.is_file():
         return None
-    note = f"models {' '.join(package.models)}; git {package.git_commit}"
-    for part in DATASETS:
-        ref = package.ref(part)
-        if _exists(api, ref):
-            r = _call(f"new version of {ref}", api.dataset_create_version, str(pkg / part), version_notes=note,
-                      quiet=True, dir_mode="zip")
-            action = "new version"
-        else:
-            r = _call(f"create {ref}", api.dataset_create_new, str(pkg / part), public=False, quiet=True,
-                      dir_mode="zip")
-            action = "created (private)"
-        if getattr(r, "error", None):
-            raise UserError(scrub(f"dataset {ref}: {r.error}"))
-        log(f"dataset {ref}: {action} ({note})")
-    r = _call(f"push kernel {package.slugs['kernel']}", api.kernels_push, str(pkg / "kernel"))
-    if getattr(r, "error", None):
-        raise UserError(scrub(f"kernel {package.slugs['kernel']}: {r.error}"))
-    log(f"kernel pushed: {r.url} (version {r.version_number}); check it with ./run.sh kernel-status {name}")
-    return r.url
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path}: not JSON ({e}); delete it and rerun the stage that writes it") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: not a record of this pipeline; delete it and rerun the stage that writes it")
+    return record
 
 
-def status(name: str, log: Callable[[str], object] = print) -> str:
-    """The kernel's status name (lower case); downloads the output when complete."""
-    pkg, package = load_package(name)
-    ref = package.ref("kernel")
-    api = client()
-    r = _call(f"status of {ref}", api.kernels_status, ref)
-    state = getattr(r.status, "name", str(r.status)).lower()
-    log(f"kernel {ref}: {state}" + (f" ({r.failure_message})" if getattr(r, "failure_message", "") else ""))
-    if state == "complete":
-        out = pkg / "output"
-        out.mkdir(exist_ok=True)
-        files, _ = _call(f"output of {ref}", api.kernels_output, ref, str(out), force=True, quiet=True)
-        for f in files or []:
-            log(f"downloaded {f}")
-    elif state in ("error", "cancel_acknowledged", "cancel_requested"):
-        raise UserError(f"kernel {ref} ended with status {state}; see its log on Kaggle")
-    return state
+def write_record(pkg: Path, name: str, record: dict) -> None:
+    write_text(Path(pkg) / name, json.dumps(record, indent=1) + "\n")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

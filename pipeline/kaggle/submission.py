@@ -1,7 +1,11 @@
-"""Kaggle submission files (`image_id,hotel_id` with 5 space-separated class ids per row): write (a DataFrame),
-validate, score against truth files. A submission is validated before it is renamed into place, so a bad one is
-never left on disk. The validator reads the file row by row with the csv module rather than pandas: it must name
-the row and cell count of a malformed line and see every cell exactly as written."""
+"""Kaggle submission files (the sample submission's header, e.g. `image_id,hotel_id`, with 5 space-separated
+class ids per row): write (a DataFrame), validate, score against truth files. A submission is validated before it
+is renamed into place, so a bad one is never left on disk. Submissions are read row by row with the csv module
+rather than pandas: an error must name the row and cell count of a malformed line and see every cell as written.
+
+`validate` is strict (exactly 5 distinct known labels per row). `score` scores what Kaggle scores (SPEC 6): a
+correct label counts once, at its first position, and labels past the 5th are ignored; the ids and the header
+are checked as strictly as Kaggle does at submit time."""
 import csv
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -37,39 +41,43 @@ def write_submission(path: str | Path, image_ids: Iterable[str], predictions: It
     with atomic_path(path) as tmp:
         pd.DataFrame({id_column: order, label_column: [by_id[i] for i in order]}).to_csv(tmp, index=False,
                                                                                          lineterminator="\n")
-        return _validate(tmp, path, order, known_classes, id_column, label_column, 5, True)
+        return _validate(tmp, path, order, known_classes, id_column, label_column, 5)
 
 
 def validate_submission(path: str | Path, expected_ids: Collection[str], known_classes: Iterable[str] | None,
-                        id_column: str = "image_id", label_column: str = "hotel_id", n: int = 5,
-                        exact: bool = True) -> list[tuple[str, list[str]]]:
+                        id_column: str = "image_id", label_column: str = "hotel_id",
+                        n: int = 5) -> list[tuple[str, list[str]]]:
     """Rows [(image_id, [labels])] in file order; UserError naming the file and row for any problem: missing file,
-    wrong header, missing / extra / duplicate ids, a row with other than n labels (at most n, and at least one, when
-    exact=False), a label repeated in a row, a label not in known_classes (skipped when known_classes is None)."""
-    return _validate(path, path, expected_ids, known_classes, id_column, label_column, n, exact)
+    wrong header, missing / extra / duplicate ids, a row with other than n labels, a label repeated in a row, a
+    label not in known_classes (skipped when known_classes is None)."""
+    return _validate(path, path, expected_ids, known_classes, id_column, label_column, n)
 
 
-def _validate(path, shown, expected_ids, known_classes, id_column, label_column, n, exact):
-    path = Path(path)
-    if not path.is_file():
+def _header(path, shown):
+    """The first row of a submission file (its header); a missing file is a UserError."""
+    if not Path(path).is_file():
         raise UserError(f"{shown}: file not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return next(csv.reader(f), None) or []
+
+
+def _rows(path, shown, expected_ids, columns):
+    """Yields (where, image_id, labels) for each row under the header `columns`, after the checks Kaggle makes as
+    well: the header, two cells per row, no duplicate or extra id; after the last row, no expected id missing."""
+    header = _header(path, shown)
+    if header != list(columns):
+        raise UserError(f"{shown}: header is {','.join(header) or 'empty'}, expected {','.join(columns)}")
     expected = {str(i) for i in expected_ids}
-    known = None if known_classes is None else {str(c) for c in known_classes}
-    if exact and known is not None:
-        n = min(n, len(known))  # fewer classes than n: every row can only list them all
+    first_row = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header != [id_column, label_column]:
-            raise UserError(f"{shown}: header is {','.join(header or []) or 'empty'}, "
-                            f"expected {id_column},{label_column}")
-        rows, first_row = [], {}
+        next(reader)
         for row_no, cells in enumerate(reader, start=2):
             if not cells:
                 continue
             where = f"{shown} row {row_no}"
             if len(cells) != 2:
-                raise UserError(f"{where}: {len(cells)} cells, expected 2 ({id_column},{label_column})")
+                raise UserError(f"{where}: {len(cells)} cells, expected 2 ({','.join(columns)})")
             image_id, labels = cells[0].strip(), cells[1].split()
             where += f" (image id '{image_id}')"
             if image_id in first_row:
@@ -77,29 +85,43 @@ def _validate(path, shown, expected_ids, known_classes, id_column, label_column,
             first_row[image_id] = row_no
             if image_id not in expected:
                 raise UserError(f"{where}: not an expected image id (extra row); remove it")
-            if len(labels) != n if exact else not 1 <= len(labels) <= n:
-                want = f"{n}" if exact else f"1 to {n}"
-                raise UserError(f"{where}: {len(labels)} {label_column} value(s), expected {want} "
-                                "separated by single spaces")
-            dup = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
-            if dup is not None:
-                raise UserError(f"{where}: {label_column} '{dup}' repeated in the row; list each class once")
-            unknown = next((x for x in labels if known is not None and x not in known), None)
-            if unknown is not None:
-                raise UserError(f"{where}: unknown {label_column} '{unknown}' (not a training class)")
-            rows.append((image_id, labels))
+            yield where, image_id, labels
     missing = [i for i in (str(e) for e in expected_ids) if i not in first_row]
     if missing:
         raise UserError(f"{shown}: {len(missing)} expected image id(s) missing, first '{missing[0]}'")
+
+
+def _validate(path, shown, expected_ids, known_classes, id_column, label_column, n):
+    known = None if known_classes is None else {str(c) for c in known_classes}
+    if known is not None:
+        n = min(n, len(known))  # fewer classes than n: every row can only list them all
+    rows = []
+    for where, image_id, labels in _rows(path, shown, expected_ids, (id_column, label_column)):
+        if len(labels) != n:
+            raise UserError(f"{where}: {len(labels)} {label_column} value(s), expected {n} "
+                            "separated by single spaces")
+        dup = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+        if dup is not None:
+            raise UserError(f"{where}: {label_column} '{dup}' repeated in the row; list each class once")
+        unknown = next((x for x in labels if known is not None and x not in known), None)
+        if unknown is not None:
+            raise UserError(f"{where}: unknown {label_column} '{unknown}' (not a training class)")
+        rows.append((image_id, labels))
     return rows
 
 
-def read_truth(path: str | Path, id_column: str = "image_id", label_column: str = "hotel_id") -> dict[str, str]:
-    """{image_id: label} from a truth CSV with one label per image."""
+def read_truth(path: str | Path, id_column: str = "image_id", label_column: str = "hotel_id",
+               fix: str = "") -> dict[str, str]:
+    """{image_id: label} from a truth CSV with one label per image. fix: what to add to a missing-column error."""
     from pipeline.io import read_table
 
+    frame = read_table(path)
+    missing = [c for c in (id_column, label_column) if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: "
+                        f"{', '.join(map(str, frame.columns)) or 'none'}){fix}")
     truth = {}
-    for row_no, r in enumerate(read_table(path, required=[id_column, label_column]).to_dict("records"), start=2):
+    for row_no, r in enumerate(frame.to_dict("records"), start=2):
         image_id, label = (r[id_column] or "").strip(), (r[label_column] or "").strip()
         if not image_id or not label or len(label.split()) != 1:
             raise UserError(f"{path} row {row_no}: expected one image id and one {label_column}, "
@@ -110,12 +132,35 @@ def read_truth(path: str | Path, id_column: str = "image_id", label_column: str 
     return truth
 
 
-def score_submission(path: str | Path, truth_path: str | Path, id_column: str = "image_id",
-                     label_column: str = "hotel_id") -> tuple[float, int]:
-    """(MAP@5, rows scored) of a submission against a truth CSV; the submission must list every truth image id and
-    no others, with 1 to 5 labels per row."""
+def score_submission(path: str | Path, truth_path: str | Path, id_column: str | None = None,
+                     label_column: str | None = None, k: int = 5) -> tuple[float, int, str | None]:
+    """(MAP@k by Kaggle's rule, rows scored, warning or None) of a submission against a truth CSV. The submission's
+    columns are its own header's two names; the truth file's are id_column / label_column, by default those same
+    names. Every truth id exactly once, no other ids (errors, as on Kaggle). Rows that repeat a label, hold more or
+    fewer than k labels are scored, and named in the warning: `validate` rejects them (and unknown labels, which
+    only it can tell)."""
     from pipeline.retrieval.metrics import map_at_k
 
-    truth = read_truth(truth_path, id_column, label_column)
-    rows = validate_submission(path, list(truth), None, id_column, label_column, n=5, exact=False)
-    return map_at_k([labels for _, labels in rows], [truth[i] for i, _ in rows], k=5), len(rows)
+    header = _header(path, path)
+    if len(header) != 2 or not all(h.strip() for h in header) or header[0] == header[1]:
+        raise UserError(f"{path}: header is {','.join(header) or 'empty'}, expected two column names: the image id "
+                        "and the predictions (e.g. image_id,hotel_id)")
+    columns = [id_column or header[0], label_column or header[1]]
+    truth = read_truth(truth_path, *columns, fix=f"; the submission's header is {','.join(header)}: name the truth "
+                       "file's columns with --id-column / --label-column")
+    rows = [(image_id, labels) for _, image_id, labels in _rows(path, path, list(truth), header)]
+    counts = {"repeat a label": sum(len(set(labels)) < len(labels) for _, labels in rows),
+              f"have more than {k} labels": sum(len(labels) > k for _, labels in rows),
+              f"have fewer than {k} labels": sum(len(labels) < k for _, labels in rows)}
+    problems = [_rows_phrase(n, what) for what, n in counts.items() if n]
+    warning = (f"{', '.join(problems)}; ./run.sh validate would reject this file (Kaggle scores it: a label counts "
+               f"once, labels past the {k}th are ignored)") if problems else None
+    return map_at_k([labels for _, labels in rows], [truth[i] for i, _ in rows], k=k), len(rows), warning
+
+
+def _rows_phrase(n, what):
+    """'3 rows repeat a label', '1 row repeats a label', '1 row has ...'."""
+    if n != 1:
+        return f"{n} rows {what}"
+    verb, rest = what.split(" ", 1)
+    return f"1 row {'has' if verb == 'have' else verb + 's'} {rest}"

@@ -1,10 +1,11 @@
 """The offline check of a kernel package: mount its datasets and a competition folder under a temp input root as
-Kaggle does, run kernel.py with the network unshared, and compare its submission with ./run.sh ensemble's."""
+Kaggle does, run kernel.py with the network unshared in a new venv that holds only Kaggle's declared baseline
+(kernel/wheels.py), so the kernel installs its wheels there as it will on Kaggle, and compare its submission with
+./run.sh ensemble's."""
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,16 +25,25 @@ def lay_out_inputs(pkg: Path, data_dir: str | Path, root: Path) -> spec.Package:
     return package
 
 
-def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str | Path = sys.executable,
+def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str | Path | None = None,
                 log: Callable[[str], object] = print) -> Path:
     """Run pkg's kernel.py with the network unshared (when `unshare -n` works here) and HF_HUB_OFFLINE=1, on
-    data_dir laid out under work/input; returns work/working/submission.csv."""
+    data_dir laid out under work/input, with python (default: a new baseline-only venv in work/venv, so the kernel
+    installs its wheels into it); returns work/working/submission.csv."""
+    from pipeline.kernel.wheels import baseline_venv
+
     inputs, out = Path(work) / "input", Path(work) / "working"
     lay_out_inputs(pkg, data_dir, inputs)
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
-               NO_ALBUMENTATIONS_UPDATE="1")
-    env.pop("PYTHONPATH", None)  # the kernel must run the packaged pipeline, not this checkout's
+    if python is None:
+        t = time.time()
+        python = baseline_venv(Path(work) / "venv", log=log)
+        log(f"kernel check: baseline-only venv in {time.time() - t:.1f}s")
+    # pip sees the package's wheels folder and nothing else: none of this machine's pip settings (find-links,
+    # extra indexes), no user site-packages; and the kernel runs the packaged pipeline, not this checkout's
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
+    env.update(PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
+               NO_ALBUMENTATIONS_UPDATE="1", PIP_CONFIG_FILE=os.devnull, PYTHONNOUSERSITE="1")
     cmd = [str(python), str((pkg / "kernel" / spec.KERNEL_SCRIPT).resolve())]
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
         cmd = ["unshare", "-n"] + cmd
@@ -43,7 +53,8 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
     for line in (r.stdout + r.stderr).splitlines():
         log(f"  | {line}")
     if r.returncode != 0:
-        raise UserError(f"the kernel failed offline (exit {r.returncode}); its output is above")
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1].strip()
+        raise UserError(f"the kernel failed offline (exit {r.returncode}): {last} (its output is above)")
     return out / "submission.csv"
 
 

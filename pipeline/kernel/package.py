@@ -6,30 +6,30 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline.config import run_names
 from pipeline.errors import UserError
 from pipeline.kernel import spec
 from pipeline.kernel.spec import KERNELS_DIR, Package
 from pipeline.retrieval.embeddings import Variant
 from pipeline.retrieval.predict import DEFAULTS
 
-# dists the kernel imports that Kaggle's image may lack or have at another version (the rest - torch, numpy,
-# pandas, scipy, PyYAML, opencv, Pillow, pydantic - it has); pinned to this machine's versions so the kernel runs
-# what was tested
-WHEELS = ("timm", "albumentations", "albucore", "safetensors")
+# dists the kernel imports that are not in Kaggle's declared baseline (kernel/kaggle_baseline.txt); they ship as
+# wheels with their dependency closure minus that baseline (kernel/wheels.py), at this machine's versions, so the
+# kernel runs what was tested
+WHEELS = ("timm", "albumentations", "safetensors")
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 LICENSE = "CC0-1.0"
 
 
 def check_name(name: str) -> None:
-    ok = 3 <= len(name) <= 44 and all(c.islower() or c.isdigit() or c == "-" for c in name)
+    ok = 5 <= len(name) <= 44 and all(c.islower() or c.isdigit() or c == "-" for c in name)
     if not ok or name[0] == "-" or name[-1] == "-":
-        raise UserError(f"kernel name '{name}': use 3-44 lower-case letters, digits and '-' (it becomes the "
+        raise UserError(f"kernel name '{name}': use 5-44 lower-case letters, digits and '-' (it becomes the "
                         "Kaggle slugs <name>, <name>-models, <name>-code)")
 
 
@@ -59,9 +59,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     if not owner:
         raise UserError("no Kaggle owner: give --owner USERNAME (or set KAGGLE_USERNAME / ~/.kaggle/kaggle.json)")
     competition = competition or cfgs[0]["competition"]
-    names = [c["name"] for c in cfgs]
-    if len(set(names)) != len(names):
-        raise UserError(f"a config is named twice: {' '.join(names)}")
+    names = run_names(cfgs)  # m1, or m1/fold0 ... for fold models
     runs = [ensure_embeddings(c, Variant.of(tricks), log=log) for c in cfgs]
     slugs = {"kernel": name, "models": f"{name}-models", "code": f"{name}-code"}
     KERNELS_DIR.mkdir(exist_ok=True)
@@ -90,6 +88,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
         log(f"{dest / part}: {package.sizes[part] / 2**20:.1f} MB")
     for w in package.wheels:
         log(f"  wheel {w['file']}: {w['bytes'] / 2**20:.2f} MB")
+    log(f"  wheels: {len(package.wheels)} files, {package.sizes['wheels'] / 2**20:.1f} MB")
     if verify_it:
         from pipeline.kernel.check import verify
 
@@ -104,10 +103,12 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
     from safetensors.torch import save_file
 
     from pipeline.config import run_dir
+    from pipeline.retrieval.predict import every_run_tricks
     from pipeline.training import checkpoint
 
-    for cfg, run in zip(cfgs, runs):
-        mdir = root / cfg["name"]
+    folders = [n.replace("/", "-") for n in run_names(cfgs)]  # m1, or m1-fold0 ... for fold models
+    for cfg, run, folder in zip(cfgs, runs, folders):
+        mdir = root / folder
         mdir.mkdir(parents=True)
         ck_path = run_dir(cfg) / f"{cfg['checkpoint']}.pt"
         state = checkpoint.load(ck_path, cfg)
@@ -125,7 +126,8 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
                 "std": state["std"], "checkpoint": cfg["checkpoint"],
                 "checkpoint_sha256": checkpoint.file_hash(ck_path)}
         (mdir / spec.META).write_text(json.dumps(meta, indent=1))
-    spec.KernelSpec([c["name"] for c in cfgs], tricks, runs[0].stems["gallery"], cfgs[0]["max_memory"],
+    # every run ranks the test images, as ensemble does: --weights (one per config) repeat over fold models
+    spec.KernelSpec(folders, every_run_tricks(tricks, cfgs), runs[0].stems["gallery"], cfgs[0]["max_memory"],
                     competition).write(root)
     _dataset_metadata(root, owner, slugs["models"], f"{slugs['kernel']} models")
 
@@ -136,43 +138,18 @@ def _dataset_metadata(root, owner, slug, title):
 
 
 def _code_dataset(root, owner, slugs, wheels, python_version, platforms):
-    import importlib.metadata
+    from pipeline.kernel.wheels import BASELINE, fetch, kernel_closure
 
     _copy_code(root / "pipeline")
-    requires = {}
-    for dist in wheels:
-        try:
-            requires[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            raise UserError(f"--wheels {dist}: not installed here, so its version is unknown; install it or drop "
-                            "it") from None
+    requires = kernel_closure(wheels, python_version, platforms)
     wdir = root / "wheels"
     wdir.mkdir()
-    for dist, version in requires.items():
-        _fetch_wheel(dist, version, wdir, python_version, platforms)
-    (root / spec.REQUIREMENTS).write_text("".join(f"{d}=={v}\n" for d, v in requires.items()))
+    fetch(requires, wdir, python_version, platforms)
+    head = (f"# {' '.join(wheels) or 'nothing'} and their dependency closure minus {BASELINE.name}, for Python "
+            f"{python_version} on {' / '.join(platforms)}: one wheel each in wheels/\n")
+    (root / spec.REQUIREMENTS).write_text(head + "".join(f"{d}=={v}\n" for d, v in requires.items()))
     _dataset_metadata(root, owner, slugs["code"], f"{slugs['kernel']} code")
     return requires
-
-
-def _fetch_wheel(dist, version, dest, python_version, platforms):
-    """One wheel of dist==version into dest by pip download (PyPI): a pure-Python one when there is one, else
-    one for the target platform and Python."""
-    pyver = python_version.replace(".", "")
-    base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-            "--only-binary=:all:", "--dest", str(dest), "--python-version", python_version, "-q"]
-    pure = ["--implementation", "py", "--abi", "none", "--platform", "any"]
-    binary = ["--implementation", "cp", "--abi", f"cp{pyver}", "--abi", "abi3", "--abi", "none"]
-    for p in platforms:
-        binary += ["--platform", p]
-    errors = ""
-    for tags in (pure, binary):
-        r = subprocess.run(base + tags + [f"{dist}=={version}"], capture_output=True, text=True)
-        if r.returncode == 0:
-            return
-        errors = (r.stderr.strip().splitlines() or ["?"])[-1]
-    raise UserError(f"cannot download a wheel of {dist}=={version} for Python {python_version} "
-                    f"{' / '.join(platforms)} ({errors}); check PyPI access or the --platform tags")
 
 
 def _kernel(root, owner, slugs, competition, requires):
@@ -204,6 +181,7 @@ def _inventory(stage, names, owner, slugs, competition, requires, tricks):
              for p in sorted(stage.rglob("*")) if p.is_file()]
     sizes = {part: sum(f["bytes"] for f in files if f["path"].startswith(part + "/")) for part in spec.PARTS}
     wheels = [{"file": Path(f["path"]).name, "bytes": f["bytes"]} for f in files if f["path"].endswith(".whl")]
+    sizes["wheels"] = sum(w["bytes"] for w in wheels)  # their total, within code's
     package = Package(names, owner, slugs, competition, requires, tricks, git_commit(),
                       time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sizes, wheels, files)
     package.write(stage)

@@ -5,7 +5,7 @@ kernel itself (kernel/infer.py): file names, and the typed records behind kernel
   kernels/<name>/code/     dataset <owner>/<name>-code: the pipeline packages inference needs, wheels/,
                            requirements-kernel.txt
   kernels/<name>/kernel/   kernel.py + kernel-metadata.json
-  kernels/<name>/package.json (Package), verified.json (the offline check passed), output/ (kernel-status)"""
+  kernels/<name>/package.json (Package), verified.json (the offline check passed), output/ (status)"""
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -26,7 +26,9 @@ def mounted(slug: str, owner: str, kind: str) -> Path:
 
 
 def ensure_packages(wheels: Path) -> None:
-    """pip-install (offline, from the packaged wheels) every package that is missing or of another version."""
+    """pip-install (offline, from the packaged wheels) every package that is missing or of another version. pip
+    resolves their dependencies too, from the wheels folder only: one missing there stops the kernel here with
+    pip's error, not later at an import."""
     need = []
     for dist, version in SETTINGS["requires"].items():
         try:
@@ -38,8 +40,12 @@ def ensure_packages(wheels: Path) -> None:
             print(f"kernel: {dist} {have or 'missing'}, need {version}")
     if need:
         t = time.time()
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links",
-                        str(wheels), "--disable-pip-version-check", "-q", *need], check=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(wheels),
+                            "--no-compile", "--disable-pip-version-check", "-q", *need], capture_output=True, text=True)
+        print(r.stdout + r.stderr, end="")
+        if r.returncode != 0:
+            errors = [x for x in r.stderr.splitlines() if x.startswith("ERROR")] or r.stderr.splitlines() or ["?"]
+            sys.exit(f"kernel: pip could not install from {wheels}: {errors[-1].strip()}")
         importlib.invalidate_caches()
         print(f"kernel: installed {', '.join(need)} from {wheels} in {time.time() - t:.1f}s")
 

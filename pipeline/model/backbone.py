@@ -1,5 +1,5 @@
 """The timm backbone of a config: created by name with its classifier removed, pretrained weights from a local
-file, the hub cache or a package on disk (model/weights.py), and the input size and normalisation it expects."""
+file, timm's caches or a package on disk (model/weights.py), and the input size and normalisation it expects."""
 from typing import TYPE_CHECKING
 
 from pipeline.errors import UserError
@@ -42,8 +42,10 @@ def create_backbone(cfg: dict, with_weights: bool = True) -> "tuple[torch.nn.Mod
             kw["img_size"] = cfg["image_size"]
             model = timm.create_model(name, pretrained=False, **kw)
     source = resolve_pretrained(cfg, model) if with_weights else None
-    if source == "timm":
-        model = timm.create_model(name, pretrained=True, **kw)
+    if source and source.startswith("hub cache:"):
+        # timm's own loader (its checkpoint filters, e.g. resampled position embeddings) on the cached file: no hub call
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": source[len("hub cache:"):]},
+                                  **kw)
     elif source:
         load_backbone_weights(model, name, source[len("file:"):])
     if cfg["pooling"] == "gem":

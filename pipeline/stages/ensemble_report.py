@@ -5,10 +5,12 @@ as `ensemble` scores its ensemble: summed cosine similarities, per-class max ove
 validation images against the training images without them. Each model's embeddings are loaded once. The best
 subset of each size is marked. Writes runs/ensembles/<out>/report.md, report.csv, report.json and report.png
 (each subset's score by subset size, the best of each size highlighted). 2^n - 1 subsets: more than 4096 is
-refused unless --max-size limits the count.
+refused unless --max-size limits the count. With --folds 0-4 (or all) each subset of configs is scored out of fold
+(each fold's runs on its validation images, pooled), as `ensemble --folds` scores. best.json records the best subset
+(its configs, folds, checkpoint, data and tricks): ./run.sh kernel NAME --from-report runs/ensembles/<out> packages it.
 
 example: ./run.sh ensemble-report m1 m2 m3 m5 --data data/demo --fold 0 --max-size 3 --out table2"""
-from pipeline.config import add_run_set_arguments, load_run_set
+from pipeline.config import add_run_set_arguments, config_names, load_run_set
 from pipeline.errors import UserError
 from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
 
@@ -16,7 +18,7 @@ from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
 def add_arguments(p):
     p.add_argument("configs", nargs="+", metavar="config", help="trained configs (names or .yaml paths); key=value "
                    "overrides may follow")
-    add_run_set_arguments(p)
+    add_run_set_arguments(p, folds=True)
     p.add_argument("--max-size", type=int, help="largest subset scored (default: all the models)")
     p.add_argument("--out", help="report name (default: the config names joined by '+')")
     add_trick_arguments(p)
@@ -30,4 +32,4 @@ def run(args):
         raise UserError("no configs given: ./run.sh ensemble-report m1 m2 m3 ...")
     if args.max_size is not None and args.max_size < 1:
         raise UserError(f"--max-size {args.max_size}: give 1 or more")
-    ensemble_report(cfgs, args.max_size, args.out, tricks=tricks_from_args(args, len(cfgs)))
+    ensemble_report(cfgs, args.max_size, args.out, tricks=tricks_from_args(args, len(config_names(cfgs))))

@@ -14,10 +14,15 @@ the row 'zero-shot BACKBONE': timm's pretrained backbone, pooled as the config s
 features are cached in runs/zero-shot/<backbone>/<size>/). Writes the table to runs/evaluate/<out>/metrics.md,
 .csv and .json. The inference-trick flags apply to trained runs: embedding-time ones (--flip, --multicrop,
 --gallery-pipeline) to every metric, ranking-time ones (QE, DBA, PCA, --agg) to map@5. --ablate scores the runs'
-ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside.
+ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside. --folds 0-4 (or 0,2, or all)
+scores each config's run on each fold; --oof (default --folds all) gives the out-of-fold MAP@5: every validated
+image scored by the run of the fold that held it out (against that fold's gallery), one row per fold and the
+pooled row '<config> out-of-fold', in runs/evaluate/<out>/ (default <configs>-oof<folds>).
 
 example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k,acc@1 --k 1,5,10
-         ./run.sh evaluate demo_lite0 demo_lite0_gem demo_lite0_small --data data/demo --ablate"""
+         ./run.sh evaluate demo_lite0 demo_lite0_gem demo_lite0_small --data data/demo --ablate
+         ./run.sh evaluate m1 --oof --folds 0-4"""
+from pipeline.config import add_fold_arguments
 from pipeline.errors import UserError
 from pipeline.experiments.evaluate import METRICS
 from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
@@ -26,15 +31,15 @@ from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
 def add_arguments(p):
     p.add_argument("runs", nargs="*", metavar="RUN", help="trained configs (names or .yaml paths); key=value "
                    "overrides may follow")
-    p.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated, of {', '.join(METRICS)} "
-                   "(default all)")
+    p.add_argument("--metrics", help=f"comma-separated, of {', '.join(METRICS)} (default all; map@5 with --oof)")
     p.add_argument("--k", default="1,5,10", help="k values of the @k metrics (default 1,5,10)")
     p.add_argument("--leave-one-out", action="store_true", help="queries = gallery = validation images, "
                    "each skipping itself")
     p.add_argument("--queries", choices=["val", "test"], default="val", help="val: the validation fold (default); "
                    "test: the labelled test images (query/gallery layout) against all training images")
     p.add_argument("--data", help="competition folder (overrides each config's data)")
-    p.add_argument("--fold", type=int, help="validation fold (default 0)")
+    add_fold_arguments(p, True, "validation fold (default 0)")
+    p.add_argument("--oof", action="store_true", help="out-of-fold MAP@5 of each config over --folds (default all)")
     p.add_argument("--checkpoint", choices=["best", "last", "ema"], help="which checkpoint (default best)")
     p.add_argument("--max-memory", type=int, help="bytes of extra memory for the search (default 2 GiB)")
     p.add_argument("--out", help="name of the report (default: the run names joined by '+')")
@@ -46,7 +51,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.config import load_config
+    from pipeline.config import load_config, load_run_set
     from pipeline.experiments.evaluate import evaluate, parse_ks, parse_metrics
 
     # argparse puts key=value given before any option into `runs`: they are overrides
@@ -54,9 +59,12 @@ def run(args):
     names = [r for r in args.runs if "=" not in r]
     if not names and not args.zero_shot:
         raise UserError("nothing to evaluate: give trained runs (config names or .yaml paths) or --zero-shot BACKBONE")
-    metrics, ks = parse_metrics(args.metrics), parse_ks(args.k)
-    flags = dict(data=args.data, fold=args.fold, checkpoint=args.checkpoint, max_memory=args.max_memory)
-    cfgs = [load_config(n, overrides, **flags) for n in names]
-    base = cfgs[0] if cfgs else load_config("default", overrides, **flags)
-    evaluate(cfgs, base, metrics, ks, tricks_from_args(args, len(cfgs)), leave_one_out=args.leave_one_out,
-             queries=args.queries, zero_shot=args.zero_shot, out=args.out, ablate=args.ablate)
+    metrics = parse_metrics(args.metrics or ("map@5" if args.oof else ",".join(METRICS)))
+    ks = parse_ks(args.k)
+    if args.oof and args.folds is None and args.fold is None:
+        args.folds = "all"
+    cfgs = load_run_set(args.runs, args)
+    base = cfgs[0] if cfgs else load_config("default", overrides, data=args.data, fold=args.fold,
+                                            checkpoint=args.checkpoint, max_memory=args.max_memory)
+    evaluate(cfgs, base, metrics, ks, tricks_from_args(args, len(names)), leave_one_out=args.leave_one_out,
+             queries=args.queries, zero_shot=args.zero_shot, out=args.out, ablate=args.ablate, oof=args.oof)

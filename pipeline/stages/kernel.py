@@ -13,16 +13,25 @@ data and check its submission against ./run.sh ensemble's, byte for byte (--no-v
 Nothing holding a Kaggle credential is written (pipeline/kaggle/guard.py); the package appears whole or not at all.
 Then: ./run.sh upload <name>.
 
-example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]"""
-from pipeline.config import add_run_set_arguments, load_run_set
+--folds 0-4 packages every config's fold models (models/<config>-fold<k>/; all of them rank the test images, as
+`ensemble --folds` does). --from-report runs/ensembles/<out> packages the best subset of an ensemble-report (its
+configs, folds, checkpoint, data and inference tricks, from its best.json) instead of --models.
+
+example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]
+         ./run.sh kernel hotel --from-report runs/ensembles/table2 --owner myname"""
+from pipeline.config import add_run_set_arguments, config_names, load_run_set
+from pipeline.errors import UserError
 from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
 from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):
     p.add_argument("name", help="kernel name: lower-case letters, digits and '-' (also the datasets' prefix)")
-    p.add_argument("--models", nargs="+", required=True, metavar="config", help="trained configs (m1 m2 ...)")
-    add_run_set_arguments(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--models", nargs="+", metavar="config", help="trained configs (m1 m2 ...)")
+    source.add_argument("--from-report", metavar="REPORT", help="an ensemble-report's folder (runs/ensembles/<out>): "
+                        "package its best subset with its folds, checkpoint, data and tricks")
+    add_run_set_arguments(p, folds=True)
     p.add_argument("--competition", help="Kaggle competition slug (default: the config's `competition`)")
     p.add_argument("--owner", help="Kaggle user that will own the datasets and kernel (default: the username in "
                    "KAGGLE_USERNAME or kaggle.json)")
@@ -30,15 +39,30 @@ def add_arguments(p):
     p.add_argument("--platform", action="append", metavar="TAG",
                    help=f"wheel platform tag, repeatable (default: {' '.join(DEFAULT_PLATFORMS)})")
     p.add_argument("--wheels", nargs="*", default=list(WHEELS), metavar="DIST",
-                   help=f"installed dists to ship as wheels (default: {' '.join(WHEELS)})")
+                   help=f"installed dists to ship as wheels, with their dependencies not in "
+                   f"pipeline/kernel/kaggle_baseline.txt (default: {' '.join(WHEELS)})")
     p.add_argument("--no-verify", action="store_true", help="skip the offline run of the kernel on --data")
     add_trick_arguments(p)
 
 
 def run(args):
+    from pipeline.experiments.ensemble import load_best
     from pipeline.kernel.package import build
+    from pipeline.retrieval.predict import DEFAULTS
 
-    cfgs = load_run_set(args.models, args)
-    build(args.name, cfgs, tricks=tricks_from_args(args, len(cfgs)), owner=args.owner,
+    if args.from_report:
+        given = [flag for flag, value in (("--data", args.data), ("--fold", args.fold), ("--folds", args.folds),
+                                          ("--checkpoint", args.checkpoint), ("--max-memory", args.max_memory),
+                                          ("key=value overrides", args.overrides)) if value not in (None, [])]
+        if given or args.weights or tricks_from_args(args, 1) != DEFAULTS:
+            raise UserError(f"--from-report takes the runs, data and inference tricks from the report: drop "
+                            f"{', '.join(given) or 'the inference-trick flags'}")
+        cfgs, tricks = load_best(args.from_report)
+    elif args.models:
+        cfgs = load_run_set(args.models, args)
+        tricks = tricks_from_args(args, len(config_names(cfgs)))
+    else:
+        raise UserError("nothing to package: give --models m1 m2 ... or --from-report runs/ensembles/<out>")
+    build(args.name, cfgs, tricks=tricks, owner=args.owner,
           competition=args.competition, python_version=args.python_version,
           platforms=args.platform or list(DEFAULT_PLATFORMS), wheels=args.wheels, verify_it=not args.no_verify)

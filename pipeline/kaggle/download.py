@@ -1,0 +1,119 @@
+"""Download a competition's files with the official client into a competition folder, atomically: the archive
+arrives in data/.<name>.download/ (kept when interrupted, so the client resumes it), is unpacked and loaded as a
+competition folder there (layout auto-detected), gets its .download.json marker, and only then is renamed to
+data/<name>. So data/<name> exists only complete; a folder with its marker and every file intact is not fetched
+again."""
+import json
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.io import write_text
+from pipeline.kaggle.client import call, client, now
+
+MARKER = ".download.json"
+
+
+def _rules(slug):
+    return f"join the competition and accept its rules at kaggle.com/competitions/{slug}/rules, then rerun"
+
+
+def present(out: Path, slug: str) -> dict | None:
+    """The marker of a complete download of `slug` at out; None when there is nothing at out (or an empty folder);
+    a UserError for anything else there (another competition, a folder not made here, a file changed since)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return None
+    if not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder; choose another --out")
+    try:
+        marker = json.loads((out / MARKER).read_text())
+        files = marker["files"]
+    except OSError:
+        raise UserError(f"--out {out}: exists and is not a download of this pipeline (no {MARKER}); choose another "
+                        "--out or remove it") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{out / MARKER}: damaged; delete {out} and run ./run.sh download again") from None
+    if marker.get("competition") != slug:
+        raise UserError(f"--out {out}: holds the competition {marker.get('competition')} (its {MARKER}), not "
+                        f"{slug}; choose another --out")
+    for f in files:
+        p = out / f["path"]
+        if not p.is_file() or p.stat().st_size != f["bytes"]:
+            raise UserError(f"{p}: missing or changed since the download ({out / MARKER} lists {f['bytes']:,} B); "
+                            f"delete {out} and run ./run.sh download again")
+    return marker
+
+
+def _unpack(archive: Path, dest: Path, listed: dict, log) -> list:
+    """archive unpacked into dest (emptied first); [{path, bytes}] of its files. The files Kaggle listed must be in
+    it with their sizes; a damaged archive is deleted so that the next run fetches it again."""
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = {m.filename: m.file_size for m in z.infolist() if not m.is_dir()}
+            for name, size in sorted(listed.items()):
+                if members.get(name) != size:
+                    raise zipfile.BadZipFile(f"Kaggle lists {name} ({size:,} B), the archive "
+                                             + ("lacks it" if name not in members else f"has {members[name]:,} B"))
+            log(f"unpacking {len(members)} files ({sum(members.values()) / 2**20:.1f} MB) into {dest}")
+            z.extractall(dest)  # extractall drops '..' and absolute parts of member names
+    except zipfile.BadZipFile as e:
+        archive.unlink(missing_ok=True)
+        raise UserError(f"{archive}: not a complete competition archive ({e}); deleted it: run ./run.sh download "
+                        "again") from None
+    except OSError as e:
+        raise UserError(f"unpacking {archive} into {dest} failed ({e.strerror or e}): free space on {dest.parent} "
+                        "and run ./run.sh download again (the archive is kept)") from None
+    return [{"path": p.relative_to(dest).as_posix(), "bytes": p.stat().st_size}
+            for p in sorted(dest.rglob("*")) if p.is_file()]
+
+
+def download(competition: str | None = None, out: str | Path | None = None,
+             log: Callable[[str], object] = print) -> Path:
+    """Download `competition` (default: the default config's) to `out` (default data/<competition>)."""
+    from pipeline.config import load_config
+    from pipeline.data.layouts import detect_layout, load_dataset
+
+    slug = competition or load_config("default")["competition"]
+    out = Path(out or Path("data") / slug)
+    marker = present(out, slug)
+    if marker:
+        mb = sum(f["bytes"] for f in marker["files"]) / 2**20
+        log(f"{out}: {slug} is already downloaded ({len(marker['files'])} files, {mb:.1f} MB, "
+            f"{marker.get('downloaded')}); nothing to do (delete {out} to download it again)")
+        return out
+    api = client(f"downloading the competition {slug}")
+    fixes = {403: _rules(slug), 404: f"no competition '{slug}': check --competition (kaggle.com/competitions/<slug>)"}
+    r = call(f"file list of the competition {slug}", api.competition_list_files, slug, page_size=200, fixes=fixes)
+    listed = {f.name: f.total_bytes for f in r.files or []}
+    log(f"competition {slug}: {len(listed)} files listed{' (first page)' if r.next_page_token else ''}, "
+        f"{sum(listed.values()) / 2**20:.1f} MB; downloading the archive")
+    work = out.parent / f".{out.name}.download"
+    work.mkdir(parents=True, exist_ok=True)
+    call(f"download of the competition {slug}", api.competition_download_files, slug, path=str(work), quiet=False,
+         fixes=fixes)
+    archive = work / f"{slug}.zip"  # the client's name: <slug>.<the download URL's extension>
+    if not archive.is_file():
+        raise UserError(f"download of the competition {slug}: the client wrote no {archive} (found: "
+                        f"{', '.join(sorted(p.name for p in work.iterdir())) or 'nothing'})")
+    unpacked = work / "unpacked"
+    files = _unpack(archive, unpacked, listed, log)
+    try:
+        ds = load_dataset(unpacked)
+    except UserError as e:
+        raise UserError(f"the competition {slug}, unpacked into {unpacked}, does not load as a competition folder: "
+                        f"{e}") from None
+    layout = detect_layout(unpacked)
+    counts = {"train_images": len(ds.train), "classes": len(ds.classes), "test_images": len(ds.test)}
+    write_text(unpacked / MARKER, json.dumps({"competition": slug, "archive": archive.name,
+                                              "archive_bytes": archive.stat().st_size, "downloaded": now(),
+                                              "layout": layout, **counts, "files": files}, indent=1) + "\n")
+    if present(out, slug) is None:  # still nothing there: it may have changed while we downloaded
+        os.replace(unpacked, out)  # onto nothing or an empty folder: one rename
+    shutil.rmtree(work, ignore_errors=True)
+    log(f"{out}: {slug} ({layout} layout): {counts['train_images']} train images of {counts['classes']} classes, "
+        f"{counts['test_images']} test images; {len(files)} files, {sum(f['bytes'] for f in files) / 2**20:.1f} MB")
+    return out

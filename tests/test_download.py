@@ -1,0 +1,81 @@
+"""`./run.sh download` with the real kaggle client against the loopback stand-in (tests/kaggle_standin.py): offline
+is one line within seconds; a download killed midway leaves no folder that looks complete; the next run unpacks a
+loadable competition folder with its marker and prints its counts; the one after does nothing; no credential in any
+byte sent, written or printed."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from test_upload import assert_no_credential, kaggle_env
+
+from pipeline.data.layouts import load_dataset
+from pipeline.data.synth import make_dataset
+from pipeline.errors import UserError
+from pipeline.kaggle.download import present
+
+from conftest import assert_one_line_error, cli
+from kaggle_standin import StandIn
+
+SLUG = "tiny-hotel-id"
+
+
+def test_download_is_atomic_counts_the_layout_and_runs_once(tmp_path):
+    src = make_dataset(tmp_path / "src", seed=1, hotels=5, masks=2)
+    ds = load_dataset(src)
+    work = tmp_path / "project"
+    work.mkdir()
+    out = work / "data" / "hotel"
+
+    t = time.monotonic()
+    p = cli("download", "--competition", SLUG, "--out", "data/hotel", cwd=work,
+            env=dict(kaggle_env(tmp_path), KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY="http://127.0.0.1:9"))
+    assert_one_line_error(p, "cannot reach localhost", "for downloading the competition")
+    assert time.monotonic() - t < 10 and not (work / "data").exists()
+
+    with StandIn() as s:
+        s.add_competition(SLUG, src)
+        env = kaggle_env(tmp_path, s)
+        s.download_delay = 0.5  # 16 KiB per half second: time to kill it midway
+        cmd = [sys.executable, "-m", "pipeline", "download", "--competition", SLUG, "--out", "data/hotel"]
+        partial = work / "data" / ".hotel.download" / f"{SLUG}.zip"
+        proc = subprocess.Popen(cmd, cwd=work, env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert s.download_started.wait(60)
+            deadline = time.monotonic() + 30
+            while not partial.is_file() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+        assert partial.is_file() and partial.stat().st_size < len(s.archive(SLUG))
+        assert not out.exists()  # interrupted: nothing at data/hotel, the partial archive aside
+
+        s.download_delay = 0
+        p = cli("download", "--competition", SLUG, "--out", "data/hotel", cwd=work, env=env)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert (f"({'hotelid'} layout): {len(ds.train)} train images of {len(ds.classes)} classes, {len(ds.test)} "
+                "test images") in p.stdout
+        assert not (work / "data" / ".hotel.download").exists()
+        got = sorted(f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file())
+        want = sorted(f.relative_to(src).as_posix() for f in src.rglob("*") if f.is_file())
+        assert got == sorted(want + [".download.json"])
+        assert all((out / f).read_bytes() == (src / f).read_bytes() for f in want)
+        archive_gets = [h for m, path, h, _ in s.requests if m == "GET" and path.endswith(f"/{SLUG}.zip")]
+        assert len(archive_gets) == 2
+        assert not any("authorization" in {k.lower() for k in h} for h in archive_gets)  # storage never sees it
+
+        n = len(s.requests)
+        again = cli("download", "--competition", SLUG, "--out", "data/hotel", cwd=work, env=env)
+        assert again.returncode == 0, again.stderr
+        assert "already downloaded" in again.stdout and "nothing to do" in again.stdout
+        assert len(s.requests) == n  # not even a listing
+
+    assert_no_credential(s, [p, again], [out])
+    (out / want[0]).write_bytes(b"changed")
+    for folder, slug, needle in ((out, SLUG, "changed since the download"), (out, "other", "holds the competition"),
+                                 (src, SLUG, "is not a download of this pipeline")):
+        with pytest.raises(UserError, match=needle):
+            present(folder, slug)
