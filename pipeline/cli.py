@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     # key=value config overrides may stand anywhere after the stage (./run.sh train m1 --fold 0 epochs=2)
-    if extra:
+    if extra and hasattr(args, "pytest_args"):  # argparse leaves a leading option (test -k rank) out of REMAINDER
+        args.pytest_args = extra + list(args.pytest_args)
+    elif extra:
         bad = [x for x in extra if "=" not in x or x.startswith("-")]
         if bad or not hasattr(args, "overrides"):
             parser.parse_args(argv)  # argparse's own one-line usage error and exit 2

@@ -147,7 +147,7 @@ def test_nfnet_l2_real_architecture_on_cpu(tiny_data, tmp_path):
     """m1's real eca_nfnet_l2 runs one epoch on the CPU; pretrained=true offline stops at once."""
     base = [f"data={tiny_data / 'data'}", f"folds_file={tiny_data / 'folds.csv'}", f"runs_dir={tmp_path}",
             "num_workers=0", "eval_batch_size=8"]
-    p = cli("train", "m1", "epochs=1", "image_size=64", "batch_size=2", "pretrained=false", *base)
+    p = cli("train", "m1", "epochs=1", "image_size=32", "batch_size=8", "pretrained=false", *base)
     assert p.returncode == 0, p.stderr
     assert "eca_nfnet_l2" in p.stdout and (tmp_path / "m1" / "fold0" / "best.pt").is_file()
     t = time.time()

@@ -98,7 +98,8 @@ def fetch(pins: dict[str, str], dest: Path, python_version: str, platforms: Sequ
     where the dist installed here is pure, else one for the target platform and Python. Returns {name: file}."""
     pyver = python_version.replace(".", "")
     base = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-            "--only-binary=:all:", "--dest", str(dest), "--python-version", python_version, "-q"]
+            "--only-binary=:all:", "--dest", str(dest), "--python-version", python_version, "-q",
+            "--timeout", "10", "--retries", "2"]  # bounded: offline, pip would otherwise wait minutes
     pure = ["--implementation", "py", "--abi", "none", "--platform", "any"]
     binary = ["--implementation", "cp", "--abi", f"cp{pyver}", "--abi", "abi3", "--abi", "none"]
     for p in platforms:
