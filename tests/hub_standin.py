@@ -5,6 +5,7 @@ It answers the two requests hf_hub_download makes for a file of a model repo: HE
 path (the bytes); an unknown file is a 404 with X-Error-Code: EntryNotFound, as the hub says it. Every request is
 recorded (method, path)."""
 import hashlib
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -64,3 +65,17 @@ class HubStandIn:
     def gets(self, name: str) -> int:
         """How many GETs of a file called `name` the stand-in has served."""
         return sum(1 for method, path in self.requests if method == "GET" and path.endswith("/" + name))
+
+
+def hub_env(tmp_path, endpoint):
+    """Fresh hub and torch caches (never the real ones) and the hub endpoint. HF_HUB_OFFLINE=0: the tests'
+    conftest sets it to 1 for everything else."""
+    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+            "TORCH_HOME": str(tmp_path / "torch"), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
+            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+
+
+def refused_endpoint():
+    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"

@@ -1,5 +1,6 @@
 """The competitor's loop from start to finish, as the commands a competitor types, against loopback stand-ins for the
-weights hub (tests/hub_standin.py) and Kaggle (tests/kaggle_standin.py): weights -> download -> folds -> train two
+weights hub (tests/hub_standin.py) and Kaggle (tests/kaggle_standin.py): weights (fetched once, then cached and
+exported) -> download -> folds -> train two
 folds with the network cut -> out-of-fold evaluate -> ensemble -> kernel (its offline check in a baseline-only venv)
 -> upload (checked against Kaggle's file list) -> status --wait -> submit -> status --wait (the score) -> score.
 No credential in any byte sent, logged or written."""
@@ -7,14 +8,16 @@ import json
 import shutil
 
 import timm
-from hub_standin import HubStandIn
+import torch
+from hub_standin import HubStandIn, hub_env, refused_endpoint
 from safetensors.torch import save
 from test_upload import USER, assert_no_credential, kaggle_env
-from test_weights import _caches, _refused_endpoint
 
+from pipeline.config import load_config
 from pipeline.data.layouts import load_dataset
 from pipeline.data.synth import make_dataset
 from pipeline.io import read_table
+from pipeline.model.embedder import build_model
 
 from conftest import PYPATH, cli
 from kaggle_standin import StandIn
@@ -59,9 +62,22 @@ def test_the_competitors_loop(tmp_path):
     run = lambda *args, env=None: _ok(cli(*args, cwd=work, env={**PYPATH, **(env or {})}))
 
     with HubStandIn({f"{repo}/model.safetensors": save(served)}) as hub:
-        hub_env = _caches(tmp_path, hub.url)
-        run("weights", "loop.yaml", env=hub_env)
-    cut = {**hub_env, "HF_ENDPOINT": _refused_endpoint()}  # from here on the hub is gone
+        caches = hub_env(tmp_path, hub.url)
+        first = run("weights", "loop.yaml", env=caches)
+        assert "test_efficientnet (loop): downloaded" in first.stdout and caches["HF_HUB_CACHE"] in first.stdout
+        assert hub.gets("model.safetensors") == 1
+        seen = len(hub.requests)
+        again = run("weights", "loop.yaml", "--export", "weights", env=caches)
+        assert "test_efficientnet (loop): cached" in again.stdout, again.stdout
+        assert len(hub.requests) == seen, hub.requests[seen:]  # the second call asked the hub nothing
+        assert "pretrained_file=" in again.stdout
+    # the exported file is timm-format: pretrained_file loads it as is, for a machine without internet
+    exported = work / "weights" / "test_efficientnet.safetensors"
+    model, source = build_model(load_config("default", ["backbone=test_efficientnet", "embedding_dim=8",
+                                                        f"pretrained_file={exported}"]))
+    assert source.startswith("file:") and torch.equal(model.backbone.conv_stem.weight, served["conv_stem.weight"])
+    assert torch.equal(model.backbone.bn2.running_var, served["bn2.running_var"])
+    cut = {**caches, "HF_ENDPOINT": refused_endpoint()}  # from here on the hub is gone
 
     with StandIn() as s:
         s.add_competition(SLUG, src)

@@ -1,19 +1,16 @@
-"""Backbone weights: `weights` against a loopback stand-in hub (fetch once, cached after, export), training from the
-cache with the network cut, the offline failures, the packaged lite0/1/2 weights and the structural key check."""
+"""Backbone weights: the offline failures, the packaged lite0/1/2 weights and the structural key check. (The round
+trip through a loopback stand-in hub - fetch once, cached after, export, training from the cache with the network
+cut - is part of tests/test_loop.py.)"""
 import os
 import re
-import socket
 import time
 
 import pytest
 import timm
 import torch
-from hub_standin import HubStandIn
-from safetensors.torch import save
+from hub_standin import hub_env, refused_endpoint
 
-from pipeline.config import load_config
 from pipeline.errors import UserError
-from pipeline.model.embedder import build_model
 from pipeline.model.weights import convert_by_structure, load_backbone_weights, packaged_file, read_state_dict
 from pipeline.network import HUB_TIMEOUTS, set_policy
 
@@ -22,53 +19,9 @@ from conftest import assert_one_line_error, cli, tiny_overrides
 TINY_REPO = timm.models.get_pretrained_cfg("test_efficientnet").hf_hub_id  # timm/test_efficientnet.r160_in1k
 
 
-def _caches(tmp_path, endpoint):
-    """Fresh hub and torch caches (never the real ones) and the hub endpoint. HF_HUB_OFFLINE=0 is what run.sh passes
-    when the user has not set it."""
-    return {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
-            "TORCH_HOME": str(tmp_path / "torch"), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0",
-            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-
-
-def _refused_endpoint():
-    with socket.socket() as s:  # a port nothing listens on: connections are refused at once
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def test_weights_fetch_once_then_train_offline_and_export(tiny_data, tmp_path):
-    served = timm.create_model("test_efficientnet").state_dict()
-    (tmp_path / "hubcfg.yaml").write_text("backbone: test_efficientnet\n")
-    with HubStandIn({f"{TINY_REPO}/model.safetensors": save(served)}) as hub:
-        env = _caches(tmp_path, hub.url)
-        p = cli("weights", tmp_path / "hubcfg.yaml", env=env)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert "test_efficientnet (hubcfg): downloaded" in p.stdout and str(tmp_path / "hf" / "hub") in p.stdout
-        assert hub.gets("model.safetensors") == 1
-        seen = len(hub.requests)
-        p = cli("weights", tmp_path / "hubcfg.yaml", "--export", tmp_path / "exported", env=env)
-        assert p.returncode == 0, p.stdout + p.stderr
-        assert "test_efficientnet (hubcfg): cached" in p.stdout, p.stdout
-        assert len(hub.requests) == seen, hub.requests[seen:]  # the second call asked the hub nothing
-        assert "pretrained_file=" in p.stdout and "exported" in p.stdout
-    # the network cut: the stand-in is gone and its port refuses; train must use the cache alone
-    runs = tmp_path / "runs"
-    p = cli("train", tmp_path / "hubcfg.yaml", *tiny_overrides(tiny_data, runs, "epochs=1", "pretrained=true"),
-            env={**env, "HF_ENDPOINT": _refused_endpoint()})
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert f"test_efficientnet (hub cache:{tmp_path / 'hf' / 'hub'}" in p.stdout, p.stdout
-    # the exported file is timm-format: pretrained_file loads it as is
-    model, source = build_model(load_config("default", [
-        "backbone=test_efficientnet", "embedding_dim=8", f"pretrained_file={tmp_path / 'exported'}/test_efficientnet"
-        ".safetensors"]))
-    assert source.startswith("file:")
-    assert torch.equal(model.backbone.conv_stem.weight, served["conv_stem.weight"])
-    assert torch.equal(model.backbone.bn2.running_var, served["bn2.running_var"])
-
-
 def test_offline_weights_fail_fast_and_train_names_the_command(tiny_data, tmp_path):
     (tmp_path / "nowts.yaml").write_text("backbone: test_efficientnet\n")
-    env = _caches(tmp_path, _refused_endpoint())
+    env = hub_env(tmp_path, refused_endpoint())
     t = time.monotonic()
     p = cli("weights", tmp_path / "nowts.yaml", env=env)
     took = time.monotonic() - t
