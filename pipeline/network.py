@@ -10,8 +10,9 @@ from urllib.parse import urlsplit
 
 from pipeline.errors import UserError
 
-# seconds a connection attempt may take before the host counts as unreachable (PIPELINE_NET_TIMEOUT overrides)
-TIMEOUT = float(os.environ.get("PIPELINE_NET_TIMEOUT", "5"))
+# seconds a connection attempt may take before the host counts as unreachable (PIPELINE_NET_TIMEOUT overrides):
+# short enough that an offline stage, interpreter start included, ends within 10 s
+TIMEOUT = 3.0
 # huggingface_hub's waits (its defaults: 10 s for a HEAD, 10 s per stalled read); read once, when it is imported
 HUB_TIMEOUTS = {"HF_HUB_ETAG_TIMEOUT": "5", "HF_HUB_DOWNLOAD_TIMEOUT": "20"}
 
@@ -38,9 +39,19 @@ def _via(url: str) -> tuple[str, int, str]:
     return host, port, host
 
 
-def reach(url: str, what: str, fix: str = "check the connection, or work offline", timeout: float = TIMEOUT) -> None:
-    """Return when a TCP connection to url's host (or its proxy) opens within `timeout` seconds, else a one-line
-    UserError: 'cannot reach <host> for <what> (<why>): <fix>'."""
+def timeout_seconds() -> float:
+    raw = os.environ.get("PIPELINE_NET_TIMEOUT", "")
+    try:
+        return float(raw) if raw else TIMEOUT
+    except ValueError:
+        raise UserError(f"PIPELINE_NET_TIMEOUT={raw!r}: give seconds (e.g. 3), or unset it") from None
+
+
+def reach(url: str, what: str, fix: str = "check the connection, or work offline",
+          timeout: float | None = None) -> None:
+    """Return when a TCP connection to url's host (or its proxy) opens within `timeout` seconds (default:
+    PIPELINE_NET_TIMEOUT or TIMEOUT), else a one-line UserError: 'cannot reach <host> for <what> (<why>): <fix>'."""
+    timeout = timeout_seconds() if timeout is None else timeout
     host, port, shown = _via(url)
     t = time.monotonic()
     try:

@@ -79,3 +79,23 @@ def test_download_is_atomic_counts_the_layout_and_runs_once(tmp_path):
                                  (src, SLUG, "is not a download of this pipeline")):
         with pytest.raises(UserError, match=needle):
             present(folder, slug)
+
+
+def test_a_csv_competition_downloads_with_its_keys_or_is_kept_with_a_warning(tiny_data, tmp_path):
+    from test_happywhale import KEYS, _as_happywhale
+
+    src = tmp_path / "whales"
+    _, truth, individuals = _as_happywhale(tiny_data / "data", src)
+    work = tmp_path / "project"
+    work.mkdir()
+    with StandIn() as s:
+        s.add_competition("tiny-whales", src)
+        env = kaggle_env(tmp_path, s)
+        bare = cli("download", "--competition", "tiny-whales", "--out", "data/plain", cwd=work, env=env)
+        assert bare.returncode == 0, bare.stdout + bare.stderr
+        assert "warning: the files are in place but do not load as a csv competition folder" in bare.stdout
+        assert "csv.label_column" in bare.stdout and (work / "data" / "plain" / "train.csv").is_file()
+        keyed = cli("download", "--competition", "tiny-whales", "--out", "data/whales", *KEYS, cwd=work, env=env)
+        assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    assert (f"(csv layout): {len(list((src / 'train_images').iterdir()))} train images of {len(individuals)} "
+            f"classes, {len(truth)} test images") in keyed.stdout, keyed.stdout

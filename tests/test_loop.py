@@ -105,8 +105,11 @@ def test_the_competitors_loop(tmp_path):
 
         pushed = run("upload", "loop-kernel", env=env)
         assert json.loads((pkg / "pushed.json").read_text())["version"] == 1
-        # Kaggle runs the kernel: its output is what the offline check produced here
-        s.output["submission.csv"] = (work / "submissions" / "loop.csv").read_bytes()
+        # Kaggle runs the kernel: its output is what it wrote in the offline check here, which the check found equal
+        # to the local ensemble of the same models (kernel-<name>.csv), as is the ensemble stage's own submission
+        checked = (work / "submissions" / "kernel-loop-kernel.csv").read_bytes()
+        assert checked == (work / "submissions" / "loop.csv").read_bytes()
+        s.output["submission.csv"] = checked
         s.kernel_states = ["RUNNING", "COMPLETE"]
         ran = run("status", "loop-kernel", "--wait", *FAST, env=env)
         submitted = run("submit", "loop-kernel", "--message", "loop", env=env)
@@ -114,7 +117,7 @@ def test_the_competitors_loop(tmp_path):
         assert s.score in scored.stdout, scored.stdout
 
         got = pkg / "output" / "submission.csv"
-        assert got.read_bytes() == (work / "submissions" / "loop.csv").read_bytes()
+        assert got.read_bytes() == checked  # status fetched the kernel's output
         score = run("score", got, "--truth", truth_file)
         rows = read_table(got).values.tolist()
         truth = dict(read_table(truth_file).values.tolist())

@@ -65,7 +65,14 @@ def test_status_wait_submit_then_score(tmp_path):
         assert scored.returncode == 0, scored.stderr
         assert "submission 1000 of kernel version 3: public score 0.61234" in scored.stdout
         assert json.loads((pkg / "submitted.json").read_text())["public_score"] == "0.61234"
-    assert_no_credential(s, [early, ran, sent, once, scored], [pkg])
+
+        twice = cli("submit", "k", cwd=work, env=env)  # a daily submission is scarce: the same version needs --again
+        assert_one_line_error(twice, f"kernel {REF} version 3 was submitted at", "--again")
+        assert len(calls(s, "CreateCodeSubmission")) == 1
+        again = cli("submit", "k", "--again", cwd=work, env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert len(calls(s, "CreateCodeSubmission")) == 2
+    assert_no_credential(s, [early, ran, sent, once, scored, twice, again], [pkg])
 
 
 def test_known_pains_are_one_line_each(tmp_path, monkeypatch):

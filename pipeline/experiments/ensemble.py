@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.config import config_from_dict, config_names, fold_text
 from pipeline.errors import UserError
-from pipeline.retrieval.predict import DEFAULTS, describe, every_run_tricks, load_fold_sets, need_val, oof_map5, predict
+from pipeline.retrieval.predict import DEFAULTS, describe, every_run_tricks, load_fold_sets, oof_map5, predict
 
 MAX_SUBSETS = 4096
 BEST_JSON, BEST_VERSION = "best.json", 1  # ensemble-report's best subset, for kernel --from-report
@@ -43,8 +43,7 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
         log(f"inference tricks: {describe(tricks)}")
     rows = []
     if several:
-        for fold, inputs in sets.folds.items():
-            need_val(inputs.val.ids, dict(cfgs[0], fold=fold))
+        sets.need_val(cfgs[0])
     if all(inputs.val.ids for inputs in sets.folds.values()):
         for i, config in enumerate(sets.configs):
             per_fold, pooled = oof_map5(sets, classes, tricks, mem, log, models=[i])
@@ -124,8 +123,7 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
     sets = load_fold_sets(cfgs, tricks, log=log)
     several = len(sets.folds) > 1
     out_name = (out_name or "+".join(names) + (f"-folds{fold_text(sets.folds)}" if several else "")).replace("/", "_")
-    for fold, inputs in sets.folds.items():
-        need_val(inputs.val.ids, dict(cfgs[0], fold=fold))
+    sets.need_val(cfgs[0])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
     rows, t0 = [], time.time()
     what = "out-of-fold" if several else "val"
@@ -209,3 +207,23 @@ def write_subset_report(rows: list, out_dir: Path, info: dict, log=print) -> Non
     table = write_tables(out_dir, "report", frame, shown=shown, info=info, log=lambda *a: None)
     subset_scores(rows, out_dir / "report.png")
     log(table + f"wrote {out_dir / 'report.md'}, report.csv, report.json, report.png")
+
+
+def kernel_runs(args) -> tuple:
+    """(runs, tricks) a kernel packages, from the kernel stage's flags: --models with the run-set and trick flags,
+    or --from-report alone (the report fixes the runs, data and tricks, so any of those flags is a UserError)."""
+    from pipeline.config import load_run_set
+    from pipeline.retrieval.predict import tricks_from_args
+
+    if args.from_report:
+        given = [flag for flag, value in (("--data", args.data), ("--fold", args.fold), ("--folds", args.folds),
+                                          ("--checkpoint", args.checkpoint), ("--max-memory", args.max_memory),
+                                          ("key=value overrides", args.overrides)) if value not in (None, [])]
+        if given or args.weights or tricks_from_args(args, 1) != DEFAULTS:
+            raise UserError(f"--from-report takes the runs, data and inference tricks from the report: drop "
+                            f"{', '.join(given) or 'the inference-trick flags'}")
+        return load_best(args.from_report)
+    if not args.models:
+        raise UserError("nothing to package: give --models m1 m2 ... or --from-report runs/ensembles/<out>")
+    cfgs = load_run_set(args.models, args)
+    return cfgs, tricks_from_args(args, len(config_names(cfgs)))

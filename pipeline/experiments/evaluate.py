@@ -124,14 +124,13 @@ def oof_rows(cfgs: list, tricks: dict, log=print) -> list:
     """Per config: a row per fold (the fold's run: its validation images against its gallery without them, as
     `ensemble` scores) and the out-of-fold row, MAP@5 pooled over every validated image ('queries': their count)."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.retrieval.predict import load_fold_sets, need_val, oof_map5
+    from pipeline.retrieval.predict import load_fold_sets, oof_map5
 
     tricks, rows = dict(tricks, weights=None), []
     for name in config_names(cfgs):
         runs = [c for c in cfgs if c["name"] == name]
         sets = load_fold_sets(runs, tricks, log=log)
-        for fold, inputs in sets.folds.items():
-            need_val(inputs.val.ids, dict(runs[0], fold=fold))
+        sets.need_val(runs[0])
         per_fold, pooled = oof_map5(sets, load_dataset(runs[0]["data"], runs[0]).classes, tricks,
                                     runs[0]["max_memory"], log)
         rows += [{"model": f"{name}/fold{f}", "map@5": s, "queries": n} for f, (s, n) in per_fold.items()]

@@ -71,13 +71,15 @@ def _unpack(archive: Path, dest: Path, listed: dict, log) -> list:
             for p in sorted(dest.rglob("*")) if p.is_file()]
 
 
-def download(competition: str | None = None, out: str | Path | None = None,
+def download(competition: str | None = None, out: str | Path | None = None, cfg: dict | None = None,
              log: Callable[[str], object] = print) -> Path:
-    """Download `competition` (default: the default config's) to `out` (default data/<competition>)."""
+    """Download `competition` (default: cfg's) to `out` (default data/<competition>); cfg (default: the default
+    config) gives the layout and its csv keys the unpacked folder is loaded with."""
     from pipeline.config import load_config
     from pipeline.data.layouts import detect_layout, load_dataset
 
-    slug = competition or load_config("default")["competition"]
+    cfg = cfg or load_config("default")
+    slug = competition or cfg["competition"]
     out = Path(out or Path("data") / slug)
     marker = present(out, slug)
     if marker:
@@ -101,19 +103,23 @@ def download(competition: str | None = None, out: str | Path | None = None,
                         f"{', '.join(sorted(p.name for p in work.iterdir())) or 'nothing'})")
     unpacked = work / "unpacked"
     files = _unpack(archive, unpacked, listed, log)
+    layout = cfg["layout"] if cfg["layout"] != "auto" else detect_layout(unpacked)
     try:
-        ds = load_dataset(unpacked)
+        ds = load_dataset(unpacked, cfg)
+        counts = {"train_images": len(ds.train), "classes": len(ds.classes), "test_images": len(ds.test)}
     except UserError as e:
-        raise UserError(f"the competition {slug}, unpacked into {unpacked}, does not load as a competition folder: "
-                        f"{e}") from None
-    layout = detect_layout(unpacked)
-    counts = {"train_images": len(ds.train), "classes": len(ds.classes), "test_images": len(ds.test)}
+        # the files are complete and checked against Kaggle's list: keep them; the layout keys are the user's to set
+        log(f"warning: the files are in place but do not load as a {layout} competition folder yet ({e}); set the "
+            "layout keys (--layout, csv.*=...) in your config or on the command line of the next stages")
+        counts = {"train_images": None, "classes": None, "test_images": None}
     write_text(unpacked / MARKER, json.dumps({"competition": slug, "archive": archive.name,
                                               "archive_bytes": archive.stat().st_size, "downloaded": now(),
                                               "layout": layout, **counts, "files": files}, indent=1) + "\n")
     if present(out, slug) is None:  # still nothing there: it may have changed while we downloaded
         os.replace(unpacked, out)  # onto nothing or an empty folder: one rename
     shutil.rmtree(work, ignore_errors=True)
-    log(f"{out}: {slug} ({layout} layout): {counts['train_images']} train images of {counts['classes']} classes, "
-        f"{counts['test_images']} test images; {len(files)} files, {sum(f['bytes'] for f in files) / 2**20:.1f} MB")
+    loaded = (f"{counts['train_images']} train images of {counts['classes']} classes, {counts['test_images']} test "
+              "images" if counts["classes"] is not None else "not loaded (see the warning)")
+    log(f"{out}: {slug} ({layout} layout): {loaded}; {len(files)} files, "
+        f"{sum(f['bytes'] for f in files) / 2**20:.1f} MB")
     return out

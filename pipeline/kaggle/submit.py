@@ -20,8 +20,10 @@ from pipeline.kernel.spec import load_package
 OUTPUT_FILE = "submission.csv"  # what kernel.py writes to /kaggle/working
 
 
-def submit(name: str, message: str | None = None, log: Callable[[str], object] = print) -> int | None:
-    """Submit kernels/<name>'s pushed kernel version; the submission's id (None if Kaggle gave none)."""
+def submit(name: str, message: str | None = None, again: bool = False,
+           log: Callable[[str], object] = print) -> int | None:
+    """Submit kernels/<name>'s pushed kernel version; the submission's id (None if Kaggle gave none). A version
+    submitted before (submitted.json) is refused unless `again`: Kaggle counts every submission against the day's."""
     pkg, package = load_package(name)
     ref = package.ref("kernel")
     pushed = read_record(pkg, PUSHED_JSON)
@@ -32,6 +34,11 @@ def submit(name: str, message: str | None = None, log: Callable[[str], object] =
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UserError(f"{pkg / PUSHED_JSON}: no numeric kernel version ({version!r}; a code-competition "
                         f"submission needs one): see kaggle.com/code/{ref}, then ./run.sh upload {name} again")
+    before = read_record(pkg, SUBMITTED_JSON)
+    if before and before.get("version") == version and not again:
+        raise UserError(f"kernel {ref} version {version} was submitted at {before.get('submitted')} (submission "
+                        f"{before.get('submission')}, {pkg / SUBMITTED_JSON}): see its score with ./run.sh status "
+                        f"{name}, push a new version with ./run.sh upload {name}, or submit it again with --again")
     api = client(f"submitting {ref}")
     state, failure = kernel_state(api, name, ref, pushed)
     if state == "error":

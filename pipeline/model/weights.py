@@ -34,17 +34,25 @@ def packaged_file(backbone: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def _hub_file_names(name: str) -> list[str]:
+    """The files timm's hub download tries for a weights file `name`, in its order: the safetensors version first
+    (as timm.models._hub does for pytorch_model.bin, open_clip_pytorch_model.bin and any other .bin), then name."""
+    safe = {"pytorch_model.bin": "model.safetensors",
+            "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}.get(name)
+    if safe is None and name.endswith(".bin"):
+        safe = name[:-4] + ".safetensors"
+    return [safe, name] if safe else [name]
+
+
 def cached_file(pre: dict) -> Path | None:
     """The file timm would load a backbone's pretrained weights from, when it is already on disk: the hub cache
     (hf_hub_id; the names timm tries, safetensors first) or torch hub's checkpoints (url). Never the network."""
     hub_id = pre.get("hf_hub_id")
     if hub_id:
         from huggingface_hub import try_to_load_from_cache
-        from timm.models._hub import HF_WEIGHTS_NAME, _get_safe_alternatives
 
         repo, _, rev = hub_id.partition("@")
-        name = pre.get("hf_hub_filename") or HF_WEIGHTS_NAME
-        for fname in (*_get_safe_alternatives(name), name):
+        for fname in _hub_file_names(pre.get("hf_hub_filename") or "pytorch_model.bin"):
             hit = try_to_load_from_cache(repo, fname, revision=rev or None)
             if isinstance(hit, str) and os.path.isfile(hit):
                 return Path(hit)

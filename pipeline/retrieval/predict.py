@@ -205,6 +205,10 @@ class FoldSets:
     folds: dict  # fold -> RunSetEmbeddings
     every: RunSetEmbeddings
 
+    def need_val(self, cfg: dict) -> None:
+        for fold, inputs in self.folds.items():  # every fold must have validation images to be scored
+            need_val(inputs.val.ids, dict(cfg, fold=fold))
+
 
 def load_fold_sets(cfgs: list, tricks: dict, log=print) -> FoldSets:
     """The cached embeddings of runs of configs on folds (each config on the same folds), computed where stale."""

@@ -2,18 +2,24 @@
 archive arrives, then unpacked, loaded (layout auto-detected; counts of train images, classes and test images
 printed) and renamed into place, so --out appears only complete (with its .download.json: the competition, every
 file and its size). An interrupted download leaves data/.<name>.download/, which the next run resumes; a second
-run with everything present does nothing. Offline: one line within seconds.
+run with everything present does nothing. Offline: one line within seconds. The folder is loaded with --layout and
+the config's csv keys (key=value, as for folds); files that do not load yet are kept, with a warning saying so.
 
-example: ./run.sh download --out data/hotel-id [--competition hotel-id-to-combat-human-trafficking-2022-fgvc9]"""
+example: ./run.sh download --out data/hotel-id [--competition hotel-id-to-combat-human-trafficking-2022-fgvc9]
+         ./run.sh download --competition happy-whale-and-dolphin --out data/whales csv.label_column=individual_id \
+             csv.train_dir=train_images"""
 
 
 def add_arguments(p):
     p.add_argument("--competition", metavar="SLUG",
                    help="the competition (kaggle.com/competitions/SLUG); default: the default config's competition")
     p.add_argument("--out", metavar="DIR", help="the competition folder to make (default data/SLUG)")
+    p.add_argument("--layout", default=None, help="dataset layout (auto | hotelid | csv | query_gallery)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. csv.label_column=id")
 
 
 def run(args):
+    from pipeline.config import load_config
     from pipeline.kaggle.download import download
 
-    download(args.competition, args.out)
+    download(args.competition, args.out, load_config("default", args.overrides, layout=args.layout))

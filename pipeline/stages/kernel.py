@@ -19,10 +19,9 @@ configs, folds, checkpoint, data and inference tricks, from its best.json) inste
 
 example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]
          ./run.sh kernel hotel --from-report runs/ensembles/table2 --owner myname"""
-from pipeline.config import add_run_set_arguments, config_names, load_run_set
-from pipeline.errors import UserError
+from pipeline.config import add_run_set_arguments
 from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
-from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
+from pipeline.retrieval.predict import add_trick_arguments
 
 
 def add_arguments(p):
@@ -46,23 +45,10 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.experiments.ensemble import load_best
+    from pipeline.experiments.ensemble import kernel_runs
     from pipeline.kernel.package import build
-    from pipeline.retrieval.predict import DEFAULTS
 
-    if args.from_report:
-        given = [flag for flag, value in (("--data", args.data), ("--fold", args.fold), ("--folds", args.folds),
-                                          ("--checkpoint", args.checkpoint), ("--max-memory", args.max_memory),
-                                          ("key=value overrides", args.overrides)) if value not in (None, [])]
-        if given or args.weights or tricks_from_args(args, 1) != DEFAULTS:
-            raise UserError(f"--from-report takes the runs, data and inference tricks from the report: drop "
-                            f"{', '.join(given) or 'the inference-trick flags'}")
-        cfgs, tricks = load_best(args.from_report)
-    elif args.models:
-        cfgs = load_run_set(args.models, args)
-        tricks = tricks_from_args(args, len(config_names(cfgs)))
-    else:
-        raise UserError("nothing to package: give --models m1 m2 ... or --from-report runs/ensembles/<out>")
+    cfgs, tricks = kernel_runs(args)
     build(args.name, cfgs, tricks=tricks, owner=args.owner,
           competition=args.competition, python_version=args.python_version,
           platforms=args.platform or list(DEFAULT_PLATFORMS), wheels=args.wheels, verify_it=not args.no_verify)

@@ -9,9 +9,11 @@ def add_arguments(p):
     p.add_argument("name", help="package under kernels/ whose kernel was pushed with ./run.sh upload")
     p.add_argument("--message", metavar="M", help="the submission's description (default: the name, version, models "
                    "and git commit)")
+    p.add_argument("--again", action="store_true", help="submit a version that was submitted before (each counts "
+                   "against the day's submissions)")
 
 
 def run(args):
     from pipeline.kaggle.submit import submit
 
-    submit(args.name, args.message)
+    submit(args.name, args.message, again=args.again)

@@ -1,6 +1,6 @@
 """Training a config on several folds, one run folder each (runs/<config>/fold<k>/), one fold after the other;
-resumable fold by fold: a fold whose last.pt has every epoch is done, the first unfinished one resumes from its
-last.pt, and the folds after it start afresh."""
+resumable fold by fold: with resume, a fold whose last.pt has every epoch is skipped, a fold with an unfinished
+last.pt resumes from it, and a fold without one starts afresh."""
 from collections.abc import Callable
 from pathlib import Path
 
