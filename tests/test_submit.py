@@ -72,7 +72,13 @@ def test_status_wait_submit_then_score(tmp_path):
         again = cli("submit", "k", "--again", cwd=work, env=env)
         assert again.returncode == 0, again.stdout + again.stderr
         assert len(calls(s, "CreateCodeSubmission")) == 2
-    assert_no_credential(s, [early, ran, sent, once, scored, twice, again], [pkg])
+
+        write_record(pkg, PUSHED_JSON, {"kernel": REF, "version": 4, "pushed": "2026-01-02T00:00:00Z"})
+        newer = cli("status", "k", cwd=work, env=env)  # a version pushed since the submission: say so
+        assert newer.returncode == 0, newer.stderr
+        assert (f"kernel {REF} version 4 is not submitted: the submission below is of version 3 (./run.sh submit k "
+                "sends version 4)") in newer.stdout, newer.stdout
+    assert_no_credential(s, [early, ran, sent, once, scored, twice, again, newer], [pkg])
 
 
 def test_known_pains_are_one_line_each(tmp_path, monkeypatch):

@@ -113,5 +113,8 @@ def status(name: str, wait: bool = False, interval: float = INTERVAL, timeout: f
     elif state in ENDED:
         raise UserError(f"{what} was cancelled ({state}): push it again with ./run.sh upload {name}")
     if state == "complete" and sub:
+        if pushed and pushed.get("version") != sub.get("version"):
+            log(f"{what} is not submitted: the submission below is of version {sub.get('version')} "
+                f"(./run.sh submit {name} sends version {pushed.get('version')})")
         _submission(api, pkg, name, sub, wait, interval, timeout, log)
     return state
