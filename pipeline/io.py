@@ -55,9 +55,9 @@ def write_table(path, frame) -> None:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def read_table(path: str | Path, required: Iterable[str] = ()) -> "pd.DataFrame":
+def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "") -> "pd.DataFrame":
     """A CSV as a DataFrame of strings (empty cells are ''); a missing file, a missing column or a malformed row is
-    a UserError naming it."""
+    a UserError naming it. fix: what to add to a missing-column error."""
     import pandas as pd
 
     path = Path(path)
@@ -77,5 +77,5 @@ def read_table(path: str | Path, required: Iterable[str] = ()) -> "pd.DataFrame"
     missing = [c for c in required if c not in frame.columns]
     if missing:
         cols = ", ".join(map(str, frame.columns)) or "none"
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {cols})")
+        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {cols}){fix}")
     return frame

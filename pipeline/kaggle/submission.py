@@ -115,11 +115,7 @@ def read_truth(path: str | Path, id_column: str = "image_id", label_column: str 
     """{image_id: label} from a truth CSV with one label per image. fix: what to add to a missing-column error."""
     from pipeline.io import read_table
 
-    frame = read_table(path)
-    missing = [c for c in (id_column, label_column) if c not in frame.columns]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: "
-                        f"{', '.join(map(str, frame.columns)) or 'none'}){fix}")
+    frame = read_table(path, required=[id_column, label_column], fix=fix)
     truth = {}
     for row_no, r in enumerate(frame.to_dict("records"), start=2):
         image_id, label = (r[id_column] or "").strip(), (r[label_column] or "").strip()
