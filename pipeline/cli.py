@@ -12,6 +12,7 @@ STAGES = {
     "download": "pipeline.stages.download",
     "make-data": "pipeline.stages.make_data",
     "folds": "pipeline.stages.folds",
+    "cache-images": "pipeline.stages.cache_images",
     "train": "pipeline.stages.train",
     "embed": "pipeline.stages.embed",
     "ensemble": "pipeline.stages.ensemble",

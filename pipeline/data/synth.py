@@ -193,13 +193,15 @@ def _room(rng, pal):
 
 # ---------------------------------------------------------------- photos
 
-def _photo(room, rng):
+def _photo(room, rng, long_side=0):
+    """One view of the room, 128-192 px on the longer side; long_side > 0: enlarged to that longer side (full-size
+    photos: the same views, more pixels) with sensor noise at that resolution."""
     H, W = room.shape[:2]
-    long_side = int(rng.integers(128, 193))
+    size = int(rng.integers(128, 193))
     aspect = float(rng.choice([4 / 3, 3 / 2, 1.0, 16 / 9]))
     if rng.random() < 0.25:
         aspect = 1 / aspect
-    ow, oh = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+    ow, oh = (size, round(size / aspect)) if aspect >= 1 else (round(size * aspect), size)
     cw = min(rng.uniform(0.45, 0.95) * W, 0.98 * H * aspect)  # zoom: the crop's share of the room's width
     ch = cw / aspect
     x0, y0 = rng.uniform(0, W - cw), rng.uniform(0, H - ch)
@@ -217,9 +219,26 @@ def _photo(room, rng):
     if rng.random() < 0.4:
         img = img + rng.normal(0, rng.uniform(2, 7), img.shape).astype(np.float32)
     img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    if long_side:
+        img = _enlarge(img, long_side, rng)
     if rng.random() < 0.1:
         img = np.ascontiguousarray(np.rot90(img, int(rng.integers(1, 4))))
     return img
+
+
+_NOISE = {}  # longer side -> a noise tile, made once per process: per-pixel random draws at 1024 px cost more than
+# the rest of a photo
+
+
+def _enlarge(img, long_side, rng):
+    h, w = img.shape[:2]
+    f = long_side / max(h, w)
+    img = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_LINEAR)
+    if long_side not in _NOISE:
+        _NOISE[long_side] = np.random.default_rng(long_side).normal(0, 3, (long_side + 64,) * 2 + (3,)).astype(np.int16)
+    oy, ox = (int(v) for v in rng.integers(0, 64, 2))
+    noise = _NOISE[long_side][oy:oy + img.shape[0], ox:ox + img.shape[1]]
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
 def _red_rect(img, rng):
@@ -266,7 +285,23 @@ def _check_out(out, shown):
                         "choose a new folder or empty this one")
 
 
-def _generate(root, seed, hotels, masks, verbose):
+def _write_hotel(root, seed, i, hid, palette, photo_size, train_names, test_names):
+    """One hotel's room and photos (train_images/<hid>/, its test images); returns its test images' truth rows."""
+    hrng = np.random.default_rng([seed, 1, i])
+    pal = {k: np.clip(v + hrng.normal(0, 4, 3), 0, 255).astype(np.float32) for k, v in palette.items()}
+    room = _room(hrng, pal)
+    folder = root / "train_images" / str(hid)
+    folder.mkdir()
+    for name in train_names:
+        (folder / f"{name}.jpg").write_bytes(_jpg(_photo(room, hrng, photo_size), hrng))
+    truth = []
+    for name in test_names:
+        (root / "test_images" / f"{name}.jpg").write_bytes(_jpg(_red_rect(_photo(room, hrng, photo_size), hrng), hrng))
+        truth.append((f"{name}.jpg", hid))
+    return truth
+
+
+def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=0.0, test_per_hotel=0.0):
     rng = np.random.default_rng([seed, 0])
     hotel_ids = [int(h) + 1000 for h in rng.choice(999000, size=hotels, replace=False)]
     n_chains = max(3, round(hotels / HOTELS_PER_CHAIN))
@@ -275,28 +310,32 @@ def _generate(root, seed, hotels, masks, verbose):
     n_train = 2 + np.minimum(rng.geometric(1 / 7, hotels) - 1, 28)  # skewed: most hotels have few photos
     r = rng.random(hotels)
     n_test = np.where(r < 0.08, 2, np.where(r < 0.78, 1, 0))
+    counts = np.random.default_rng([seed, 3])  # other counts from their own stream: the default output is unchanged
+    if train_per_hotel:
+        n_train = 2 + np.minimum(counts.geometric(1 / max(train_per_hotel - 1, 1.0), hotels) - 1, 98)
+    if test_per_hotel:
+        n_test = counts.poisson(test_per_hotel, hotels)
     seen = set()
     train_names = _hex_ids(rng, int(n_train.sum()), seen)
     test_names = _hex_ids(rng, int(n_test.sum()), seen)
     for sub in ("train_images", "test_images", "train_masks"):
         (root / sub).mkdir()
-    truth, ti, qi = [], 0, 0
-    for i, hid in enumerate(hotel_ids):
-        hrng = np.random.default_rng([seed, 1, i])
-        pal = {k: np.clip(v + hrng.normal(0, 4, 3), 0, 255).astype(np.float32) for k, v in palettes[chain[i]].items()}
-        room = _room(hrng, pal)
-        folder = root / "train_images" / str(hid)
-        folder.mkdir()
-        for _ in range(n_train[i]):
-            (folder / f"{train_names[ti]}.jpg").write_bytes(_jpg(_photo(room, hrng), hrng))
-            ti += 1
-        for _ in range(n_test[i]):
-            name = f"{test_names[qi]}.jpg"
-            (root / "test_images" / name).write_bytes(_jpg(_red_rect(_photo(room, hrng), hrng), hrng))
-            truth.append((name, hid))
-            qi += 1
-        if verbose and (i + 1) * 4 // hotels > i * 4 // hotels:
-            print(f"make-data: {(i + 1) * 100 // hotels}% ({i + 1}/{hotels} hotels, {ti} train images)", flush=True)
+    from joblib import Parallel, delayed
+
+    from pipeline.data.image_cache import default_workers
+
+    # each hotel draws from its own stream: hotels are written in parallel, the bytes are those of one process
+    starts_train, starts_test = np.concatenate([[0], np.cumsum(n_train)]), np.concatenate([[0], np.cumsum(n_test)])
+    jobs = (delayed(_write_hotel)(root, seed, i, hid, palettes[chain[i]], photo_size,
+                                  train_names[starts_train[i]:starts_train[i + 1]],
+                                  test_names[starts_test[i]:starts_test[i + 1]]) for i, hid in enumerate(hotel_ids))
+    truth, t0 = [], time.time()
+    for i, rows in enumerate(Parallel(n_jobs=default_workers(), return_as="generator", batch_size=4)(jobs)):
+        truth += rows
+        if verbose and ((i + 1) * 4 // hotels > i * 4 // hotels or time.time() - t0 > 30):
+            t0 = time.time()
+            print(f"make-data: {(i + 1) * 100 // hotels}% ({i + 1}/{hotels} hotels, {starts_train[i + 1]} train "
+                  "images)", flush=True)
     mrng = np.random.default_rng([seed, 2])
     for name in _hex_ids(mrng, masks, set()):
         w, h = int(mrng.integers(96, 257)), int(mrng.integers(96, 257))
@@ -309,13 +348,23 @@ def _generate(root, seed, hotels, masks, verbose):
         "image_id,hotel_id\n" + "".join(f"{n},{top5}\n" for n, _ in truth))
     (root / "test_truth.csv").write_text("image_id,hotel_id\n" + "".join(f"{n},{h}\n" for n, h in truth))
     meta = {"generator": "pipeline.synth", "version": VERSION, "seed": seed, "hotels": hotels, "masks": masks}
+    meta.update({k: v for k, v in [("photo_size", photo_size), ("train_per_hotel", train_per_hotel),
+                                    ("test_per_hotel", test_per_hotel)] if v})  # the default marker is unchanged
     (root / MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return len(train_names), len(truth)
 
 
 def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, masks: int | None = None,
-                 verbose: bool = False) -> Path:
-    """Write the synthetic competition folder at `out` (atomically) and return its Path."""
+                 verbose: bool = False, photo_size: int = 0, train_per_hotel: float = 0.0,
+                 test_per_hotel: float = 0.0) -> Path:
+    """Write the synthetic competition folder at `out` (atomically) and return its Path. photo_size: the photos'
+    longer side (0 = the demo's 128-192 px); train/test_per_hotel: mean photos per hotel (0 = the demo's ~8 / 0.86;
+    Hotel-ID 2022: 44,703 / 3,116 = 14.3 train)."""
+    if photo_size and not 64 <= photo_size <= 4096:
+        raise UserError(f"--photo-size {photo_size}: must be between 64 and 4096 px (the longer side), or 0")
+    if train_per_hotel and not 2 <= train_per_hotel <= 100 or test_per_hotel < 0:
+        raise UserError(f"--train-per-hotel {train_per_hotel} / --test-per-hotel {test_per_hotel}: train must be "
+                        "2-100 and test >= 0 (0 = the demo's counts)")
     shown = str(out)
     if not isinstance(hotels, numbers.Integral) or not 5 <= hotels <= MAX_HOTELS:
         raise UserError(f"--hotels {hotels}: must be between 5 and {MAX_HOTELS} (default {DEFAULT_HOTELS})")
@@ -331,7 +380,8 @@ def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, m
     old = None
     try:
         os.chmod(tmp, 0o755)
-        n_train, n_test = _generate(tmp, seed, hotels, masks, verbose)
+        n_train, n_test = _generate(tmp, seed, hotels, masks, verbose, photo_size, train_per_hotel,
+                                     test_per_hotel)
         _check_out(out, shown)  # it may have changed while we generated
         if out.exists():  # a directory cannot be swapped atomically: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))

@@ -1,4 +1,5 @@
-"""Albumentations pipelines of SPEC 2: train (7 steps), val (resize + mask-simulating red hole), test (resize)."""
+"""Albumentations pipelines of SPEC 2: train (6 steps), val (resize + mask-simulating red hole), test (resize). They
+end in uint8: normalisation (SPEC 2's last step) is the model's first (model/embedder.py), on its device."""
 from collections.abc import Sequence
 
 import albumentations as A
@@ -14,8 +15,8 @@ def _mask_hole(p):
 
 
 def build_transform(kind: str, cfg: dict, size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """kind: train | val | test. Output: normalised float32 HWC array (the dataset makes it CHW)."""
-    norm = A.Normalize(mean=mean, std=std)
+    """kind: train | val | test. Output: uint8 HWC array (the dataset makes it CHW). mean and std are the model's
+    (its input normalisation), kept in the signature so every pipeline is built from the same inputs."""
     if kind == "train":
         steps = [
             A.RandomResizedCrop(size=(size, size), scale=(cfg["crop_scale_min"], 1.0)),
@@ -27,12 +28,11 @@ def build_transform(kind: str, cfg: dict, size: int, mean: Sequence[float], std:
             A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.125, 0.25),
                             hole_width_range=(0.125, 0.25), fill=RED, p=cfg["aug_p_dropout"]),
             _mask_hole(cfg["mask_p"]),
-            norm,
         ]
     elif kind == "val":
-        steps = [A.Resize(size, size), _mask_hole(1.0), norm]
+        steps = [A.Resize(size, size), _mask_hole(1.0)]
     elif kind == "test":
-        steps = [A.Resize(size, size), norm]
+        steps = [A.Resize(size, size)]
     else:
         raise ValueError(kind)
     return A.Compose(steps)
@@ -94,21 +94,22 @@ def select_crops(image: np.ndarray, n: int, max_red: float = MAX_RED) -> tuple[l
 class MultiCrop:
     """The query views of one image: [val only: the red hole of the val pipeline, drawn on the whole image
     (seeded per sample, like `apply`), BEFORE cropping] -> the n crops -> drop the mostly-red ones -> each kept
-    crop resized to the model size and normalised. If every crop is dropped, the whole image is the one view."""
+    crop resized to the model size (uint8; the model normalises). If every crop is dropped, the whole image is the
+    one view."""
 
     def __init__(self, kind, n, size, mean, std):
         if kind not in ("val", "test") or n not in (5, 9):
             raise ValueError(f"MultiCrop({kind!r}, {n!r})")
         self.kind, self.n = kind, n
         self.hole = A.Compose([_mask_hole(1.0)]) if kind == "val" else None
-        self.finish = A.Compose([A.Resize(size, size), A.Normalize(mean=mean, std=std)])
+        self.finish = A.Compose([A.Resize(size, size)])
 
     def __repr__(self):  # stable text for cache keys (like describe())
         return (f"MultiCrop(n={self.n}, max_red={MAX_RED}, red='R>=200,G<=60,B<=60', hole={self.hole!r}, "
                 f"crop={self.finish!r})")
 
     def views(self, image: np.ndarray, seed: int) -> np.ndarray:
-        """float32 (k, C, S, S), k >= 1: the kept crops of image (uint8 RGB HWC)."""
+        """uint8 (k, C, S, S), k >= 1: the kept crops of image (uint8 RGB HWC)."""
         if self.hole is not None:
             self.hole.set_random_seed(int(seed))
             image = self.hole(image=image)["image"]

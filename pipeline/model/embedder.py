@@ -60,13 +60,22 @@ NECKS = {"mlp": mlp_neck, "linear": linear_neck, "bn": bn_neck, "projection": Pr
 
 
 class Embedder(nn.Module):
-    def __init__(self, backbone, in_features, embedding_dim, dropout, pooling, gem_p, neck="mlp"):
+    """uint8 images (N, 3, H, W) -> embeddings: normalised here, on the model's device, by (x - 255 mean) / (255 std),
+    Albumentations' Normalize; a float input is taken as already normalised. mean/std are buffers kept out of the
+    state_dict (they come from the config), so checkpoints are unchanged."""
+
+    def __init__(self, backbone, in_features, embedding_dim, dropout, pooling, gem_p, neck="mlp",
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
         self.backbone = backbone
         self.pool = GeM(gem_p) if pooling == "gem" else None
         self.neck = NECKS[neck](in_features, embedding_dim, dropout)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = (x.float() - self.pixel_mean) / self.pixel_std  # keeps x's memory format (channels_last)
         feats = self.backbone(x)
         if self.pool is not None:
             feats = self.pool(feats)
@@ -78,9 +87,10 @@ def build_model(cfg: dict, with_weights: bool = True) -> tuple[Embedder, str | N
         raise UserError(f"pooling '{cfg['pooling']}' unknown (avg | gem)")
     if cfg["neck"] not in NECKS:
         raise UserError(f"neck '{cfg['neck']}' unknown ({' | '.join(NECKS)})")
-    from pipeline.model.backbone import create_backbone
+    from pipeline.model.backbone import create_backbone, input_config
 
     backbone, source = create_backbone(cfg, with_weights)
+    _, mean, std = input_config(cfg, backbone)
     model = Embedder(backbone, backbone.num_features, cfg["embedding_dim"], cfg["neck_dropout"],
-                     cfg["pooling"], cfg["gem_p"], cfg["neck"])
+                     cfg["pooling"], cfg["gem_p"], cfg["neck"], mean, std)
     return model, source

@@ -8,6 +8,10 @@ occlusion rectangles), test_images/*.jpg (each with one red occlusion), sample_s
 test_truth.csv (true hotel of each test image). The same --seed and --hotels give byte-identical
 files. A previous make-data output at --out is replaced; any other non-empty folder is refused.
 
+--photo-size 1024 writes full-size photos (1024 px on the longer side, e.g. 1024x768): the same views, more pixels.
+--train-per-hotel / --test-per-hotel set the mean photos per hotel (Hotel-ID 2022 scale: --hotels 3116
+--train-per-hotel 14.3 --test-per-hotel 1.6 gives ~44.7k train and ~5k test photos).
+
 example: ./run.sh make-data --out data/demo --seed 0
 """
 from pipeline.data.synth import DEFAULT_HOTELS
@@ -18,9 +22,16 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--hotels", type=int, default=DEFAULT_HOTELS,
                         help=f"number of hotels, at least 5 (default {DEFAULT_HOTELS}: ~2,000 train images, ~20 s)")
+    parser.add_argument("--photo-size", type=int, default=0, metavar="PX",
+                        help="longer side of every photo in px (default 0: the demo's 128-192 px)")
+    parser.add_argument("--train-per-hotel", type=float, default=0.0, metavar="N",
+                        help="mean training photos per hotel (default 0: the demo's ~8)")
+    parser.add_argument("--test-per-hotel", type=float, default=0.0, metavar="N",
+                        help="mean test photos per hotel (default 0: the demo's ~0.86)")
 
 
 def run(args):
     from pipeline.data.synth import make_dataset
 
-    make_dataset(args.out, seed=args.seed, hotels=args.hotels, verbose=True)
+    make_dataset(args.out, seed=args.seed, hotels=args.hotels, verbose=True, photo_size=args.photo_size,
+                 train_per_hotel=args.train_per_hotel, test_per_hotel=args.test_per_hotel)

@@ -1,0 +1,222 @@
+"""The image cache: every image decoded once, reduced so its shorter side is image_scale x image_size
+(data/images.read_image with short_side: a large JPEG decoded at 1/2-1/8 scale), and stored where reading it back
+costs next to nothing. Training and embedding then read the cache instead of decoding full-size photos each epoch;
+augmentation is unchanged (its crop scales refer to the whole, reduced image), and a memmap-cached image is the
+very array an uncached read with the same image_scale gives.
+
+Layout: <image_cache_dir>/<format>-short<side>-v<VERSION>/ holds per split (train, test):
+  <split>.index.csv   path, size, mtime_ns, offset, height, width of every cached image (written atomically)
+  <split>.u8          memmap format: the images' uint8 HWC bytes, appended chunk by chunk
+  <split>/<sha1>.jpg  jpeg format: one quality-95 JPEG per image
+An entry is used only while its source's path, size and mtime match (else the source is read afresh, and the next
+build replaces it): never stale. A killed build keeps every chunk its index lists and resumes from there (bytes
+of a memmap beyond the index are a chunk cut short: cut off on resume)."""
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.data.images import read_image
+from pipeline.errors import UserError
+
+VERSION = 1  # bump when what is stored changes (decode, resize)
+FORMATS = ("memmap", "jpeg")
+COLUMNS = ["path", "size", "mtime_ns", "offset", "height", "width"]
+_CHUNK = 256  # images per build step: the unit a kill can lose
+_JPEG_QUALITY = 95
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """What a cached image is: its shorter side (px) and the storage format; each spec has its own folder."""
+    short_side: int
+    format: str = "memmap"
+
+    @classmethod
+    def of(cls, cfg: dict, image_size: int) -> "CacheSpec":
+        """The spec of a config at the model's input size; image_scale must be set for a cache to make sense."""
+        if cfg["image_scale"] <= 0:
+            raise UserError(f"image_cache=true needs image_scale > 0 (got {cfg['image_scale']}): the cache keeps "
+                            "images reduced to image_scale x image_size on the shorter side; set e.g. image_scale=1.5")
+        if cfg["image_cache_format"] not in FORMATS:
+            raise UserError(f"image_cache_format={cfg['image_cache_format']!r}: use one of {', '.join(FORMATS)}")
+        return cls(short_side(cfg, image_size), cfg["image_cache_format"])
+
+    def folder(self, root) -> Path:
+        return Path(root) / f"{self.format}-short{self.short_side}-v{VERSION}"
+
+
+def short_side(cfg: dict, image_size: int) -> int:
+    """The shorter side images are reduced to before augmentation (0 = full size)."""
+    return int(np.ceil(cfg["image_scale"] * image_size)) if cfg["image_scale"] > 0 else 0
+
+
+def _stat(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: image file not found")
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _jpeg_name(folder, split, path):
+    return folder / split / f"{hashlib.sha1(str(path).encode()).hexdigest()}.jpg"
+
+
+def _prepare(path, side, fmt, target):
+    """One image reduced (a worker's job): its array (memmap) or its written JPEG's shape (jpeg)."""
+    img = read_image(path, side)
+    if fmt == "memmap":
+        return img
+    from pipeline.io import atomic_path
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
+        Path(tmp).write_bytes(buf.tobytes())
+    return img.shape
+
+
+class _Store:
+    """One split's index (a DataFrame keyed by source path) and data of one spec's folder."""
+
+    def __init__(self, folder: Path, split: str, fmt: str):
+        import pandas as pd
+
+        self.folder, self.split, self.format = folder, split, fmt
+        self.index_path, self.data_path = folder / f"{split}.index.csv", folder / f"{split}.u8"
+        frame = (pd.read_csv(self.index_path, dtype={"path": str}) if self.index_path.is_file()
+                 else pd.DataFrame(columns=COLUMNS))
+        self.entries = {r.path: (int(r.size), int(r.mtime_ns), int(r.offset), int(r.height), int(r.width))
+                        for r in frame.itertuples(index=False)}
+
+    def fresh(self, path: str) -> bool:
+        e = self.entries.get(path)
+        return e is not None and os.path.isfile(path) and e[:2] == _stat(path)
+
+    def end(self) -> int:
+        """Bytes of the memmap file the index vouches for."""
+        return max((e[2] + e[3] * e[4] * 3 for e in self.entries.values()), default=0)
+
+    def save_index(self):
+        import pandas as pd
+
+        from pipeline.io import write_table
+
+        rows = [(p, *e) for p, e in self.entries.items()]
+        write_table(self.index_path, pd.DataFrame(rows, columns=COLUMNS))
+
+
+def build_cache(splits: dict, spec: CacheSpec, root, n_jobs: int = -1, log=print) -> dict:
+    """Cache the images of each split ({split: [Item]}) that have no fresh entry, _CHUNK at a time in parallel
+    (joblib); returns {split: images newly cached}."""
+    from joblib import Parallel, delayed
+
+    folder = spec.folder(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_jobs = n_jobs if n_jobs > 0 else default_workers()
+    added = {}
+    with Parallel(n_jobs=n_jobs) as pool:
+        for split, items in splits.items():
+            store = _Store(folder, split, spec.format)
+            todo = list(dict.fromkeys(str(it.path) for it in items if not store.fresh(str(it.path))))
+            added[split] = len(todo)
+            if not todo:
+                log(f"image cache {folder.name}/{split}: {len(items)} images, all cached")
+                continue
+            if spec.format == "memmap" and store.data_path.exists():
+                os.truncate(store.data_path, store.end())  # a chunk cut short by a kill
+            t0, done = time.time(), 0
+            for i in range(0, len(todo), _CHUNK):
+                chunk = todo[i:i + _CHUNK]
+                stats = [_stat(p) for p in chunk]  # before the decode: a file changed meanwhile reads stale, not new
+                out = pool(delayed(_prepare)(p, spec.short_side, spec.format, _jpeg_name(folder, split, p))
+                           for p in chunk)
+                _record(store, chunk, stats, out)
+                done += len(chunk)
+                log(f"image cache {folder.name}/{split}: {done}/{len(todo)} cached "
+                    f"({done / max(time.time() - t0, 1e-9):.0f} img/s)")
+    return added
+
+
+def _record(store, paths, stats, out):
+    """Append a chunk's arrays (memmap) and list the chunk in the index; the index goes last."""
+    offset = store.end() if store.format == "memmap" else 0
+    if store.format == "memmap":
+        with open(store.data_path, "ab") as f:
+            if f.tell() != offset:
+                raise UserError(f"{store.data_path}: {f.tell()} bytes, its index lists {offset}: another build is "
+                                "writing this cache; run one at a time")
+            for img in out:
+                f.write(np.ascontiguousarray(img).tobytes())
+    for path, st, img in zip(paths, stats, out):
+        h, w = (img.shape if store.format == "memmap" else img)[:2]
+        store.entries[path] = (*st, offset, h, w)
+        offset += h * w * 3 if store.format == "memmap" else 0
+    store.save_index()
+
+
+def default_workers() -> int:
+    """Worker processes for image decoding: the CPUs this process may use, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+class ImageReader:
+    """item -> RGB uint8 HWC: from the cache where its entry is fresh, else decoded from the source (reduced to
+    short_side when > 0). Picklable: loader workers get a copy and open the memmap themselves."""
+
+    def __init__(self, short_side: int = 0, folder: Path | None = None, fmt: str = "memmap",
+                 splits: tuple = ("train", "test")):
+        self.short_side, self.folder, self.format = short_side, folder, fmt
+        self.entries, self._maps = {}, {}
+        for split in splits if folder is not None else ():
+            for path, e in _Store(folder, split, fmt).entries.items():
+                self.entries[path] = (split, *e)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_maps": {}}  # memmaps are reopened in each worker
+
+    def __call__(self, item) -> np.ndarray:
+        path = str(item.path)
+        e = self.entries.get(path)
+        if e is None or not os.path.isfile(path) or e[1:3] != _stat(path):
+            return read_image(path, self.short_side)
+        split, _, _, offset, h, w = e
+        if self.format == "jpeg":
+            return cv2.cvtColor(cv2.imread(str(_jpeg_name(self.folder, split, path))), cv2.COLOR_BGR2RGB)
+        if split not in self._maps:
+            self._maps[split] = np.memmap(self.folder / f"{split}.u8", np.uint8, "r")
+        return np.array(self._maps[split][offset:offset + h * w * 3]).reshape(h, w, 3)
+
+
+def image_reader(cfg: dict, image_size: int, splits: dict | None = None, log=print) -> ImageReader:
+    """The reader train and embed use: with image_cache, the cache of this image size (the given splits' missing
+    or stale images cached first); else direct decoding, reduced when image_scale > 0."""
+    side = short_side(cfg, image_size)
+    if not cfg["image_cache"]:
+        return ImageReader(side)
+    spec = CacheSpec.of(cfg, image_size)
+    if splits:
+        build_cache(splits, spec, cfg["image_cache_dir"], log=log)
+    return ImageReader(side, spec.folder(cfg["image_cache_dir"]), spec.format)
+
+
+def cache_dataset(cfg: dict, image_size: int, log=print) -> dict:
+    """./run.sh cache-images: the cache of every training and test image of cfg's data folder at this size."""
+    from pipeline.data.layouts import load_dataset
+
+    if image_size <= 0:
+        raise UserError(f"image size {image_size}: pass --size S (the model's input side in px) or a config with "
+                        "image_size set")
+    ds = load_dataset(cfg["data"], cfg)
+    spec = CacheSpec.of(cfg, image_size)
+    t0 = time.time()
+    added = build_cache({"train": ds.train, "test": ds.test}, spec, cfg["image_cache_dir"], log=log)
+    folder = spec.folder(cfg["image_cache_dir"])
+    mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
+    log(f"image cache {folder}: {len(ds.train)} train + {len(ds.test)} test images at shorter side "
+        f"{spec.short_side} px ({sum(added.values())} new, {time.time() - t0:.1f}s), {mb:.0f} MB")
+    return added
