@@ -2,16 +2,19 @@
 
 For each stage: one uninterrupted reference run, then --kills runs, each SIGKILLed (its whole process group) at a
 uniformly random moment within the reference's duration, then rerun to completion (train with --resume when a
-last.pt exists). After each kill every artifact on disk is checked: checkpoints load (weights_only), .npy files
-load and match their .csv row counts where the manifest vouches for them, CSV/JSON/YAML parse. The final result
-must equal the reference: every model tensor of last.pt and best.pt (train), every embeddings file byte (embed),
-the submission byte for byte (ensemble). Tiny embedded dataset and timm's test model, on the CPU.
+last.pt exists; embed resumes by itself from the chunks a killed run saved, one batch each here, and counts as
+resumed when its rerun reports chunks it kept). After each kill every artifact on disk is checked: checkpoints load
+(weights_only), .npy files (saved chunks too) load and match their .csv row counts where the manifest vouches for
+them, CSV/JSON/YAML parse. The final result must equal the reference: every model tensor of last.pt and best.pt
+(train), every embeddings file byte (embed), the submission byte for byte (ensemble). Tiny embedded dataset and
+timm's test model, on the CPU.
 
 usage (from the repo root): python bench/faults.py [--kills 10] [--seed 0]   -> JSON on stdout"""
 import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -22,9 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# 4 epochs: most kills land in training, not imports
+# 4 epochs: most kills land in training, not imports; chunks of one batch, so a kill lands between saved chunks
 TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embedding_dim=32", "batch_size=8",
-        "eval_batch_size=16", "num_workers=0", "epochs=4", "lr=0.05", "save_every_steps=1"]
+        "eval_batch_size=16", "num_workers=0", "epochs=4", "lr=0.05", "save_every_steps=1", "embed_chunk=16"]
+KEPT = re.compile(r"^resuming .*: (\d+) of \d+ chunks kept", re.M)  # embed's line when it resumes a stem
 
 
 def _cmd(stage, cfg, overrides, *extra):
@@ -32,22 +36,21 @@ def _cmd(stage, cfg, overrides, *extra):
 
 
 def _run(cmd, kill_after=None):
-    """(seconds, killed) of one run; with kill_after, SIGKILL its process group then (if still running)."""
+    """(seconds, killed, stdout) of one run; with kill_after, SIGKILL its process group then (if still running)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1", PYTHONPATH=str(ROOT))
     t = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
     try:
-        proc.wait(timeout=kill_after)
+        out, err = proc.communicate(timeout=kill_after)
         killed = False
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        out, err = proc.communicate()
         killed = True
-    err = proc.stderr.read().decode()
     if not killed and proc.returncode != 0:
         raise SystemExit(f"faults: {' '.join(cmd[3:5])} failed: {err.strip().splitlines()[-1:]}")
-    return time.time() - t, killed
+    return time.time() - t, killed, out
 
 
 def _corrupt(run_dir):
@@ -144,9 +147,11 @@ def main(argv=None):
         }
         report, done = {}, None
         for name, (cmd, prepare, equal) in stages.items():
-            seconds, _ = _run(cmd(ref, False))
+            seconds, _, _ = _run(cmd(ref, False))
             row = {"reference_seconds": round(seconds, 1), "runs": 0, "killed": 0, "resumed": 0,
                    "artifacts_corrupted": 0, "final_equal": 0, "corrupted_files": [], "kill_seconds": []}
+            if name == "embed":  # chunks found on disk after each kill, and those the rerun says it kept
+                row.update(chunks_after_kill=[], chunks_kept=[])
             for i in range(args.kills):
                 runs = work / f"{name}{i}"
                 if done is not None:  # start from the reference's finished earlier stages
@@ -154,10 +159,16 @@ def main(argv=None):
                 prepare(runs)
                 at = rng.uniform(0.0, seconds)
                 row["kill_seconds"].append(round(at, 2))
-                _, killed = _run(cmd(runs, False), kill_after=at)
+                _, killed, _ = _run(cmd(runs, False), kill_after=at)
                 bad = _corrupt(runs) if runs.exists() else []
                 resume = name == "train" and (run_of(runs) / "last.pt").is_file()
-                _run(cmd(runs, resume))
+                chunks = len(list(run_of(runs).glob("embeddings/*.parts/*.npy")))
+                _, _, out = _run(cmd(runs, resume))
+                if name == "embed":
+                    kept = sum(int(k) for k in KEPT.findall(out))
+                    row["chunks_after_kill"].append(chunks)
+                    row["chunks_kept"].append(kept)
+                    resume = kept > 0
                 row["runs"] += 1
                 row["killed"] += killed
                 row["resumed"] += resume

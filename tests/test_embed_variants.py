@@ -50,8 +50,10 @@ def _embed(t, **kw):
 
 @torch.no_grad()
 def _e(model, x):
-    """The model's raw embeddings of a float32 (n, C, H, W) array."""
-    return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).float()
+    """The model's raw embeddings of a (n, C, H, W) array: uint8 pixels (the model normalises them) or float32
+    already normalised by hand."""
+    x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)
+    return model(torch.from_numpy(x)).float()
 
 
 def _mtimes(d):
@@ -61,7 +63,7 @@ def _mtimes(d):
 def test_defaults_write_todays_files_and_recompute_nothing(trained):
     from pipeline.config import run_dir
     from pipeline.data.transforms import build_transform, describe
-    from pipeline.retrieval.embeddings import cache_key, load_split
+    from pipeline.retrieval.embeddings import cache_key, load_split, made_by
     from pipeline.training import checkpoint
 
     r = _embed(trained)
@@ -71,12 +73,14 @@ def test_defaults_write_todays_files_and_recompute_nothing(trained):
     assert {p.name for p in d.iterdir()} == DEFAULT_FILES
     manifest = json.loads((d / "manifest.json").read_text())
     assert set(manifest) == {"gallery", "val", "test"}
-    # today's cache key (no variant text), so caches written before the variants existed stay valid
+    # the plain key (no variant text), so the default stems keep the names and keys they had before the variants
     cfg, st = trained["cfg"], trained["state"]
+    made = made_by(np.float16, cfg["amp"], "cpu")
     ck_hash = checkpoint.file_hash(run_dir(cfg) / f"{cfg['checkpoint']}.pt")
     for name, kind in (("gallery", "test"), ("val", "val"), ("test", "test")):
         tfm = build_transform(kind, cfg, st["image_size"], st["mean"], st["std"])
-        assert manifest[name]["key"] == cache_key(ck_hash, trained["items"][name], describe(tfm), st["image_size"])
+        assert manifest[name]["key"] == cache_key(ck_hash, trained["items"][name], describe(tfm), st["image_size"],
+                                                  made)
         loaded = load_split(d, name)
         emb, ids = loaded.array, loaded.ids
         assert ids == [it.image_id for it in trained["items"][name]]

@@ -176,6 +176,12 @@ class ImageReader:
             for path, e in _Store(folder, split, fmt).entries.items():
                 self.entries[path] = (split, *e)
 
+    def describe(self) -> str:
+        """What the reader changes in the pixels, for embedding cache keys: '' when it reads whole images."""
+        if not self.short_side:
+            return ""
+        return f"|shorter side {self.short_side}" + (" via jpeg cache" if self.folder and self.format == "jpeg" else "")
+
     def __getstate__(self):
         return {**self.__dict__, "_maps": {}}  # memmaps are reopened in each worker
 
@@ -194,13 +200,18 @@ class ImageReader:
 
 def image_reader(cfg: dict, image_size: int, splits: dict | None = None, log=print) -> ImageReader:
     """The reader train and embed use: with image_cache, the cache of this image size (the given splits' missing
-    or stale images cached first); else direct decoding, reduced when image_scale > 0."""
+    or stale images cached first: by rank 0 under torchrun, the others wait); else direct decoding, reduced when
+    image_scale > 0."""
+    from pipeline.training import distributed
+
     side = short_side(cfg, image_size)
     if not cfg["image_cache"]:
         return ImageReader(side)
     spec = CacheSpec.of(cfg, image_size)
     if splits:
-        build_cache(splits, spec, cfg["image_cache_dir"], log=log)
+        if distributed.is_main():
+            build_cache(splits, spec, cfg["image_cache_dir"], log=log)
+        distributed.broadcast(None)  # a barrier: every rank reads the finished index
     return ImageReader(side, spec.folder(cfg["image_cache_dir"]), spec.format)
 
 

@@ -14,10 +14,12 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     import yaml
     from safetensors.torch import load_file
 
+    from pipeline.data.image_cache import ImageReader, short_side
     from pipeline.data.layouts import load_dataset
     from pipeline.kaggle.submission import write_submission
     from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
     from pipeline.retrieval.predict import describe, predict
+    from pipeline.retrieval.rank_modes import Search
     from pipeline.training.distributed import pick_device
 
     t0 = time.time() if t0 is None else t0
@@ -36,13 +38,16 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         meta = json.loads((mdir / spec.META).read_text())
         cfg["data"] = str(data_dir)
         if ds is None:
+            search = Search.of(cfg)  # the first model's config, as ensemble ranks with its first run's
             ds = load_dataset(data_dir, cfg)
             by_id = {it.image_id: it for it in ds.test}
             items = [by_id[i] for i in ds.test_ids]
             log(f"kernel: {len(items)} test images, {len(ds.classes)} classes in {data_dir}")
         model = load_model(train_cfg, load_file(str(mdir / spec.WEIGHTS)), cfg, device)
         tfm, _ = variant.transform("test", cfg, meta)
-        queries.append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip))
+        # image_scale as the gallery was embedded with; no image cache here: each test photo is read once
+        reader = ImageReader(short_side(cfg, meta["image_size"]))
+        queries.append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip, reader=reader))
         del model
         g = load_split(mdir, kernel.gallery_stem)
         if gallery is not None and g.labels != gallery.labels:
@@ -52,7 +57,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         timings[name] = time.time() - t
         log(f"kernel: {name}: embedded {len(items)} test images in {timings[name]:.1f}s")
     t = time.time()
-    preds = predict(queries, gallery, ds.classes, kernel.tricks, kernel.max_memory, log)
+    preds = predict(queries, gallery, ds.classes, kernel.tricks, kernel.max_memory, log, search=search)
     timings["rank"] = time.time() - t
     rows = write_submission(out_csv, [it.image_id for it in items], preds, expected_ids=ds.test_ids,
                             known_classes=ds.classes, id_column=ds.id_column, label_column=ds.label_column)

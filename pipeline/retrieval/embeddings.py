@@ -3,9 +3,16 @@ row per image), <stem>.csv (image_id,label in row order; label empty for test) a
 key). Splits: the gallery (all training images, test pipeline), the validation fold (val pipeline) and the test
 images. An embedding-time `Variant` (flip TTA, multi-crop queries, the gallery's pipeline) is cached under its own
 stem, e.g. val.flip.mc5. A stem is recomputed only when its key changes: the checkpoint's content hash, the image
-list (path, size, mtime), the transform (with the variant) and the image size."""
+list (path, size, mtime), the transform (with the variant), the image size, and what made the rows (their dtype,
+AMP, the device kind).
+
+A stem is embedded in chunks of whole batches (embed_chunk images), each saved under <stem>.parts/ beside a
+key.json holding its cache key and batching, so a killed embed resumes from its finished chunks; parts of another
+key are deleted. The chunks are the one-process batches with their own seeds, so <stem>.npy, their concatenation,
+is byte for byte what one uninterrupted pass writes; the parts go once it is written."""
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
     from pipeline.model.embedder import Embedder
@@ -130,10 +138,17 @@ def item_set(array, items) -> EmbeddingSet:
     return EmbeddingSet([array], [it.image_id for it in items], [it.label for it in items])
 
 
-def cache_key(ident: str, items, transform_text: str, size: int) -> str:
+def made_by(dtype, amp: bool, device: str) -> str:
+    """Cache-key text of what made the rows besides weights and images: the stored dtype, whether AMP ran (on CUDA
+    only; the CPU always runs fp32) and the device kind, so CUDA-made rows are never taken for CPU ones."""
+    kind = device.split(":")[0]
+    return f"rows {np.dtype(dtype).name}|amp {bool(amp) and kind == 'cuda'}|{kind}"
+
+
+def cache_key(ident: str, items, transform_text: str, size: int, made: str = "") -> str:
     """sha256 over what makes the embeddings: the weights' identity, the image list (id, path, size, mtime), the
-    transform's text and the image size."""
-    h = hashlib.sha256(f"v{VERSION}|{ident}|{transform_text}|{size}".encode())
+    transform's text, the image size and `made` (made_by's text)."""
+    h = hashlib.sha256(f"v{VERSION}|{ident}|{transform_text}|{size}|{made}".encode())
     for it in items:
         st = it.path.stat()
         h.update(f"|{it.image_id}|{it.path}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -141,11 +156,12 @@ def cache_key(ident: str, items, transform_text: str, size: int) -> str:
 
 
 def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> RunEmbeddings:
-    """Compute the stems of the run's splits whose cache is stale (under torchrun each rank its share; rank 0
-    writes)."""
+    """Compute the stems of the run's splits whose cache is stale, resuming from the chunks a killed run kept
+    (under torchrun each rank its share of each chunk; rank 0 writes)."""
     from pipeline.config import run_dir
     from pipeline.data.folds import split
-    from pipeline.io import save_npy, write_table, write_text
+    from pipeline.data.image_cache import ImageReader, image_reader, short_side
+    from pipeline.retrieval.forward import EMBEDDING_DTYPE, chunking, embed_in_chunks
     from pipeline.training import checkpoint, distributed
 
     variant = variant.checked()
@@ -160,35 +176,51 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     items = {"gallery": ds.train, "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     state, model, device, computed = None, None, distributed.pick_device(), []
+    made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
+    reader = None
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
         size = state["image_size"]
+        reader = reader or ImageReader(short_side(cfg, size))  # the cache itself is opened (built) only if needed
         tfm, text = variant.transform(name, cfg, state)
-        key = cache_key(ck_hash, items[name], text, size)
-        st = stems[name]
+        text += reader.describe()
+        key = cache_key(ck_hash, items[name], text, size, made)
+        st, parts = stems[name], out / f"{stems[name]}.parts"
         if manifest.get(st, {}).get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
+            shutil.rmtree(parts, ignore_errors=True)  # left by a kill between the manifest and their removal
             continue
         if model is None:
             model = load_model(state["config"], state["model"], cfg, device)
-        t0 = time.time()
-        emb = embed_with(model, items[name], tfm, variant.crops(name), cfg, device, variant.flip)
+            reader = image_reader(cfg, size, {"train": ds.train, "test": ds.test}, log)
+        t0, crops = time.time(), variant.crops(name)
+        meta = {"key": key, **chunking(cfg, crops, len(items[name]))}
+        emb = embed_in_chunks(lambda a, b: embed_with(model, items[name], tfm, crops, cfg, device, variant.flip, a, b,
+                                                      reader), meta, parts, log, f"{cfg['name']} {st}")
         computed.append(st)
         if emb is None:  # another rank's share: rank 0 has it now
             continue
-        save_npy(out / f"{st}.npy", emb)
-        write_table(out / f"{st}.csv", id_label_frame(items[name]))
-        manifest[st] = {"key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0,
-                        "checkpoint": str(ck_path), "checkpoint_sha256": ck_hash, "image_size": size,
-                        "transform": text, **variant.manifest(name)}
-        write_text(manifest_path, json.dumps(manifest, indent=1))
+        _save_stem(out, st, emb, items[name], manifest, {
+            "key": key, "rows": len(emb), "dim": int(emb.shape[1]) if emb.size else 0, "checkpoint": str(ck_path),
+            "checkpoint_sha256": ck_hash, "image_size": size, "transform": text, "made": made,
+            **variant.manifest(name)})
         log(f"embedded {cfg['name']} {st}: {len(emb)} images in {time.time() - t0:.1f}s")
     if not computed:
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
         log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
     return RunEmbeddings(out, stems, computed)
+
+
+def _save_stem(out: Path, stem: str, emb: np.ndarray, items: "list[Item]", manifest: dict, entry: dict) -> None:
+    """Write a stem's .npy and .csv, then its manifest entry (which vouches for them), then drop its chunks."""
+    from pipeline.io import save_npy, write_table, write_text
+
+    save_npy(out / f"{stem}.npy", emb)
+    write_table(out / f"{stem}.csv", id_label_frame(items))
+    manifest[stem] = entry
+    write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    shutil.rmtree(out / f"{stem}.parts", ignore_errors=True)
 
 
 def id_label_frame(items: "list[Item]") -> "pd.DataFrame":
@@ -210,13 +242,15 @@ def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict
 
 
 def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | MultiCrop", crops: int, cfg: dict,
-               device: str, flip: bool = False) -> np.ndarray | None:
-    """float16 (n, E) embeddings of items: plain, or the multi-crop mean when crops > 0 (None on ranks but 0)."""
+               device: str, flip: bool = False, start: int = 0, stop: int | None = None,
+               reader: "ImageReader | None" = None) -> np.ndarray | None:
+    """float16 (n, E) embeddings of items[start:stop] (start a multiple of forward.images_per_batch): plain, or the
+    multi-crop mean when crops > 0 (None on ranks but 0)."""
     from pipeline.retrieval.forward import embed_items, embed_multicrop
 
     if crops:
-        return embed_multicrop(model, items, tfm, cfg, device, flip=flip)
-    return embed_items(model, items, tfm, cfg, device, flip=flip)[0]
+        return embed_multicrop(model, items, tfm, cfg, device, flip=flip, start=start, stop=stop, reader=reader)
+    return embed_items(model, items, tfm, cfg, device, flip=flip, start=start, stop=stop, reader=reader)[0]
 
 
 def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:

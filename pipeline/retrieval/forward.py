@@ -1,8 +1,13 @@
 """Forward passes that turn images into L2-normalised embeddings (shared by training's validation and embed).
 
 Under torchrun each process embeds every world-th batch of the one-process batching and rank 0 gets them back in
-order, so its result is byte for byte the one-process result; the other ranks get None."""
+order, so its result is byte for byte the one-process result; the other ranks get None. start/stop embed a slice of
+the items (a chunk of a resumable embedding) with the batches and seeds the whole list would give them: start is a
+multiple of images_per_batch, and item i is seeded with i wherever the slice begins."""
+import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -10,19 +15,30 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
+from pipeline.errors import UserError
+from pipeline.io import save_npy, write_text
 from pipeline.training import distributed
 from pipeline.training.distributed import autocast
 
 if TYPE_CHECKING:
     import albumentations as A
 
+    from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
 
 
-def _batches(n, size):
-    """The one-process batches of n items, this process's share of them."""
-    return distributed.shard([list(range(i, min(i + size, n))) for i in range(0, n, size)])
+EMBEDDING_DTYPE = np.float16  # of the stored rows: half the disk and memory, and ample for cosine ranking
+
+
+def images_per_batch(cfg: dict, crops: int = 0) -> int:
+    """Images per forward pass: eval_batch_size, or with multi-crop as many images as give about that many crops."""
+    return max(1, cfg["eval_batch_size"] // crops) if crops else cfg["eval_batch_size"]
+
+
+def _batches(start, stop, size):
+    """The one-process batches of items start..stop-1 (global indices), this process's share of them."""
+    return distributed.shard([list(range(i, min(i + size, stop))) for i in range(start, stop, size)])
 
 
 def _forward(model, x, cfg, device, flip):
@@ -40,14 +56,16 @@ def _forward(model, x, cfg, device, flip):
 @torch.no_grad()
 def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compose", cfg: dict, device: str,
                 head: torch.nn.Module | None = None, codes: dict[str, int] | None = None,
-                progress: Callable[[int], object] | None = None,
-                flip: bool = False) -> tuple[np.ndarray | None, dict | None]:
-    """(embeddings float16 (n, E) L2-normalised, head stats or None); (None, None) on ranks other than 0. Sample i
-    is augmented with seed i, so a random transform (the validation mask) is the same on every call. flip: the
-    embedding is L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x) alone)."""
+                progress: Callable[[int], object] | None = None, flip: bool = False, start: int = 0,
+                stop: int | None = None, reader: "ImageReader | None" = None) -> tuple[np.ndarray | None, dict | None]:
+    """(embeddings float16 (n, E) L2-normalised of items[start:stop], head stats or None); (None, None) on ranks
+    other than 0. Sample i is augmented with seed i, so a random transform (the validation mask) is the same on
+    every call. flip: the embedding is L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x)
+    alone). reader: how images are read (data/image_cache.py; default: whole, from their files)."""
     model.eval()
-    ds = ImageDataset(items, transform, codes)
-    dl = loader(ds, batch_sampler=_batches(len(items), cfg["eval_batch_size"]), num_workers=cfg["num_workers"],
+    stop = len(items) if stop is None else stop
+    ds = ImageDataset(items, transform, codes, reader)
+    dl = loader(ds, batch_sampler=_batches(start, stop, images_per_batch(cfg)), num_workers=cfg["num_workers"],
                 device=device)
     done = []  # per batch: (embeddings, loss x batch size, correct)
     logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
@@ -59,23 +77,24 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
             loss = head(e, y).item() * len(y)
             if logits is not None:
                 correct = (logits(e).argmax(1) == y).sum().item()
-        done.append((F.normalize(emb, dim=1).cpu().numpy().astype(np.float16), loss, correct))
+        done.append((F.normalize(emb, dim=1).cpu().numpy().astype(EMBEDDING_DTYPE), loss, correct))
         if progress:
             progress(len(x))
     done = distributed.gather_in_order(done)
     if done is None:
         return None, None
-    emb = np.concatenate([b[0] for b in done]) if done else np.zeros((0, 0), np.float16)
-    stats = None
-    if head is not None and items:
-        stats = {"loss": sum(b[1] for b in done) / len(items),
-                 "acc": sum(b[2] for b in done) / len(items) if logits is not None else None}
+    emb = np.concatenate([b[0] for b in done]) if done else np.zeros((0, 0), EMBEDDING_DTYPE)
+    stats, n = None, stop - start
+    if head is not None and n > 0:
+        stats = {"loss": sum(b[1] for b in done) / n,
+                 "acc": sum(b[2] for b in done) / n if logits is not None else None}
     return emb, stats
 
 
 @torch.no_grad()
 def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "MultiCrop", cfg: dict, device: str,
-                    flip: bool = False, progress: Callable[[int], object] | None = None) -> np.ndarray | None:
+                    flip: bool = False, progress: Callable[[int], object] | None = None, start: int = 0,
+                    stop: int | None = None, reader: "ImageReader | None" = None) -> np.ndarray | None:
     """Multi-crop query embeddings, float16 (n, E): the MEAN of the L2-normalised embeddings of each image's kept
     crops (transforms.MultiCrop; with flip each crop's embedding is normalise(e(c) + e(hflip c))).
 
@@ -84,19 +103,70 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
     (sum / kept crops), NOT renormalised: one query's ranking is the same for any positive scale, but the ensemble
     adds models' scores, and a per-query scale of one model (a sum over 1-9 kept crops) would reweight that model
     query by query; the mean keeps its scores on the cosine scale, in [-1, 1] like every other model's (its rows'
-    norms are <= 1, equal to 1 only when a single view is kept). None on ranks other than 0."""
+    norms are <= 1, equal to 1 only when a single view is kept). Of items[start:stop]; None on ranks other than 0."""
     model.eval()
-    ds = MultiCropDataset(items, multicrop)
-    per_batch = max(1, cfg["eval_batch_size"] // multicrop.n)  # images per batch, so crops per batch ~ eval size
-    dl = loader(ds, batch_sampler=_batches(len(items), per_batch), num_workers=cfg["num_workers"], device=device,
-                collate_fn=collate_crops)
+    stop = len(items) if stop is None else stop
+    ds = MultiCropDataset(items, multicrop, reader)
+    dl = loader(ds, batch_sampler=_batches(start, stop, images_per_batch(cfg, multicrop.n)),
+                num_workers=cfg["num_workers"], device=device, collate_fn=collate_crops)
     done = []
     for x, counts in dl:
         u = F.normalize(_forward(model, x, cfg, device, flip)[1], dim=1)
-        done.append(torch.stack([c.mean(0) for c in torch.split(u, counts)]).cpu().numpy().astype(np.float16))
+        done.append(torch.stack([c.mean(0) for c in torch.split(u, counts)]).cpu().numpy().astype(EMBEDDING_DTYPE))
         if progress:
             progress(len(counts))
     done = distributed.gather_in_order(done)
     if done is None:
         return None
-    return np.concatenate(done) if done else np.zeros((0, 0), np.float16)
+    return np.concatenate(done) if done else np.zeros((0, 0), EMBEDDING_DTYPE)
+
+
+def chunking(cfg: dict, crops: int, rows: int) -> dict:
+    """How a split of `rows` images is cut: images per batch, and per chunk (embed_chunk rounded down to whole
+    batches, at least one), so every chunk starts where a batch of the uninterrupted pass does."""
+    if cfg["embed_chunk"] < 1:
+        raise UserError(f"embed_chunk={cfg['embed_chunk']}: give the number of images per saved chunk (1 or more)")
+    batch = images_per_batch(cfg, crops)
+    return {"batch": batch, "chunk": max(1, cfg["embed_chunk"] // batch) * batch, "rows": rows}
+
+
+def embed_in_chunks(embed, meta: dict, parts: Path, log, what: str) -> np.ndarray | None:
+    """embed(start, stop) over chunking's chunks, each saved under `parts` as it finishes; those a killed run left
+    for the same meta (key and chunking, in parts/key.json) are kept. Their concatenation on rank 0, None elsewhere
+    (rank 0 decides what is kept and writes; every rank computes its share of each missing chunk)."""
+    n, chunk = meta["rows"], meta["chunk"]
+    starts = range(0, n, chunk)
+    kept = distributed.broadcast(_kept_chunks(parts, meta, starts) if distributed.is_main() else None)
+    if kept:
+        log(f"resuming {what}: {len(kept)} of {len(starts)} chunks kept ({parts})")
+    for start in (s for s in starts if s not in kept):
+        emb = embed(start, min(start + chunk, n))
+        if emb is not None:
+            save_npy(parts / f"{start:09d}.npy", emb)
+        if len(starts) > 1:
+            log(f"embedded {what} {min(start + chunk, n)}/{n}")
+    if not distributed.is_main():
+        return None
+    return np.concatenate([np.load(parts / f"{s:09d}.npy") for s in starts]) if n else np.zeros((0, 0), EMBEDDING_DTYPE)
+
+
+def _kept_chunks(parts: Path, meta: dict, starts: range) -> set[int]:
+    """The starts of the finished chunks under `parts` made for meta; a folder made for anything else is emptied
+    and given meta's key.json."""
+    try:
+        same = json.loads((parts / "key.json").read_text()) == meta
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(parts, ignore_errors=True)
+        write_text(parts / "key.json", json.dumps(meta))
+        return set()
+    return {s for s in starts if _rows(parts / f"{s:09d}.npy") == min(meta["chunk"], meta["rows"] - s)}
+
+
+def _rows(path: Path) -> int:
+    """Rows of a saved chunk, -1 when it is missing or unreadable (each is written atomically, so that is rare)."""
+    try:
+        return len(np.load(path, mmap_mode="r"))
+    except (OSError, ValueError):
+        return -1

@@ -1,0 +1,108 @@
+"""Embedding throughput, side by side in one run: our embedding (pipeline.retrieval.forward.embed_items: loader
+workers reading and resizing the images, uint8 batches normalised on the device, L2-normalised float16 rows) against
+a bare forward pass of the same model over float tensors already in memory (no reading, no resizing, no copies).
+
+Ours runs on 1024-px JPEGs (make-data --photo-size 1024) three ways: full-size decoding (image_scale=0), reduced
+decoding (image_scale=1.5) and the image cache (image_cache=true, memmap, built before timing).
+
+Goal (issue 14): ours >= 0.95x the bare forward with the cache.
+
+usage: python bench/embed_speed.py [--device cpu|cuda] [--amp] [--quick]   -> JSON on stdout"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from train_speed import bench_data, config  # noqa: E402  (the same bench data and config as the training bench)
+
+
+def bare(model, n, batch, size, device, amp):
+    """images/s of model(x) on normalised float batches made beforehand."""
+    import torch
+
+    from pipeline.training.distributed import autocast
+
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(device, amp):
+        model(x)  # warm-up: oneDNN / cuDNN pick their kernels
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t, done = time.time(), 0
+        while done < n:
+            model(x[:min(batch, n - done)]).float()
+            done += min(batch, n - done)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return n / (time.time() - t)
+
+
+def ours(model, items, cfg, device):
+    """images/s of embed_items over the items (the test pipeline: resize to the model size), reader from cfg."""
+    from pipeline.data.image_cache import image_reader
+    from pipeline.data.transforms import build_transform
+    from pipeline.retrieval.forward import embed_items
+
+    size = cfg["image_size"]
+    reader = image_reader(cfg, size)
+    tfm = build_transform("test", cfg, size, (0.5,) * 3, (0.5,) * 3)
+    embed_items(model, items[:cfg["eval_batch_size"]], tfm, cfg, device, reader=reader)  # warm-up, as bare's
+    t = time.time()
+    embed_items(model, items, tfm, cfg, device, reader=reader)
+    return len(items) / (time.time() - t)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--quick", action="store_true", help="30 hotels (~250 images: a smoke run)")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--size", type=int, default=96)
+    p.add_argument("--batch", type=int, default=32, help="training batch (unused here; the shared config needs it)")
+    p.add_argument("--eval-batch", type=int, default=128)
+    p.add_argument("--workers", type=int, default=-1, help="loader workers (-1: one per CPU, at most 8)")
+    args = p.parse_args()
+    import torch
+
+    from pipeline.data.folds import split
+    from pipeline.data.image_cache import CacheSpec, build_cache, short_side
+    from pipeline.model.embedder import build_model
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data, folds = bench_data("photos1024", 30 if args.quick else 150, 1024, work)
+        base = config(args, data, folds, work, eval_batch_size=args.eval_batch)
+        _, items, _, _ = split(base)
+        model, _ = build_model(base, with_weights=False)
+        model.to(args.device, memory_format=torch.channels_last).eval()
+        side = short_side({"image_scale": 1.5}, args.size)
+        with contextlib.redirect_stdout(io.StringIO()):
+            build_cache({"train": items}, CacheSpec(side), base["image_cache_dir"])  # ahead: not in the timing
+        result = {"device": args.device, "amp": args.amp, "backbone": args.backbone, "image_size": args.size,
+                  "eval_batch_size": args.eval_batch, "images": len(items), "torch_threads": torch.get_num_threads(),
+                  "bare_forward_img_s": round(bare(model, len(items), args.eval_batch, args.size, args.device,
+                                                   args.amp), 1)}
+        for key, extra in (("ours_full_decode", {}), ("ours_reduced_decode", {"image_scale": 1.5}),
+                           ("ours_cached", {"image_scale": 1.5, "image_cache": "true"})):
+            cfg = config(args, data, folds, work, eval_batch_size=args.eval_batch, **extra)
+            result[f"{key}_img_s"] = round(ours(model, items, cfg, args.device), 1)
+            result[f"{key}_ratio"] = round(result[f"{key}_img_s"] / result["bare_forward_img_s"], 3)
+    result["goals"] = {"cached_vs_bare_forward_ge_0.95": result["ours_cached_ratio"]}
+    result["seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
