@@ -65,7 +65,7 @@ def ours(model, items, cfg, device):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision as our amp=true (CUDA only)")
     p.add_argument("--quick", action="store_true", help="30 hotels (~250 images: a smoke run)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--size", type=int, default=96)

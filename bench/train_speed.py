@@ -76,6 +76,7 @@ def reference(cfg, device, n_images):
     from pipeline.model import heads
     from pipeline.model.backbone import input_config
     from pipeline.model.embedder import build_model
+    from pipeline.training.distributed import autocast
     from pipeline.training.optim import make_optimizer
 
     torch.manual_seed(0)
@@ -100,14 +101,15 @@ def reference(cfg, device, n_images):
                        pin_memory=device == "cuda", persistent_workers=False)
     model.train(), head.train()
     seen, batches = 0, n_images // cfg["batch_size"]
-    amp = torch.autocast(device, dtype=torch.bfloat16, enabled=cfg["amp"] and device == "cuda")
+    # the same mixed precision as our loop: fp16 autocast and a GradScaler on CUDA, fp32 on the CPU
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device == "cuda")
     for i, (x, y) in enumerate(dl):
         if i == batches:
             break
-        with amp:
+        with autocast(device, cfg["amp"]):
             loss = step(x.contiguous(memory_format=fmt), y)
-        loss.backward()
-        opt.step(), opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt), scaler.update(), opt.zero_grad(set_to_none=True)
         loss.item()
         seen += len(x)
     if device == "cuda":
@@ -158,7 +160,7 @@ def measure(args, name, hotels, photo_size, work):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision as our loop's amp=true (CUDA only)")
     p.add_argument("--quick", action="store_true", help="30 hotels per dataset (~250 images: a smoke run)")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--size", type=int, default=96)

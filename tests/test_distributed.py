@@ -106,6 +106,28 @@ def test_resume_works_with_any_number_of_processes(ddp_runs):
     assert _max_diff(runs["one2"], runs["one_then_two"]) < 1e-5
 
 
+@pytest.fixture(scope="module")
+def dropout_runs(tiny_data, tmp_path_factory):
+    """2 processes with dropout in the neck: 2 epochs, and 1 epoch resumed for a 2nd (one torchrun launch)."""
+    root = tmp_path_factory.mktemp("ddp_dropout")
+    (root / "m.yaml").write_text("# test config\n")
+    dropout = ["neck=projection", "neck_dropout=0.5"]  # projection: LayerNorm, no BatchNorm
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={WORLD}",
+                        str(Path(__file__).parent / "ddp_dropout_worker.py"), str(root),
+                        *tiny_overrides(tiny_data, root, *DDP, *dropout)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    return {k: root / k / "m" / "fold0" for k in ("straight", "resumed")}
+
+
+def test_ranks_draw_their_own_dropout_masks_and_resume_them_exactly(dropout_runs):
+    ck, _ = _weights(dropout_runs["straight"])
+    cpu = [s["cpu"] for s in ck["rng"]]  # last.pt keeps each rank's streams
+    assert len(cpu) == WORLD and not torch.equal(cpu[0], cpu[1])  # rank 1 drew from seed + 1, not rank 0's stream
+    # each rank resumes its own stream: the masks after the resume are those of the unbroken run
+    assert _max_diff(dropout_runs["straight"], dropout_runs["resumed"]) == 0
+
+
 @pytest.mark.parametrize("variant", [[], ["--flip", "--multicrop", "5"]])
 def test_sharded_embedding_files_are_byte_identical(trained, tmp_path, variant):
     tiny, runs = trained

@@ -60,10 +60,11 @@ def _embed_cached(model, items, tfm, cfg, device, ident, size, path, log):
     size) in the .json beside the .npy changes."""
     from pipeline.data.transforms import describe
     from pipeline.io import save_npy, write_text
-    from pipeline.retrieval.embeddings import cache_key
-    from pipeline.retrieval.forward import embed_items
+    from pipeline.retrieval.embeddings import cache_key, made_by
+    from pipeline.retrieval.forward import EMBEDDING_DTYPE, embed_items
 
-    key, meta = cache_key(ident, items, describe(tfm), size), path.with_suffix(".json")
+    made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
+    key, meta = cache_key(ident, items, describe(tfm), size, made), path.with_suffix(".json")
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         return np.load(path)
     emb, _ = embed_items(model, items, tfm, cfg, device)

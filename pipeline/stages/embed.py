@@ -10,7 +10,11 @@ Embedding-time variants, each cached under its own file stem (the defaults are t
 e.g. --flip --multicrop 9 gives gallery.flip, val.flip.mc9, test.flip.mc9.
 
 A stem is recomputed only when its cache key changes: the checkpoint's content hash, the image list (path, size,
-mtime), the transform (with the variant) and image size. A second call with nothing changed runs no forward pass.
+mtime), the transform (with the variant and the image reduction, image_scale), the image size, and what made the
+rows (their dtype, AMP, cpu or cuda). A second call with nothing changed runs no forward pass. A split is embedded
+in chunks of embed_chunk images, each kept as it finishes (embeddings/<stem>.parts/): a killed embed resumes from
+them, and its result is byte for byte an uninterrupted run's. With image_cache=true the images are read from the
+image cache (./run.sh cache-images), its missing entries added first.
 
 --nproc N embeds under torchrun with N processes (one GPU each): each takes every N-th batch and rank 0 writes
 the same files, byte for byte, as one process.

@@ -91,18 +91,36 @@ def broadcast(obj: _T) -> _T:
     return box[0]
 
 
+def gather(obj: _T) -> list[_T] | None:
+    """Every rank's obj in rank order on rank 0 (None elsewhere); [obj] with one process."""
+    d = _dist()
+    if not d:
+        return [obj]
+    parts = [None] * d.get_world_size() if d.get_rank() == 0 else None
+    d.gather_object(obj, parts, dst=0)
+    return parts
+
+
 def gather_in_order(local: Iterable[_T]) -> list[_T] | None:
     """Per-batch results of a sharded loop, back in the one-process order, on rank 0 (None elsewhere).
     `local` holds this rank's results for batches rank, rank + world, rank + 2 world, ... (see shard)."""
-    d = _dist()
-    if not d:
-        return list(local)
-    parts = [None] * d.get_world_size() if d.get_rank() == 0 else None
-    d.gather_object(list(local), parts, dst=0)
+    parts = gather(list(local))
     if parts is None:
         return None
     n, w = sum(len(p) for p in parts), len(parts)
     return [parts[b % w][b // w] for b in range(n)]
+
+
+def seed_rank(seed: int) -> None:
+    """This rank's own random stream for what it draws alone (dropout and drop-path masks of its rows); called once
+    the model and head are built, whose initial weights come from the one shared seed. Rank r > 0 reseeds with
+    seed + r; rank 0 keeps the stream it has, so one process trains exactly as before per-rank streams. The batch
+    plan (samplers, per-sample augmentation seeds) never reads these streams: it is the same for every N."""
+    r = rank()
+    if r:
+        import torch
+
+        torch.manual_seed(seed + r)  # the CPU generator and every GPU's
 
 
 def shard(batches: Iterable[_T]) -> list[_T]:

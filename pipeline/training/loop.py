@@ -1,8 +1,10 @@
 """The training loop: a config on one fold -> runs/<config>/fold<k>/ with config.yaml, last.pt, best.pt (ema.pt),
 metrics.csv and curves.png. Batches come from the sampler registry, the loss from the head registry, the optimiser,
-schedule and EMA from training/optim.py; validation each epoch scores the val fold against the training images.
-Under torchrun each process takes rows rank::N of the same global batches and only rank 0 writes."""
+schedule and EMA from training/optim.py; validation (training/validation.py) scores the val fold against the
+training images every val_every epochs. Under torchrun each process takes rows rank::N of the same global batches,
+draws its own dropout masks and only rank 0 writes."""
 import itertools
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from pipeline.config import run_dir, save_config
 from pipeline.data.dataset import ImageDataset, loader
 from pipeline.data.folds import split
+from pipeline.data.image_cache import image_reader
 from pipeline.data.samplers import build_sampler
 from pipeline.data.transforms import build_transform
 from pipeline.errors import UserError
@@ -24,14 +27,11 @@ from pipeline.io import write_table
 from pipeline.model import heads  # heads.build_head is looked up per run: tests swap it
 from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
-from pipeline.retrieval.embeddings import item_set
-from pipeline.retrieval.forward import embed_items
-from pipeline.retrieval.predict import map5
-from pipeline.training import checkpoint, distributed
+from pipeline.training import checkpoint, distributed, validation
 from pipeline.training.optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
 
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
-                  "images_per_sec"]
+                  "val_seconds", "images_per_sec"]
 
 
 @dataclass
@@ -50,10 +50,12 @@ class _Run:
     labels: list
     steps_per_epoch: int
     batches_per_epoch: int
+    gallery: list = field(default_factory=list)  # the training images validation ranks against (val_gallery)
     model: Any = None
     head: Any = None
     inputs: dict = field(default_factory=dict)  # image_size, mean, std: what a checkpoint's user feeds the model
     tfms: dict = field(default_factory=dict)
+    reader: Any = None  # data/image_cache.ImageReader: the image cache or the source files
     fmt: Any = None
     step_fn: Any = None
     opt: Any = None
@@ -62,20 +64,6 @@ class _Run:
     ema: Any = None
     scaler: Any = None
     state: dict = field(default_factory=dict)  # the progress a checkpoint keeps and a resume restores
-
-
-def evaluate(model, head, train_items, val_items, classes, codes, tfms, cfg, device) -> dict:
-    """Validation metrics, the same on every rank (each embeds its share; rank 0 scores)."""
-    if not val_items:
-        return {}
-    q, stats = embed_items(model, val_items, tfms["val"], cfg, device, head=head, codes=codes)
-    g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
-    metrics = None
-    if q is not None:
-        score = map5(item_set(q, val_items), item_set(g, train_items), classes, max_memory=cfg["max_memory"],
-                     log=lambda *a: None)
-        metrics = {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
-    return distributed.broadcast(metrics)
 
 
 def _plan(cfg, labels, world=1):
@@ -101,10 +89,11 @@ def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> 
         run.log(f"training {cfg['name']} fold {cfg['fold']}: {cfg['backbone']} ({source or 'random init'}), "
                 f"{len(run.train_items)} train / {len(run.val_items)} val images, {len(run.classes)} classes, "
                 f"{run.inputs['image_size']}px, {run.device}, {cfg['head']} head, {cfg['sampler']} batches, "
-                f"{run.steps_per_epoch} steps/epoch" + (f", {run.world} processes" if run.world > 1 else ""))
+                f"{run.steps_per_epoch} steps/epoch" + (f", {run.world} processes" if run.world > 1 else "")
+                + validation.plan(cfg, len(run.gallery), len(run.train_items)))
     if not run.rank:
         save_config(cfg, run.out / "config.yaml")
-    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes)
+    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes, run.reader)
     while run.state["epoch"] < cfg["epochs"]:
         epoch, t0 = run.state["epoch"], time.time()
         seen = _train_epoch(run, train_ds, t0)
@@ -122,16 +111,20 @@ def _setup(cfg, log):
     check_scheduler(cfg)
     if cfg["nonfinite_loss"] not in ("stop", "skip"):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
+    validation.check(cfg)
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
     return _Run(cfg, distributed.main_only(log), out, rank, world, distributed.pick_device(), train_items, val_items,
-                classes, codes, labels, steps_per_epoch, batches_per_epoch)
+                classes, codes, labels, steps_per_epoch, batches_per_epoch,
+                gallery=validation.gallery(train_items, cfg["val_gallery"], cfg["seed"]))
 
 
 def _build(run, resume):
     """Model, head, transforms, optimiser, schedule, EMA, scaler and fresh progress; returns the weights' source.
-    The seed goes right before build_model: its random init, then the head's, must repeat for the same seed."""
+    The seed goes right before build_model: its random init, then the head's, must repeat for the same seed (and
+    on every rank); each rank's own stream for dropout starts after them."""
     cfg, device, n = run.cfg, run.device, len(run.classes)
     if cfg["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # else cuBLAS on CUDA >= 10.2 is not repeatable
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg["seed"])
     model, source = build_model(cfg, with_weights=not resume)  # a resume loads its weights from last.pt
@@ -144,9 +137,11 @@ def _build(run, resume):
         model = convert_sync_batchnorm(model)  # same state_dict keys: checkpoints stay interchangeable
     run.model = model
     run.head = head = heads.build_head(cfg, n, np.bincount(run.labels, minlength=n).tolist())
+    distributed.seed_rank(cfg["seed"])
     size, mean, std = input_config(cfg, model.backbone)
     run.inputs = {"image_size": size, "mean": list(mean), "std": list(std)}
     run.tfms = {k: build_transform(k, cfg, size, mean, std) for k in ("train", "val", "test")}
+    run.reader = image_reader(cfg, size, {"train": run.train_items + run.val_items}, run.log)
     run.fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=run.fmt), head.to(device)
     run.step_fn = distributed.wrap(heads.LossStep(model, head), device)
@@ -163,7 +158,8 @@ def _build(run, resume):
 
 
 def _resume(run):
-    """Weights, optimiser, schedule, EMA, progress and torch RNG from last.pt: the rest is an unbroken run's."""
+    """Weights, optimiser, schedule, EMA, AMP scaler, progress and each rank's RNG streams from last.pt: the rest is
+    an unbroken run's. Files from before the scaler and per-rank streams were kept resume as they always did."""
     ck = checkpoint.load(run.out / "last.pt", run.cfg)
     if ck["classes"] != run.classes:
         raise UserError(f"{run.out / 'last.pt'} was trained on other classes than {run.cfg['data']}: start afresh")
@@ -174,12 +170,15 @@ def _resume(run):
     state = run.state
     state.update(ck["progress"])
     run.plateau.state = state["plateau"]  # one dict: the plateau's updates land in the checkpointed progress
-    torch.set_rng_state(ck["rng"])
+    checkpoint.restore_scaler(run.scaler, ck.get("scaler"))
+    checkpoint.restore_rng(ck["rng"], run.rank, run.device)
     run.log(f"resuming {run.out} at epoch {state['epoch'] + 1}, batch {state['batch']} (step {state['step']})")
 
 
 def _snapshot(run, kind="last"):
-    """<kind>.pt from rank 0; only last.pt carries what a resume needs (optimiser, schedule, RNG, EMA)."""
+    """<kind>.pt from rank 0; only last.pt carries what a resume needs (optimiser, schedule, scaler, EMA, the RNG
+    streams of every rank: gathered, so every rank calls this)."""
+    streams = distributed.gather(checkpoint.rng_state(run.device)) if kind == "last" else None
     if run.rank:
         return
     weights = run.ema.module if kind == "ema" else run.model
@@ -189,7 +188,8 @@ def _snapshot(run, kind="last"):
     ck = {"model": weights.state_dict(), "head": run.head.state_dict(), "config": run.cfg, "classes": run.classes,
           "progress": dict(run.state), **run.inputs}
     if kind == "last":
-        ck.update(optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), rng=torch.get_rng_state())
+        ck.update(optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(), scaler=run.scaler.state_dict(),
+                  rng=streams)
         if run.ema is not None:
             ck["ema"] = run.ema.module.state_dict()
     checkpoint.save(ck, run.out / f"{kind}.pt")
@@ -256,12 +256,9 @@ def _end_epoch(run, epoch, t0, seen, train_seconds):
     from pipeline.reports.plots import training_curves  # matplotlib: slow to import, needed once an epoch is done
 
     cfg, state, opt = run.cfg, run.state, run.opt
-    args = (getattr(run.head, "head", run.head),  # validation batches hold no replicas: LossTransform's term is moot
-            run.train_items, run.val_items, run.classes, run.codes, run.tfms, cfg, run.device)
-    metrics = evaluate(run.model, *args)
-    if run.ema is not None and run.val_items:
-        metrics["ema_val_map5"] = evaluate(run.ema.module, *args)["val_map5"]
-    if run.plateau.step(metrics.get("val_map5")):
+    validated = validation.due(cfg, epoch)
+    metrics = validation.validate(run) if validated else {}
+    if run.plateau.step(metrics.get("val_map5")):  # an epoch without validation counts for nothing (patience)
         total = run.steps_per_epoch * cfg["epochs"]
         for g in opt.param_groups:  # the cut applies from the next step, not one step late
             g["lr"] = g["initial_lr"] * lr_factor(cfg, run.sched.last_epoch, total) * run.plateau.scale
@@ -269,11 +266,11 @@ def _end_epoch(run, epoch, t0, seen, train_seconds):
     row = {"epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
            "train_loss": state["loss_sum"] / run.batches_per_epoch, "seconds": round(time.time() - t0, 2),
            "images_per_sec": round(seen / max(train_seconds, 1e-9), 1)}
-    row.update({k: "" if metrics.get(k) is None else metrics[k]
-                for k in ("val_loss", "val_acc", "val_map5", "ema_val_map5")})
+    row.update(validation.columns(metrics))
     state["history"].append({k: row[k] for k in METRIC_COLUMNS})
     state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
-    is_best = metrics.get("val_map5", 0.0) > state["best_map5"] or not run.val_items
+    # without a val fold every epoch is the best; without validation this epoch, none is
+    is_best = not run.val_items or (validated and metrics["val_map5"] > state["best_map5"])
     if is_best:
         state["best_map5"] = metrics.get("val_map5", 0.0)
     if not run.rank:
@@ -286,13 +283,7 @@ def _end_epoch(run, epoch, t0, seen, train_seconds):
     if run.ema is not None:
         _snapshot(run, "ema")
     _snapshot(run)
-    run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, {_describe(metrics)}, "
+    run.log(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {row['train_loss']:.4f}, "
+            f"{validation.describe(metrics if validated else None, cfg, row['seconds'])}, "
             f"{row['images_per_sec']} img/s, {row['seconds']}s")
 
-
-def _describe(metrics):
-    if not metrics:
-        return "no val"
-    acc = f" acc {metrics['val_acc']:.3f}" if metrics.get("val_acc") is not None else ""
-    ema = f" EMA MAP@5 {metrics['ema_val_map5']:.4f}" if "ema_val_map5" in metrics else ""
-    return f"val loss {metrics['val_loss']:.3f}{acc} MAP@5 {metrics['val_map5']:.4f}{ema}"
