@@ -55,7 +55,7 @@ def ours(model, items, cfg, device):
 
     size = cfg["image_size"]
     reader = image_reader(cfg, size)
-    tfm = build_transform("test", cfg, size, (0.5,) * 3, (0.5,) * 3)
+    tfm = build_transform("test", cfg, size)
     embed_items(model, items[:cfg["eval_batch_size"]], tfm, cfg, device, reader=reader)  # warm-up, as bare's
     t = time.time()
     embed_items(model, items, tfm, cfg, device, reader=reader)

@@ -106,14 +106,14 @@ def test_uint8_batches_normalised_on_the_device_equal_the_cpu_normalised_path():
     cfg = load_config("default", TINY)
     model, _ = build_model(cfg)
     model.eval()
-    mean, std = model.pixel_mean.flatten() / 255, model.pixel_std.flatten() / 255
+    mean, std = model.pixel_norm.mean.flatten() / 255, model.pixel_norm.std.flatten() / 255
     img = (np.random.default_rng(0).random((2, 32, 32, 3)) * 255).astype(np.uint8)
     on_cpu = np.stack([A.Normalize(mean=mean.tolist(), std=std.tolist())(image=i)["image"] for i in img])
     with torch.no_grad():
         want = model(torch.from_numpy(on_cpu.transpose(0, 3, 1, 2)).contiguous())
         got = model(torch.from_numpy(img.transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    assert "pixel_mean" not in model.state_dict()  # checkpoints are unchanged
+    assert not [k for k in model.state_dict() if k.startswith("pixel_norm")]  # checkpoints are unchanged
 
 
 def test_train_with_the_cache_builds_it_and_a_bad_setting_is_one_line(tiny_data, tmp_path):

@@ -41,7 +41,7 @@ def test_recipe_builds_and_takes_a_training_step(name, tiny_data):
     head = build_head(cfg, len(classes), np.bincount(labels, minlength=len(classes)).tolist())
     got_size, mean, std = input_config(cfg, model.backbone)
     assert got_size == size
-    dataset = ImageDataset(train_items, build_transform("train", cfg, size, mean, std), codes)
+    dataset = ImageDataset(train_items, build_transform("train", cfg, size), codes)
     batch = next(iter(build_sampler(cfg, labels, epoch=0)))
     assert len(batch) == cfg["batch_size"]
     x = torch.stack([dataset[key][0] for key in batch])

@@ -1,7 +1,5 @@
 """Albumentations pipelines of SPEC 2: train (6 steps), val (resize + mask-simulating red hole), test (resize). They
 end in uint8: normalisation (SPEC 2's last step) is the model's first (model/embedder.py), on its device."""
-from collections.abc import Sequence
-
 import albumentations as A
 import numpy as np
 
@@ -14,9 +12,8 @@ def _mask_hole(p):
                            hole_width_range=(0.25, 0.5), fill=RED, p=p)
 
 
-def build_transform(kind: str, cfg: dict, size: int, mean: Sequence[float], std: Sequence[float]) -> A.Compose:
-    """kind: train | val | test. Output: uint8 HWC array (the dataset makes it CHW). mean and std are the model's
-    (its input normalisation), kept in the signature so every pipeline is built from the same inputs."""
+def build_transform(kind: str, cfg: dict, size: int) -> A.Compose:
+    """kind: train | val | test. Output: uint8 HWC array (the dataset makes it CHW)."""
     if kind == "train":
         steps = [
             A.RandomResizedCrop(size=(size, size), scale=(cfg["crop_scale_min"], 1.0)),
@@ -97,7 +94,7 @@ class MultiCrop:
     crop resized to the model size (uint8; the model normalises). If every crop is dropped, the whole image is the
     one view."""
 
-    def __init__(self, kind, n, size, mean, std):
+    def __init__(self, kind, n, size):
         if kind not in ("val", "test") or n not in (5, 9):
             raise ValueError(f"MultiCrop({kind!r}, {n!r})")
         self.kind, self.n = kind, n

@@ -31,8 +31,8 @@ def random_init_map5(cfg: dict) -> float:
     size, mean, std = input_config(cfg, model.backbone)
     device = pick_device()
     model.to(device)
-    q, _ = embed_items(model, val_items, build_transform("val", cfg, size, mean, std), cfg, device)
-    g, _ = embed_items(model, train_items, build_transform("test", cfg, size, mean, std), cfg, device)
+    q, _ = embed_items(model, val_items, build_transform("val", cfg, size), cfg, device)
+    g, _ = embed_items(model, train_items, build_transform("test", cfg, size), cfg, device)
     return map5(item_set(q, val_items), item_set(g, train_items), classes, log=lambda *a: None)
 
 

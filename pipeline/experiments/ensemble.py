@@ -28,8 +28,10 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     from pipeline.kaggle.submission import read_truth, write_submission
     from pipeline.reports.tables import markdown
     from pipeline.retrieval.metrics import map_at_k
+    from pipeline.retrieval.rank_modes import Search
 
     tricks = tricks or dict(DEFAULTS)
+    search = Search.of(cfgs[0])  # how the test images are ranked (validation scores stay exact); checked first
     sets = load_fold_sets(cfgs, tricks, log=log)
     several = len(sets.folds) > 1
     folds = fold_text(sets.folds)
@@ -63,7 +65,8 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     sub_path, truth_path = None, Path(cfgs[0]["data"]) / "test_truth.csv"
     if ds.test_ids:
         every = sets.every
-        preds = predict(every.test.arrays, every.gallery, classes, every_run_tricks(tricks, cfgs), mem, log)
+        preds = predict(every.test.arrays, every.gallery, classes, every_run_tricks(tricks, cfgs), mem, log,
+                        search=search)
         sub_path = Path("submissions") / f"{out_name}.csv"
         write_submission(sub_path, every.test.ids, preds, expected_ids=ds.test_ids, known_classes=classes,
                          id_column=ds.id_column, label_column=ds.label_column)

@@ -75,9 +75,11 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
 
 
 def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: list, ks: list,
-          leave_one_out: bool = False, max_memory: int = 2 << 30, log=print, tricks: dict | None = None) -> dict:
+          leave_one_out: bool = False, max_memory: int = 2 << 30, log=print, tricks: dict | None = None,
+          search=None) -> dict:
     """{column: value} of the metrics for one model's queries against a gallery (columns in the order of
-    `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default)."""
+    `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default); search: its rank()'s
+    search (the config's, retrieval/rank_modes.py; None: exact)."""
     from pipeline.retrieval.metrics import class_map5_leave_one_out, instance_metrics
     from pipeline.retrieval.predict import map5
     from pipeline.retrieval.search import nearest
@@ -87,7 +89,7 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
     for m in metrics:
         if m == "map@5":
             row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else
-                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log))
+                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log, search=search))
             continue
         if rel is None:
             own = np.arange(len(q)) if leave_one_out else None  # the queries are the gallery: skip itself
@@ -106,16 +108,18 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     from pipeline.data.layouts import load_dataset
     from pipeline.experiments.zero_shot import zero_shot_row
     from pipeline.retrieval.embeddings import ensure_embeddings
+    from pipeline.retrieval.rank_modes import Search
 
     tricks = dict(tricks or DEFAULTS, weights=None)
+    searches = [Search.of(cfg) for cfg in cfgs]  # a bad search key fails before any embedding
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
-    for cfg, name in zip(cfgs, run_names(cfgs)):
+    for cfg, name, search in zip(cfgs, run_names(cfgs), searches):
         run = ensure_embeddings(cfg, Variant.of(tricks), log=log)
         q = run.load(queries)
         need_queries(cfg, queries, q.ids, q.labels)
         g = searched_gallery(run.load("gallery"), q, leave_one_out, queries)
         rows.append({"model": name, **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
-                                                   leave_one_out, cfg["max_memory"], log, tricks)})
+                                                   leave_one_out, cfg["max_memory"], log, tricks, search)})
         log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(q)} queries, {len(g)} gallery images")
     return rows
 

@@ -18,7 +18,7 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
     from pipeline.data.transforms import build_transform
     from pipeline.experiments.evaluate import need_queries, score, searched_gallery
     from pipeline.model.backbone import create_backbone, input_config
-    from pipeline.model.embedder import GeM
+    from pipeline.model.embedder import GeM, PixelNorm
     from pipeline.retrieval.embeddings import item_set
     from pipeline.training.distributed import pick_device
 
@@ -34,8 +34,9 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
     if source is None:
         log(f"zero-shot {backbone}: no pretrained weights (pretrained=false), random initialisation")
     size, mean, std = input_config(zcfg, model)
-    if zcfg["pooling"] == "gem":  # create_backbone leaves gem's maps unpooled: the Embedder pools them
-        model = torch.nn.Sequential(model, GeM(zcfg["gem_p"]))
+    # batches arrive as uint8 (the Embedder's first step normalises them); create_backbone leaves gem's maps unpooled
+    pool = [GeM(zcfg["gem_p"])] if zcfg["pooling"] == "gem" else []
+    model = torch.nn.Sequential(PixelNorm(mean, std), model, *pool)
     ident = f"zero-shot|{backbone}|{source}|{zcfg['pooling']}|{zcfg['gem_p']}|{zcfg['seed']}|{mean}|{std}"
     if source and source.startswith("file:"):
         st = Path(source[len("file:"):]).stat()
@@ -43,7 +44,7 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
     device = pick_device()
     model.to(device, memory_format=torch.channels_last if zcfg["channels_last"] else torch.contiguous_format)
     cache = Path(zcfg["runs_dir"]) / "zero-shot" / backbone.replace("/", "_") / str(size)
-    embed = lambda name, items, kind: _embed_cached(model, items, build_transform(kind, zcfg, size, mean, std),
+    embed = lambda name, items, kind: _embed_cached(model, items, build_transform(kind, zcfg, size),
                                                     zcfg, device, ident, size, cache / f"{name}.npy", log)
     q_name = "query" if queries == "test" else f"val_fold{zcfg['fold']}"
     q = item_set(embed(q_name, q_items, queries), q_items)

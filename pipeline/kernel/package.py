@@ -59,6 +59,8 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     if not owner:
         raise UserError("no Kaggle owner: give --owner USERNAME (or set KAGGLE_USERNAME / ~/.kaggle/kaggle.json)")
     competition = competition or cfgs[0]["competition"]
+    if cfgs[0]["search"] != "exact" and "faiss-cpu" not in wheels:  # the kernel ranks as the first run's config
+        wheels = (*wheels, "faiss-cpu")
     names = run_names(cfgs)  # m1, or m1/fold0 ... for fold models
     runs = [ensure_embeddings(c, Variant.of(tricks), log=log) for c in cfgs]
     slugs = {"kernel": name, "models": f"{name}-models", "code": f"{name}-code"}

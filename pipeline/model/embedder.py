@@ -59,23 +59,33 @@ class ProjectionNeck(nn.Module):
 NECKS = {"mlp": mlp_neck, "linear": linear_neck, "bn": bn_neck, "projection": ProjectionNeck}
 
 
+class PixelNorm(nn.Module):
+    """uint8 images (N, 3, H, W) -> (x - 255 mean) / (255 std), Albumentations' Normalize, on the model's device (the
+    loader hands over uint8: a quarter of float32's bytes); a float input is taken as already normalised. The
+    buffers stay out of the state_dict (they come from the config), so checkpoints are unchanged."""
+
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std if x.dtype == torch.uint8 else x  # keeps x's memory format
+
+
 class Embedder(nn.Module):
-    """uint8 images (N, 3, H, W) -> embeddings: normalised here, on the model's device, by (x - 255 mean) / (255 std),
-    Albumentations' Normalize; a float input is taken as already normalised. mean/std are buffers kept out of the
-    state_dict (they come from the config), so checkpoints are unchanged."""
+    """PixelNorm -> backbone -> pooling -> neck."""
 
     def __init__(self, backbone, in_features, embedding_dim, dropout, pooling, gem_p, neck="mlp",
                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
+        self.pixel_norm = PixelNorm(mean, std)
         self.backbone = backbone
         self.pool = GeM(gem_p) if pooling == "gem" else None
         self.neck = NECKS[neck](in_features, embedding_dim, dropout)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = (x.float() - self.pixel_mean) / self.pixel_std  # keeps x's memory format (channels_last)
+        x = self.pixel_norm(x)
         feats = self.backbone(x)
         if self.pool is not None:
             feats = self.pool(feats)

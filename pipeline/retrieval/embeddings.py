@@ -79,9 +79,9 @@ class Variant:
         image_size, mean, std. Shared by embed and the Kaggle kernel."""
         from pipeline.data.transforms import MultiCrop, build_transform, describe
 
-        size, mean, std = meta["image_size"], meta["mean"], meta["std"]
+        size = meta["image_size"]
         kind, crops = self.pipeline(split), self.crops(split)
-        tfm = MultiCrop(kind, crops, size, mean, std) if crops else build_transform(kind, cfg, size, mean, std)
+        tfm = MultiCrop(kind, crops, size) if crops else build_transform(kind, cfg, size)
         # the key text of a default stem is exactly the transform's, so existing caches stay valid
         return tfm, describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
 

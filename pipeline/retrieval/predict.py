@@ -245,9 +245,9 @@ def encode(labels, classes) -> np.ndarray:
 
 
 def predict(queries: list, gallery: EmbeddingSet, classes: list, tricks: dict = DEFAULTS, max_memory: int = 2 << 30,
-            log=print, models=None) -> list:
+            log=print, models=None, search=None) -> list:
     """Top-5 class names per query with the ranking-time tricks. queries: one array per model (of gallery's
-    models); models: indices of the models to use (default all)."""
+    models); models: indices of the models to use (default all); search: rank()'s (None: exact)."""
     from pipeline.retrieval.tricks import predict as predict_codes
 
     models = range(len(queries)) if models is None else models
@@ -256,16 +256,16 @@ def predict(queries: list, gallery: EmbeddingSet, classes: list, tricks: dict = 
                              encode(gallery.labels, classes), k=5,
                              weights=None if w is None else [w[m] for m in models], pca_dim=tricks["pca"],
                              whiten=tricks["whiten"], dba=tricks["dba"], qe=tricks["qe"], agg=tricks["agg"],
-                             agg_k=tricks["agg_k"], max_memory=max_memory, log=log)
+                             agg_k=tricks["agg_k"], max_memory=max_memory, log=log, search=search)
     return [[classes[c] for c in row if c >= 0] for row in codes]
 
 
 def map5(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, tricks: dict = DEFAULTS,
-         max_memory: int = 2 << 30, log=print, models=None) -> float:
+         max_memory: int = 2 << 30, log=print, models=None, search=None) -> float:
     """MAP@5 of labelled queries against a gallery (summed cosines of the models, per-class max by default)."""
     from pipeline.retrieval.metrics import map_at_k
 
-    preds = predict([np.asarray(a) for a in queries.arrays], gallery, classes, tricks, max_memory, log, models)
+    preds = predict([np.asarray(a) for a in queries.arrays], gallery, classes, tricks, max_memory, log, models, search)
     return map_at_k(preds, list(queries.labels), k=5)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.retrieval.rank_sum import finish_sum, sum_block, sum_layout
+from pipeline.retrieval.rank_modes import Search, build_index, finish_sum, rank_candidates, sum_block, sum_layout
 from pipeline.retrieval.search import Plan, cast_into, gemm, gemm_backend, top_columns
 
 _OOM_HALVINGS = 3  # CUDA: halve the chunk sizes this many times before finishing on the CPU
@@ -42,7 +42,8 @@ class _Job:
 
 
 def rank(queries, gallery, gallery_labels, k: int = 5, weights=None, max_memory: int = 2 << 30,
-         device: str = "auto", log=print, agg: str = "max", agg_k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+         device: str = "auto", log=print, agg: str = "max", agg_k: int = 3, search: Search | None = None,
+         index=None) -> tuple[np.ndarray, np.ndarray]:
     """queries: one (Q, D_m) array per model (list) or a single array; gallery: matching list of (N, D_m) arrays
     (float16 normally, may be np.memmap; rows are L2-normalised per model); gallery_labels: (N,) int class codes
     in [0, C). Score of query q vs gallery row g = sum_m w_m * <q_m, g_m> (equal weights by default = sum of
@@ -50,7 +51,10 @@ def rank(queries, gallery, gallery_labels, k: int = 5, weights=None, max_memory:
     agg_k largest row scores (a class with fewer than agg_k rows sums all it has; agg_k=1 runs "max"). Returns
     (top_classes (Q,k) int64, top_scores (Q,k) float32), classes sorted by score descending, ties -> smaller
     class code first; if C < k pad with -1 / -inf. Only classes with at least one gallery row can be returned.
-    max_memory bounds the extra bytes used (for agg="sum" the running state is Q-chunk x C x agg_k floats)."""
+    max_memory bounds the extra bytes used (for agg="sum" the running state is Q-chunk x C x agg_k floats).
+    search: None or kind "exact" (every row, as above), or "ivf" / "hnsw": classes ranked from each query's
+    candidate rows found by a faiss index (retrieval/rank_modes.py), built here unless `index` (a build_index() of
+    this gallery and weights) is given."""
     qs, gs, w, labels = _check(queries, gallery, gallery_labels, weights, k)
     if agg not in ("max", "sum"):
         raise UserError(f"rank: agg must be 'max' or 'sum', got {agg!r}")
@@ -65,6 +69,13 @@ def rank(queries, gallery, gallery_labels, k: int = 5, weights=None, max_memory:
         return out_c, out_s
     uniq, cls = np.unique(labels, return_inverse=True)  # cls: dense class index per gallery row, sorted like uniq
     job = _Job(qs, gs, w, cls, uniq, k, K, max(int(max_memory), 1))
+    if index is not None or (search is not None and search.kind != "exact"):
+        if index is None:
+            index = build_index(gs, w, search, job.budget)
+            log(f"rank: search={search.kind}: faiss index of {labels.size} rows built in "
+                f"{index.train_s + index.add_s:.1f}s; ranking {Q} queries on {search.candidates} candidates each")
+        rank_candidates(job, index, out_c, out_s)
+        return out_c, out_s
     done = 0
     dev = _pick_device(device)
     if dev is not None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.retrieval.rank import rank
+from pipeline.retrieval.rank_modes import concat_scaled
 from pipeline.retrieval.search import nearest
 
 _EPS = 1e-12  # whitening: sqrt(eigenvalue + eps), so an eigenvalue at the rank edge cannot divide by ~0
@@ -34,7 +35,7 @@ def combine(queries, gallery, weights=None):
             raise UserError(f"tricks: model {m}: queries {q.shape} / gallery {g.shape} must be 2-D with equal dims "
                             "and the same row counts as model 0")
     w = _weights(weights, len(qs))
-    return _cat(qs, w), _cat(gs, w)
+    return concat_scaled(qs, w), concat_scaled(gs, w)
 
 
 def pca(gallery: np.ndarray, queries: np.ndarray, dim: int, whiten: bool = False,
@@ -120,10 +121,10 @@ _DBA, _QE = dba, qe  # predict's dba=/qe= arguments shadow the functions
 
 
 def predict(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, whiten=False, dba=(0, 3.0),
-            qe=(0, 3.0), agg="max", agg_k=3, max_memory=2 << 30, device="auto", log=print):
+            qe=(0, 3.0), agg="max", agg_k=3, max_memory=2 << 30, device="auto", log=print, search=None):
     """Top-k classes (top_classes (Q,k) int64, top_scores (Q,k) float32, as rank()) with embedding tricks.
     queries/gallery: one array per model; weights: per-model weights (equal by default); dba/qe: (k, alpha),
-    k = 0 off; agg/agg_k: rank()'s class aggregation.
+    k = 0 off; agg/agg_k: rank()'s class aggregation; search: rank()'s (None: exact).
     All tricks off (pca_dim=0, dba k=0, qe k=0): exactly rank(queries, gallery, ...), no extra memory. Otherwise:
     combine with the weights normalised to sum 1 (rows stay unit length, <q, g> = weighted mean of cosines, which
     is the similarity DBA/QE weigh), then PCA (whiten) on it, then DBA of the gallery, then QE of the queries
@@ -133,7 +134,7 @@ def predict(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, white
     qe_k, qe_alpha = _pair("qe", qe)
     if not isinstance(pca_dim, (int, np.integer)) or pca_dim < 0:
         raise UserError(f"pca_dim must be an integer >= 0 (0 = off), got {pca_dim!r}")
-    kw = dict(max_memory=max_memory, device=device, log=log, **extra)
+    kw = dict(max_memory=max_memory, device=device, log=log, search=search, **extra)
     if not (pca_dim or dba_k or qe_k):  # today's engine, untouched
         return rank(queries, gallery, gallery_codes, k=k, weights=weights, **kw)
     w = _weights(weights, len(_as_list(queries)))
@@ -209,15 +210,6 @@ def _project(x, mean, P, step):
 def _l2(x):
     n = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, n, out=x, where=n > 0)  # in place: x is always our own copy; zero rows stay zero
-
-
-def _cat(arrs, w):
-    out = np.empty((arrs[0].shape[0], sum(a.shape[1] for a in arrs)), np.float32)
-    o = 0
-    for a, wm in zip(arrs, w):
-        np.multiply(a, np.float32(np.sqrt(wm)), out=out[:, o:o + a.shape[1]], dtype=np.float32)
-        o += a.shape[1]
-    return out
 
 
 def _as_list(x):

@@ -140,7 +140,7 @@ def _build(run, resume):
     distributed.seed_rank(cfg["seed"])
     size, mean, std = input_config(cfg, model.backbone)
     run.inputs = {"image_size": size, "mean": list(mean), "std": list(std)}
-    run.tfms = {k: build_transform(k, cfg, size, mean, std) for k in ("train", "val", "test")}
+    run.tfms = {k: build_transform(k, cfg, size) for k in ("train", "val", "test")}
     run.reader = image_reader(cfg, size, {"train": run.train_items + run.val_items}, run.log)
     run.fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
     model.to(device, memory_format=run.fmt), head.to(device)
