@@ -1,6 +1,7 @@
 """Embedding throughput, side by side in one run: our embedding (pipeline.retrieval.forward.embed_items: loader
 workers reading and resizing the images, uint8 batches normalised on the device, L2-normalised float16 rows) against
-a bare forward pass of the same model over float tensors already in memory (no reading, no resizing, no copies).
+a bare forward pass of the same model over the same images as normalised float tensors already in memory (no
+reading, no resizing, no copies), in the same batches.
 
 Ours runs on 1024-px JPEGs (make-data --photo-size 1024) three ways: full-size decoding (image_scale=0), reduced
 decoding (image_scale=1.5) and the image cache (image_cache=true, memmap, built before timing).
@@ -27,24 +28,36 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from train_speed import bench_data, config  # noqa: E402  (the same bench data and config as the training bench)
 
 
-def bare(model, n, batch, size, device, amp):
-    """images/s of model(x) on normalised float batches made beforehand."""
+def in_memory(model, items, cfg):
+    """The items as the model's normalised float input, (n, 3, S, S) channels_last, made beforehand."""
+    import numpy as np
+    import torch
+
+    from pipeline.data.image_cache import ImageReader
+    from pipeline.data.transforms import apply, build_transform
+
+    tfm, reader = build_transform("test", cfg, cfg["image_size"]), ImageReader()
+    x = torch.from_numpy(np.stack([apply(tfm, reader(it), i) for i, it in enumerate(items)]))
+    with torch.no_grad():
+        return model.pixel_norm(x.to(next(model.parameters()).device)).contiguous(memory_format=torch.channels_last)
+
+
+def bare(model, x, batch, device, amp):
+    """images/s of model(x) over the in-memory batches of x, in the batches embed uses."""
     import torch
 
     from pipeline.training.distributed import autocast
 
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), autocast(device, amp):
-        model(x)  # warm-up: oneDNN / cuDNN pick their kernels
+        model(x[:batch]), model(x[len(x) // batch * batch:])  # warm-up: both batch shapes pick their kernels
         if device == "cuda":
             torch.cuda.synchronize()
-        t, done = time.time(), 0
-        while done < n:
-            model(x[:min(batch, n - done)]).float()
-            done += min(batch, n - done)
+        t = time.time()
+        for i in range(0, len(x), batch):
+            model(x[i:i + batch]).float()
         if device == "cuda":
             torch.cuda.synchronize()
-    return n / (time.time() - t)
+    return len(x) / (time.time() - t)
 
 
 def ours(model, items, cfg, device):
@@ -72,6 +85,7 @@ def main():
     p.add_argument("--batch", type=int, default=32, help="training batch (unused here; the shared config needs it)")
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--workers", type=int, default=-1, help="loader workers (-1: one per CPU, at most 8)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept")
     args = p.parse_args()
     import torch
 
@@ -90,15 +104,22 @@ def main():
         side = short_side({"image_scale": 1.5}, args.size)
         with contextlib.redirect_stdout(io.StringIO()):
             build_cache({"train": items}, CacheSpec(side), base["image_cache_dir"])  # ahead: not in the timing
-        result = {"device": args.device, "amp": args.amp, "backbone": args.backbone, "image_size": args.size,
-                  "eval_batch_size": args.eval_batch, "images": len(items), "torch_threads": torch.get_num_threads(),
-                  "bare_forward_img_s": round(bare(model, len(items), args.eval_batch, args.size, args.device,
-                                                   args.amp), 1)}
+        x = in_memory(model, items, base)
+        runs = {"bare_forward": lambda: bare(model, x, args.eval_batch, args.device, args.amp)}
         for key, extra in (("ours_full_decode", {}), ("ours_reduced_decode", {"image_scale": 1.5}),
                            ("ours_cached", {"image_scale": 1.5, "image_cache": "true"})):
             cfg = config(args, data, folds, work, eval_batch_size=args.eval_batch, **extra)
-            result[f"{key}_img_s"] = round(ours(model, items, cfg, args.device), 1)
-            result[f"{key}_ratio"] = round(result[f"{key}_img_s"] / result["bare_forward_img_s"], 3)
+            runs[key] = lambda cfg=cfg: ours(model, items, cfg, args.device)
+        best = {key: 0.0 for key in runs}
+        for _ in range(args.repeats):  # interleaved; the best of each (a shared machine only slows runs down)
+            for key, fn in runs.items():
+                best[key] = max(best[key], fn())
+        result = {"device": args.device, "amp": args.amp, "backbone": args.backbone, "image_size": args.size,
+                  "eval_batch_size": args.eval_batch, "images": len(items), "torch_threads": torch.get_num_threads(),
+                  "repeats": args.repeats, "bare_forward_img_s": round(best["bare_forward"], 1)}
+        for key in list(runs)[1:]:
+            result[f"{key}_img_s"] = round(best[key], 1)
+            result[f"{key}_ratio"] = round(best[key] / best["bare_forward"], 3)
     result["goals"] = {"cached_vs_bare_forward_ge_0.95": result["ours_cached_ratio"]}
     result["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result, indent=1))

@@ -113,33 +113,39 @@ class _Store:
 def build_cache(splits: dict, spec: CacheSpec, root, n_jobs: int = -1, log=print) -> dict:
     """Cache the images of each split ({split: [Item]}) that have no fresh entry, _CHUNK at a time in parallel
     (joblib); returns {split: images newly cached}."""
-    from joblib import Parallel, delayed
+    from joblib import Parallel
 
     folder = spec.folder(root)
     folder.mkdir(parents=True, exist_ok=True)
-    n_jobs = n_jobs if n_jobs > 0 else default_workers()
-    added = {}
-    with Parallel(n_jobs=n_jobs) as pool:
-        for split, items in splits.items():
-            store = _Store(folder, split, spec.format)
-            todo = list(dict.fromkeys(str(it.path) for it in items if not store.fresh(str(it.path))))
-            added[split] = len(todo)
-            if not todo:
-                log(f"image cache {folder.name}/{split}: {len(items)} images, all cached")
-                continue
-            if spec.format == "memmap" and store.data_path.exists():
-                os.truncate(store.data_path, store.end())  # a chunk cut short by a kill
-            t0, done = time.time(), 0
-            for i in range(0, len(todo), _CHUNK):
-                chunk = todo[i:i + _CHUNK]
-                stats = [_stat(p) for p in chunk]  # before the decode: a file changed meanwhile reads stale, not new
-                out = pool(delayed(_prepare)(p, spec.short_side, spec.format, _jpeg_name(folder, split, p))
-                           for p in chunk)
-                _record(store, chunk, stats, out)
-                done += len(chunk)
-                log(f"image cache {folder.name}/{split}: {done}/{len(todo)} cached "
-                    f"({done / max(time.time() - t0, 1e-9):.0f} img/s)")
-    return added
+    stores = {split: _Store(folder, split, spec.format) for split in splits}
+    todo = {split: list(dict.fromkeys(str(it.path) for it in items if not stores[split].fresh(str(it.path))))
+            for split, items in splits.items()}
+    for split, paths in todo.items():
+        if not paths:
+            log(f"image cache {folder.name}/{split}: {len(splits[split])} images, all cached")
+    if any(todo.values()):
+        with Parallel(n_jobs=n_jobs if n_jobs > 0 else default_workers()) as pool:  # worker processes: only if needed
+            for split, paths in todo.items():
+                if paths:
+                    _build_split(stores[split], paths, spec, pool, log)
+    return {split: len(paths) for split, paths in todo.items()}
+
+
+def _build_split(store, todo, spec, pool, log):
+    from joblib import delayed
+
+    if spec.format == "memmap" and store.data_path.exists():
+        os.truncate(store.data_path, store.end())  # a chunk cut short by a kill
+    t0, done = time.time(), 0
+    for i in range(0, len(todo), _CHUNK):
+        chunk = todo[i:i + _CHUNK]
+        stats = [_stat(p) for p in chunk]  # before the decode: a file changed meanwhile reads stale, not new
+        out = pool(delayed(_prepare)(p, spec.short_side, spec.format, _jpeg_name(store.folder, store.split, p))
+                   for p in chunk)
+        _record(store, chunk, stats, out)
+        done += len(chunk)
+        log(f"image cache {store.folder.name}/{store.split}: {done}/{len(todo)} cached "
+            f"({done / max(time.time() - t0, 1e-9):.0f} img/s)")
 
 
 def _record(store, paths, stats, out):
