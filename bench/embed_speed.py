@@ -9,7 +9,6 @@ decoding (image_scale=1.5) and the image cache (image_cache=true, memmap, built 
 Goal (issue 14): ours >= 0.95x the bare forward with the cache.
 
 usage: python bench/embed_speed.py [--device cpu|cuda] [--amp] [--quick]   -> JSON on stdout"""
-import argparse
 import contextlib
 import io
 import json
@@ -25,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from train_speed import bench_data, config  # noqa: E402  (the same bench data and config as the training bench)
+from train_speed import arguments, bench_data, best_of, config  # noqa: E402  (the same bench data and config as the training bench)
 
 
 def in_memory(model, items, cfg):
@@ -76,16 +75,8 @@ def ours(model, items, cfg, device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="mixed precision as our amp=true (CUDA only)")
-    p.add_argument("--quick", action="store_true", help="30 hotels (~250 images: a smoke run)")
-    p.add_argument("--backbone", default="tf_efficientnet_lite0")
-    p.add_argument("--size", type=int, default=96)
-    p.add_argument("--batch", type=int, default=32, help="training batch (unused here; the shared config needs it)")
+    p = arguments(__doc__, repeats=3)
     p.add_argument("--eval-batch", type=int, default=128)
-    p.add_argument("--workers", type=int, default=-1, help="loader workers (-1: one per CPU, at most 8)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best of each is kept")
     args = p.parse_args()
     import torch
 
@@ -110,10 +101,7 @@ def main():
                            ("ours_cached", {"image_scale": 1.5, "image_cache": "true"})):
             cfg = config(args, data, folds, work, eval_batch_size=args.eval_batch, **extra)
             runs[key] = lambda cfg=cfg: ours(model, items, cfg, args.device)
-        best = {key: 0.0 for key in runs}
-        for _ in range(args.repeats):  # interleaved; the best of each (a shared machine only slows runs down)
-            for key, fn in runs.items():
-                best[key] = max(best[key], fn())
+        best = best_of(runs, args.repeats)
         result = {"device": args.device, "amp": args.amp, "backbone": args.backbone, "image_size": args.size,
                   "eval_batch_size": args.eval_batch, "images": len(items), "torch_threads": torch.get_num_threads(),
                   "repeats": args.repeats, "bare_forward_img_s": round(best["bare_forward"], 1)}

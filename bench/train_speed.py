@@ -154,10 +154,7 @@ def measure(args, name, hotels, photo_size, work):
     for key, extra in (("ours_full_decode", {}), ("ours_reduced_decode", scaled),
                        ("ours_cached", {**scaled, "image_cache": "true"})):
         runs[key] = lambda extra=extra: ours(config(args, data, folds, work, **extra))
-    best = {key: 0.0 for key in runs}
-    for _ in range(args.repeats):
-        for key, fn in runs.items():
-            best[key] = max(best[key], fn())
+    best = best_of(runs, args.repeats)
     row = {"images": n, "short_side": side, "reference_img_s": round(best["reference"], 1)}
     for key in list(runs)[1:]:
         row[f"{key}_img_s"] = round(best[key], 1)
@@ -166,17 +163,31 @@ def measure(args, name, hotels, photo_size, work):
     return row
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc, repeats):
+    """The flags both speed benches take."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--amp", action="store_true", help="mixed precision as our loop's amp=true (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="mixed precision as our amp=true (CUDA only)")
     p.add_argument("--quick", action="store_true", help="30 hotels per dataset (~250 images), one repeat: a smoke run")
     p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--size", type=int, default=96)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=32, help="training batch")
     p.add_argument("--workers", type=int, default=-1, help="loader workers (-1: one per CPU, at most 8)")
-    p.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best of each is kept")
-    args = p.parse_args()
+    p.add_argument("--repeats", type=int, default=repeats, help="interleaved repeats; the best of each is kept")
+    return p
+
+
+def best_of(runs, repeats):
+    """{name: the best img/s of its run} over interleaved repeats: a shared machine only ever slows a run down."""
+    best = {key: 0.0 for key in runs}
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            best[key] = max(best[key], fn())
+    return best
+
+
+def main():
+    args = arguments(__doc__, repeats=2).parse_args()
     if args.quick:
         args.repeats = 1
     if args.device == "cuda":

@@ -101,18 +101,25 @@ def test_a_build_cut_short_keeps_its_finished_chunks_and_resumes(photos, tmp_pat
 
 
 def test_uint8_batches_normalised_on_the_device_equal_the_cpu_normalised_path():
+    from pipeline.model.backbone import input_config
     from pipeline.model.embedder import build_model
 
     cfg = load_config("default", TINY)
     model, _ = build_model(cfg)
     model.eval()
-    mean, std = model.pixel_norm.mean.flatten() / 255, model.pixel_norm.std.flatten() / 255
+    _, mean, std = input_config(cfg, model.backbone)
     img = (np.random.default_rng(0).random((2, 32, 32, 3)) * 255).astype(np.uint8)
-    on_cpu = np.stack([A.Normalize(mean=mean.tolist(), std=std.tolist())(image=i)["image"] for i in img])
+    img[0, 0, :4] = [[0, 0, 0], [255, 255, 255], [1, 128, 254], [255, 0, 0]]  # the extremes and the red fill
+    on_cpu = np.stack([A.Normalize(mean=mean, std=std)(image=i)["image"] for i in img])
+    x = torch.from_numpy(img.transpose(0, 3, 1, 2))
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        normalised = model.pixel_norm(x.contiguous(memory_format=fmt))
+        assert torch.equal(normalised, torch.from_numpy(on_cpu.transpose(0, 3, 1, 2)))  # bit for bit
+        assert normalised.is_contiguous(memory_format=fmt)
     with torch.no_grad():
         want = model(torch.from_numpy(on_cpu.transpose(0, 3, 1, 2)).contiguous())
-        got = model(torch.from_numpy(img.transpose(0, 3, 1, 2)).contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not [k for k in model.state_dict() if k.startswith("pixel_norm")]  # checkpoints are unchanged
 
 

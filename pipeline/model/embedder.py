@@ -60,17 +60,28 @@ NECKS = {"mlp": mlp_neck, "linear": linear_neck, "bn": bn_neck, "projection": Pr
 
 
 class PixelNorm(nn.Module):
-    """uint8 images (N, 3, H, W) -> (x - 255 mean) / (255 std), Albumentations' Normalize, on the model's device (the
-    loader hands over uint8: a quarter of float32's bytes); a float input is taken as already normalised. The
-    buffers stay out of the state_dict (they come from the config), so checkpoints are unchanged."""
+    """uint8 images (N, 3, H, W) -> normalised float32, on the model's device (the loader hands over uint8: a quarter
+    of float32's bytes); a float input is taken as already normalised. The values are Albumentations' Normalize's
+    own, looked up from the table it computes for each of the 256 levels per channel, so a model sees bit for bit
+    what the CPU-normalised pipeline gave it. The table stays out of the state_dict (it comes from the config), so
+    checkpoints are unchanged."""
 
     def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        import albumentations as A
+        import numpy as np
+
+        levels = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), len(mean), axis=2)
+        table = A.Normalize(mean=mean, std=std)(image=levels)["image"][0].T  # (channels, 256) float32
+        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table)), persistent=False)
+        self.register_buffer("offset", torch.arange(len(mean)).view(1, -1, 1, 1) * 256, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std if x.dtype == torch.uint8 else x  # keeps x's memory format
+        if x.dtype != torch.uint8:
+            return x
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        out = self.table.flatten()[x.long() + self.offset]  # the lookup, on x's device
+        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class Embedder(nn.Module):

@@ -14,13 +14,15 @@ def training_curves(rows: list[dict], path: str | Path, title: str = "") -> None
     ep = [int(r["epoch"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(ep, [float(r["train_loss"]) for r in rows], "o-", label="train loss")
-    if any(r["val_loss"] != "" for r in rows):
-        a.plot(ep, [float(r["val_loss"] or "nan") for r in rows], "o-", label="val loss")
+    for ax, key, label in ((a, "val_loss", "val loss"), (b, "val_acc", "val_acc"), (b, "val_map5", "val_map5"),
+                           (b, "ema_val_map5", "ema_val_map5")):
+        done = [(e, float(r[key])) for e, r in zip(ep, rows) if r.get(key, "") != ""]  # validated epochs only
+        if done:  # (val_every > 1 leaves the others empty: joined, not broken into lone markers)
+            ax.plot(*zip(*done), "o-", label=label)
     a.set_xlabel("epoch"), a.legend(), a.grid(alpha=0.3)
-    for key in ("val_acc", "val_map5", "ema_val_map5"):
-        if any(r.get(key, "") != "" for r in rows):
-            b.plot(ep, [float(r[key] or "nan") for r in rows], "o-", label=key)
-    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.legend(), b.grid(alpha=0.3)
+    b.set_xlabel("epoch"), b.set_ylim(0, 1), b.grid(alpha=0.3)
+    if b.get_legend_handles_labels()[0]:  # nothing validated yet: no legend, no warning
+        b.legend()
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
