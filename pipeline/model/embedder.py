@@ -73,14 +73,18 @@ class PixelNorm(nn.Module):
 
         levels = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 256, 1), len(mean), axis=2)
         table = A.Normalize(mean=mean, std=std)(image=levels)["image"][0].T  # (channels, 256) float32
-        self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table)), persistent=False)
-        self.register_buffer("offset", torch.arange(len(mean)).view(1, -1, 1, 1) * 256, persistent=False)
+        # a plain attribute, not a buffer: DDP's start-up broadcast of buffers failed on it (gloo, torch 2.14), and
+        # every rank builds the same table anyway; forward moves it to the input's device
+        self.table = torch.from_numpy(np.ascontiguousarray(table)).flatten()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:
             return x
+        if self.table.device != x.device:
+            self.table = self.table.to(x.device)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        out = self.table.flatten()[x.long() + self.offset]  # the lookup, on x's device
+        offset = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1) * 256
+        out = self.table[x.long() + offset]  # the lookup, on x's device
         return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
