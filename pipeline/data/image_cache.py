@@ -55,11 +55,20 @@ def short_side(cfg: dict, image_size: int) -> int:
     return int(np.ceil(cfg["image_scale"] * image_size)) if cfg["image_scale"] > 0 else 0
 
 
-def _stat(path):
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: image file not found")
-    st = os.stat(path)
+def _source_stat(path):
+    """(size, mtime_ns) of a source image, or None when it is gone: one system call, on every cached read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return st.st_size, st.st_mtime_ns
+
+
+def _stat(path):
+    st = _source_stat(path)
+    if st is None:
+        raise UserError(f"{path}: image file not found")
+    return st
 
 
 def _jpeg_name(folder, split, path):
@@ -95,7 +104,7 @@ class _Store:
 
     def fresh(self, path: str) -> bool:
         e = self.entries.get(path)
-        return e is not None and os.path.isfile(path) and e[:2] == _stat(path)
+        return e is not None and e[:2] == _source_stat(path)
 
     def end(self) -> int:
         """Bytes of the memmap file the index vouches for."""
@@ -194,7 +203,7 @@ class ImageReader:
     def __call__(self, item) -> np.ndarray:
         path = str(item.path)
         e = self.entries.get(path)
-        if e is None or not os.path.isfile(path) or e[1:3] != _stat(path):
+        if e is None or e[1:3] != _source_stat(path):
             return read_image(path, self.short_side)
         split, _, _, offset, h, w = e
         if self.format == "jpeg":
