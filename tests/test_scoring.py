@@ -1,4 +1,4 @@
-"""The inference-trick options of `ensemble` and `evaluate` (pipeline/retrieval/predict.py's trick table) on two
+"""The inference-trick options of `ensemble` and `evaluate` (pipeline/inference/registry.py's trick table) on two
 tiny trained runs: the flags reach the right cached embeddings and the ranking, --ablate writes its table, bad flags
 are one-line errors; and every entry of the table on its own."""
 import csv
@@ -63,7 +63,7 @@ def test_ensemble_tricks_reach_embeddings_and_ranking(trained):
 
 
 def test_evaluate_ablate_writes_one_row_per_trick(trained):
-    from pipeline.retrieval.predict import ABLATIONS
+    from pipeline.inference.registry import ABLATIONS
 
     names = [str(trained[1] / f"{n}.yaml") for n in ("a", "b")]
     p = cli("evaluate", *names, "--ablate", "--out", "abl", *_ov(trained))
@@ -117,18 +117,18 @@ def test_ensemble_report_takes_the_tricks(trained):
 def _trick_parser():
     import argparse
 
-    from pipeline.retrieval.predict import add_trick_arguments
+    from pipeline.inference.registry import add_trick_arguments
 
     p = argparse.ArgumentParser()
     add_trick_arguments(p)
     return p
 
 
-@pytest.mark.parametrize("name", sorted(__import__("pipeline.retrieval.predict", fromlist=["TRICKS"]).TRICKS))
+@pytest.mark.parametrize("name", sorted(__import__("pipeline.inference.registry", fromlist=["TRICKS"]).TRICKS))
 def test_trick_table_entry(name):
     """Every TRICKS entry: its flags parse to its defaults, its ablation rows change only its own keys, its values
     survive JSON, and it acts at a known stage."""
-    from pipeline.retrieval.predict import DEFAULTS, TRICKS, describe, tricks_from_args, tricks_from_json
+    from pipeline.inference.registry import DEFAULTS, TRICKS, describe, tricks_from_args, tricks_from_json
 
     trick = TRICKS[name]
     assert trick.stage in ("embedding", "ranking")
@@ -147,7 +147,7 @@ def test_trick_table_entry(name):
                                           (["--weights", "1"], "--weights '1'")])
 def test_trick_table_checks_flags(argv, needle):
     from pipeline.errors import UserError
-    from pipeline.retrieval.predict import tricks_from_args
+    from pipeline.inference.registry import tricks_from_args
 
     with pytest.raises(UserError, match=re.escape(needle)):
         tricks_from_args(_trick_parser().parse_args(argv), 2)

@@ -1,10 +1,11 @@
 """Inference-trick ablation: the validation MAP@5 of the runs' ensemble with the baseline tricks, then with each
-ablation row of the trick table (retrieval/predict.py: TRICKS) alone on top; ablate.md/.csv/.json/.png."""
+ablation row of the trick table (inference/registry.py: TRICKS) alone on top; ablate.md/.csv/.json/.png."""
 import time
 from pathlib import Path
 
+from pipeline.inference.registry import ABLATIONS, describe
 from pipeline.retrieval.embeddings import Variant
-from pipeline.retrieval.predict import ABLATIONS, describe, load_embeddings, val_map5
+from pipeline.retrieval.predict import load_embeddings, val_map5
 
 
 def pca_dim(inputs) -> int:

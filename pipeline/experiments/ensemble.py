@@ -9,7 +9,8 @@ from pathlib import Path
 
 from pipeline.config import config_from_dict, config_names, fold_text
 from pipeline.errors import UserError
-from pipeline.retrieval.predict import DEFAULTS, describe, every_run_tricks, load_fold_sets, oof_map5, predict
+from pipeline.inference.registry import DEFAULTS, describe
+from pipeline.retrieval.predict import every_run_tricks, load_fold_sets, oof_map5, predict
 
 MAX_SUBSETS = 4096
 BEST_JSON, BEST_VERSION = "best.json", 1  # ensemble-report's best subset, for kernel --from-report
@@ -169,7 +170,7 @@ def write_best(rows: list, path: Path, cfgs: list, tricks: dict) -> dict:
 def load_best(report: str | Path, log=print) -> tuple:
     """(runs, tricks) of an ensemble-report's best subset: each of its configs on each of its folds, in the
     report's order. report: the report's folder (runs/ensembles/<out>) or a file in it."""
-    from pipeline.retrieval.predict import tricks_from_json
+    from pipeline.inference.registry import tricks_from_json
 
     p = Path(report)
     path = p.with_name(BEST_JSON) if p.is_file() else p / BEST_JSON
@@ -216,7 +217,7 @@ def kernel_runs(args) -> tuple:
     """(runs, tricks) a kernel packages, from the kernel stage's flags: --models with the run-set and trick flags,
     or --from-report alone (the report fixes the runs, data and tricks, so any of those flags is a UserError)."""
     from pipeline.config import load_run_set
-    from pipeline.retrieval.predict import tricks_from_args
+    from pipeline.inference.registry import tricks_from_args
 
     if args.from_report:
         given = [flag for flag, value in (("--data", args.data), ("--fold", args.fold), ("--folds", args.folds),

@@ -9,8 +9,8 @@ import numpy as np
 
 from pipeline.config import config_names, fold_text, run_names
 from pipeline.errors import UserError
+from pipeline.inference.registry import DEFAULTS, RANKING_TRICKS
 from pipeline.retrieval.embeddings import EmbeddingSet, Variant
-from pipeline.retrieval.predict import DEFAULTS, RANKING_TRICKS
 
 METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k")
 _INSTANCE = {"map@k": "mAP@k", "acc@1": "acc@1", "precision@k": "precision@k", "recall@k": "recall@k"}

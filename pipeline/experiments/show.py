@@ -54,8 +54,9 @@ def thumbnail(path):
 def show(cfgs, n=16, seed=None, out=None, log=print):
     """Writes the grid; returns {'path', 'queries': [val image ids], 'classes', 'scores', 'gallery': [[ids]]}."""
     from pipeline.data.layouts import load_dataset
+    from pipeline.inference.registry import DEFAULTS
     from pipeline.reports.plots import retrieval_grid
-    from pipeline.retrieval.predict import DEFAULTS, encode, load_embeddings, need_val
+    from pipeline.retrieval.predict import encode, load_embeddings, need_val
 
     inputs = load_embeddings(cfgs, DEFAULTS, log=log)
     need_val(inputs.val.ids, cfgs[0])

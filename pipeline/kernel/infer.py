@@ -16,9 +16,10 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
 
     from pipeline.data.image_cache import ImageReader, short_side
     from pipeline.data.layouts import load_dataset
+    from pipeline.inference.registry import describe
     from pipeline.kaggle.submission import write_submission
     from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
-    from pipeline.retrieval.predict import describe, predict
+    from pipeline.retrieval.predict import predict
     from pipeline.retrieval.rank_modes import Search
     from pipeline.training.distributed import pick_device
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from pipeline.config import run_names
 from pipeline.errors import UserError
+from pipeline.inference.registry import DEFAULTS
 from pipeline.kernel import spec
 from pipeline.kernel.spec import KERNELS_DIR, Package
 from pipeline.retrieval.embeddings import Variant
-from pipeline.retrieval.predict import DEFAULTS
 
 # dists the kernel imports that are not in Kaggle's declared baseline (kernel/kaggle_baseline.txt); they ship as
 # wheels with their dependency closure minus that baseline (kernel/wheels.py), at this machine's versions, so the

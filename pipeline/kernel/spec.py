@@ -23,7 +23,7 @@ WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.ya
                                                  "meta.json", "manifest.json")
 # what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training only the device and
 # process helpers): folders whole, single modules by path. The offline check proves it is enough.
-CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "kernel",
+CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "inference", "kernel",
         "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py")
 
 
@@ -41,7 +41,7 @@ class KernelSpec:
 
     @classmethod
     def read(cls, models_dir: Path) -> "KernelSpec":
-        from pipeline.retrieval.predict import tricks_from_json
+        from pipeline.inference.registry import tricks_from_json
 
         spec = _record(cls, Path(models_dir) / KERNEL_JSON)
         spec.tricks = tricks_from_json(spec.tricks)

@@ -1,6 +1,8 @@
 """Heads/losses, all called as head(embeddings, labels) -> scalar loss (the pytorch-metric-learning signature;
 labels are int64 class codes). Classifier heads also give `head.logits(embeddings)`: (B, num_classes) cosines
-without margin, for accuracy; pair losses (supcon, triplet) have no `logits` (use getattr(head, "logits", None)).
+without margin, for accuracy, and `head.class_centers()`: (C, K, D) float32 L2-normalised class weight rows
+(K = 1, or the sub-center count) with logits(e)[:, c] = max_j <normalize(e), centers[c, j]>; pair losses (supcon,
+triplet) have neither (use getattr(head, "logits", None), getattr(head, "class_centers", None)).
 HEADS maps the config's `head` name to a class; every constructor takes
 (embedding_dim, num_classes, class_counts=None, **cfg[name]), class_counts = training images per class code.
 Angles and margins are in radians throughout (pml's ArcFaceLoss takes degrees; we never call it)."""
@@ -19,6 +21,12 @@ def _f(x):
     return x if x.dtype == torch.float64 else x.float()
 
 
+def _centers(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """Weight rows (C * k, D), row c*k + j for sub-center j of class c, as (C, k, D) float32 unit rows, detached."""
+    w = F.normalize(weight.detach().float())
+    return w.reshape(w.shape[0] // k, k, w.shape[1])
+
+
 class ArcFace(nn.Module):
     """Additive angular margin m (radians) as a prediction layer + cross-entropy, with the hard-margin rule of
     SPEC 2: target logit cos(theta + m) where cos(theta) > cos(pi - m), else cos(theta) - sin(pi - m) * m."""
@@ -33,6 +41,9 @@ class ArcFace(nn.Module):
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.linear(F.normalize(_f(embeddings)), F.normalize(_f(self.weight)))
+
+    def class_centers(self) -> torch.Tensor:
+        return _centers(self.weight, 1)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cosine = self.logits(embeddings)
@@ -55,6 +66,9 @@ class CosFace(nn.Module):
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.loss.get_cosine(_f(embeddings))
+
+    def class_centers(self) -> torch.Tensor:
+        return _centers(self.loss.W.t(), 1)  # pml holds W as (D, C)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.loss(_f(embeddings), labels)
@@ -104,6 +118,9 @@ class SubCenterArcFace(nn.Module):
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         cos = F.linear(F.normalize(_f(embeddings)), F.normalize(_f(self.weight)))
         return cos.view(-1, self.num_classes, self.k).amax(dim=2)
+
+    def class_centers(self) -> torch.Tensor:
+        return _centers(self.weight, self.k)  # row c*k + j -> [c, j]
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         cosine = self.logits(embeddings)
@@ -164,6 +181,10 @@ class LossTransform(nn.Module):
         # a property rather than a copied bound method: it follows self.head (deepcopy, EMA, swaps), and its
         # AttributeError for pair losses makes hasattr(wrapper, "logits") False, as for the inner head
         return self.head.logits
+
+    @property
+    def class_centers(self) -> Callable[[], torch.Tensor]:
+        return self.head.class_centers  # as logits: absent for pair losses
 
     def replica_term(self, embeddings: torch.Tensor) -> torch.Tensor:
         b = embeddings.shape[0]

@@ -11,7 +11,7 @@ example: ./run.sh ensemble m1 m2 m3 --data data/demo --fold 0 --out m123 [--flip
          ./run.sh ensemble m1 m2 --folds 0-4 --out m12-cv"""
 from pipeline.config import add_run_set_arguments, config_names, load_run_set
 from pipeline.errors import UserError
-from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
+from pipeline.inference.registry import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

@@ -12,7 +12,7 @@ refused unless --max-size limits the count. With --folds 0-4 (or all) each subse
 example: ./run.sh ensemble-report m1 m2 m3 m5 --data data/demo --fold 0 --max-size 3 --out table2"""
 from pipeline.config import add_run_set_arguments, config_names, load_run_set
 from pipeline.errors import UserError
-from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
+from pipeline.inference.registry import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

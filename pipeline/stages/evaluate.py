@@ -25,7 +25,7 @@ example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k
 from pipeline.config import add_fold_arguments
 from pipeline.errors import UserError
 from pipeline.experiments.evaluate import METRICS
-from pipeline.retrieval.predict import add_trick_arguments, tricks_from_args
+from pipeline.inference.registry import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

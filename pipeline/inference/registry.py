@@ -1,0 +1,153 @@
+"""The inference-trick table. Each TRICKS entry holds the keys it owns in a tricks dict (with their defaults),
+its command-line flags, the check that turns parsed flags into its values, when it acts, and its rows in
+`evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline) choose which
+cached embeddings are loaded (retrieval/embeddings.py: Variant); ranking-time ones (weights, PCA, DBA, QE,
+per-class aggregation) go to retrieval/tricks.py's predict. A new trick = its function + one TRICKS entry."""
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pipeline.errors import UserError
+
+
+@dataclass(frozen=True)
+class Trick:
+    """One inference trick. `defaults`: the tricks-dict keys it owns (off values); `add_flags(group)` adds its
+    options; `parse(args, n_models)` returns its checked values; `ablations`: (row label, values) rows that
+    evaluate --ablate scores alone on top of the baseline; `from_json` undoes what JSON did to a saved value."""
+    defaults: dict
+    stage: str  # "embedding" | "ranking"
+    add_flags: Callable
+    parse: Callable
+    ablations: tuple = ()
+    from_json: dict = field(default_factory=dict)  # key -> function of the saved value
+
+
+def _k_alpha(flag, text):
+    if not text:
+        return (0, 3.0)
+    parts = text.split(",")
+    try:
+        k, alpha = int(parts[0]), float(parts[1]) if len(parts) > 1 else 3.0
+    except ValueError:
+        k = alpha = -1
+    if len(parts) > 2 or k < 0 or alpha < 0:
+        raise UserError(f"{flag} '{text}': give K[,ALPHA] with K >= 0 and ALPHA >= 0, e.g. {flag} 5,3")
+    return (k, alpha)
+
+
+def _parse_agg(args, n):
+    if args.agg_k < 1:
+        raise UserError(f"--agg-k {args.agg_k}: must be >= 1")
+    return {"agg": args.agg, "agg_k": args.agg_k}
+
+
+def _parse_pca(args, n):
+    if args.pca < 0:
+        raise UserError(f"--pca {args.pca}: give a dimension > 0, or 0 for off")
+    if args.whiten and not args.pca:
+        raise UserError("--whiten needs --pca DIM")
+    return {"pca": args.pca, "whiten": args.whiten}
+
+
+def _parse_weights(args, n):
+    if not args.weights:
+        return {"weights": None}
+    try:
+        weights = [float(x) for x in args.weights.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != n or min(weights) < 0 or sum(weights) <= 0:
+        raise UserError(f"--weights '{args.weights}': give {n} non-negative numbers (one per model, not all zero), "
+                        "e.g. --weights " + ",".join(["1"] * n))
+    return {"weights": weights}
+
+
+def _flag(*names, **kw):
+    return lambda g: g.add_argument(*names, **kw)
+
+
+def _flags(*adders):
+    return lambda g: [add(g) for add in adders]
+
+
+# The PCA rows' dimension (-1) is picked from the data by the ablation (experiments/ablate.py).
+TRICKS = {
+    "flip": Trick(
+        {"flip": False}, "embedding",
+        _flag("--flip", action="store_true", help="flip TTA: queries and gallery embed x and its mirror"),
+        lambda a, n: {"flip": a.flip},
+        (("flip TTA", {"flip": True}),)),
+    "multicrop": Trick(
+        {"multicrop": 0}, "embedding",
+        _flag("--multicrop", type=int, default=0, choices=[0, 5, 9],
+              help="queries as the mean of 5 or 9 crops, crops > 50%% red dropped (SPEC 2, Appendix D)"),
+        lambda a, n: {"multicrop": a.multicrop},
+        (("multi-crop 5 (red crops dropped)", {"multicrop": 5}),
+         ("multi-crop 9 (red crops dropped)", {"multicrop": 9}))),
+    "gallery_pipeline": Trick(
+        {"gallery_pipeline": "test"}, "embedding",
+        _flag("--gallery-pipeline", default="test", choices=["test", "val"],
+              help="transforms the gallery is embedded with (SPEC Table 3; default test)"),
+        lambda a, n: {"gallery_pipeline": a.gallery_pipeline},
+        (("gallery with the val pipeline", {"gallery_pipeline": "val"}),)),
+    "agg": Trick(
+        {"agg": "max", "agg_k": 3}, "ranking",
+        _flags(_flag("--agg", default="max", choices=["max", "sum"],
+                     help="class score: max, or sum of the top --agg-k"),
+               _flag("--agg-k", type=int, default=3, help="similarities summed per class with --agg sum (default 3)")),
+        _parse_agg,
+        (("class score = sum of top-3", {"agg": "sum", "agg_k": 3}),)),
+    "qe": Trick(
+        {"qe": (0, 3.0)}, "ranking",
+        _flag("--qe", metavar="K[,ALPHA]", help="label-constrained query expansion, e.g. 5,3"),
+        lambda a, n: {"qe": _k_alpha("--qe", a.qe)},
+        (("query expansion k=5 α=3", {"qe": (5, 3.0)}),), {"qe": tuple}),
+    "dba": Trick(
+        {"dba": (0, 3.0)}, "ranking",
+        _flag("--dba", metavar="K[,ALPHA]", help="label-constrained database-side augmentation, e.g. 5,3"),
+        lambda a, n: {"dba": _k_alpha("--dba", a.dba)},
+        (("database augmentation k=5 α=3", {"dba": (5, 3.0)}),), {"dba": tuple}),
+    "pca": Trick(
+        {"pca": 0, "whiten": False}, "ranking",
+        _flags(_flag("--pca", type=int, default=0, metavar="DIM",
+                     help="PCA of the concatenated embedding, fitted on the gallery (0 = off)"),
+               _flag("--whiten", action="store_true", help="whiten with --pca")),
+        _parse_pca,
+        (("PCA {dim}", {"pca": -1}), ("PCA {dim} + whitening", {"pca": -1, "whiten": True}))),
+    "weights": Trick(
+        {"weights": None}, "ranking",
+        _flag("--weights", metavar="W1,W2,...", help="per-model weights (default equal)"),
+        _parse_weights),
+}
+DEFAULTS = {k: v for t in TRICKS.values() for k, v in t.defaults.items()}
+RANKING_TRICKS = tuple(k for t in TRICKS.values() if t.stage == "ranking" for k in t.defaults)
+ABLATIONS = [row for t in TRICKS.values() for row in t.ablations]
+
+
+def add_trick_arguments(parser) -> None:
+    g = parser.add_argument_group("inference tricks (off by default; see evaluate --ablate)")
+    for t in TRICKS.values():
+        t.add_flags(g)
+
+
+def tricks_from_args(args, n_models: int) -> dict:
+    """The tricks dict of the parsed flags, each checked by its entry."""
+    out = {}
+    for t in TRICKS.values():
+        out.update(t.parse(args, n_models))
+    return out
+
+
+def tricks_from_json(saved: dict) -> dict:
+    """A tricks dict read back from JSON (kernel.json, scores.json)."""
+    out = dict(saved)
+    for t in TRICKS.values():
+        for key, fn in t.from_json.items():
+            out[key] = fn(out[key])
+    return out
+
+
+def describe(tricks: dict) -> str:
+    """Short text of the tricks that differ from the defaults ('none' if none)."""
+    on = [f"{k}={v}" for k, v in tricks.items() if v != DEFAULTS[k]]
+    return ", ".join(on) or "none"
