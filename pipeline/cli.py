@@ -17,6 +17,7 @@ STAGES = {
     "embed": "pipeline.stages.embed",
     "ensemble": "pipeline.stages.ensemble",
     "ensemble-report": "pipeline.stages.ensemble_report",
+    "pseudo": "pipeline.stages.pseudo",
     "show": "pipeline.stages.show",
     "evaluate": "pipeline.stages.evaluate",
     "compare": "pipeline.stages.compare",

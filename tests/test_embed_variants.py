@@ -13,7 +13,8 @@ from pipeline.errors import UserError
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 
-DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test") for ext in ("npy", "csv")} | {"manifest.json"}
+DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test", "centers") for ext in ("npy", "csv")} | {
+    "manifest.json"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_defaults_write_todays_files_and_recompute_nothing(trained):
     assert r.computed == ["gallery", "val", "test"]
     assert {p.name for p in d.iterdir()} == DEFAULT_FILES
     manifest = json.loads((d / "manifest.json").read_text())
-    assert set(manifest) == {"gallery", "val", "test"}
+    assert set(manifest) == {"gallery", "val", "test", "centers"}
+    assert manifest["centers"]["key"] == checkpoint.file_hash(run_dir(trained["cfg"]) / "best.pt")
     # the plain key (no variant text), so the default stems keep the names and keys they had before the variants
     cfg, st = trained["cfg"], trained["state"]
     made = made_by(np.float16, cfg["amp"], "cpu")
@@ -172,7 +174,7 @@ def _hand_multicrop(model, image, n, size, mean, std):
 @pytest.mark.parametrize("n", [5, 9])
 def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
     from pipeline.data.images import read_image
-    from pipeline.data.transforms import _mask_hole
+    from pipeline.data.transforms import MaskPaste, mask_bank
     from pipeline.retrieval.embeddings import load_split
 
     _embed(trained)  # the defaults (cached already when this worker ran the tests above)
@@ -181,7 +183,7 @@ def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
     assert r.computed == [f"val.mc{n}", f"test.mc{n}"]  # the gallery is the default one, already cached
     st, model = trained["state"], trained["model"]
     size, mean, std = st["image_size"], st["mean"], st["std"]
-    hole = A.Compose([_mask_hole(1.0)])
+    hole = A.Compose([MaskPaste(mask_bank(trained["cfg"]), 1.0)])  # the tiny data has train_masks/
     dropped_total = 0
     for name in ("test", "val"):
         loaded = load_split(r.dir, r.stems[name])
@@ -190,7 +192,7 @@ def test_multicrop_equals_hand_computed_mean_of_kept_crops(trained, n):
         assert ids == [it.image_id for it in items]
         for i, it in enumerate(items if name == "test" else items[:4]):
             img = read_image(it.path)
-            if name == "val":  # the val pipeline's hole, seeded with the sample index, on the whole image
+            if name == "val":  # the val pipeline's real mask, seeded with the sample index, on the whole image
                 hole.set_random_seed(i)
                 img = hole(image=img)["image"]
                 assert (img == (255, 0, 0)).all(-1).mean() > 0.05
@@ -222,9 +224,10 @@ def test_each_variant_caches_separately_and_cli_flags(trained):
     manifest = json.loads((d / "manifest.json").read_text())
     stems = ["gallery", "val", "test", "gallery.flip", "val.flip", "test.flip", "val.mc5", "test.mc5", "val.mc9",
              "test.mc9", "gallery.galval", "gallery.flip.galval", "val.flip.mc9", "test.flip.mc9"]
-    assert set(manifest) == set(stems)
+    assert set(manifest) == set(stems) | {"centers"}
     assert len({manifest[s]["key"] for s in stems}) == len(stems)
-    assert {p.name for p in d.iterdir()} == {f"{s}.{e}" for s in stems for e in ("npy", "csv")} | {"manifest.json"}
+    assert {p.name for p in d.iterdir()} == {f"{s}.{e}" for s in stems + ["centers"] for e in ("npy", "csv")} | {
+        "manifest.json"}
     before = _mtimes(d)
     for kw in ({}, {"flip": True}, {"multicrop": 5}, {"multicrop": 9}, {"gallery_pipeline": "val"},
                {"flip": True, "multicrop": 9, "gallery_pipeline": "val"}):

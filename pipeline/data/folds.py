@@ -1,22 +1,28 @@
 """Folds: a seeded split of the training images stratified by class (folds/folds.csv: image_id,label,fold), and
 the train / validation split of a config's fold. Classes with one image get fold -1: always in training, never
-validated."""
+validated. A config's `pseudo` file (./run.sh pseudo) adds pseudo-labelled test images to the training items only:
+never to a validation fold, the folds file or a gallery."""
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.data.layouts import Dataset, Item, load_dataset
 from pipeline.errors import UserError
 from pipeline.io import read_table, write_table
 
-if TYPE_CHECKING:
-    from pipeline.data.layouts import Dataset, Item
+PSEUDO_COLUMNS = ["image_id", "label", "margin", "score"]  # what ./run.sh pseudo writes; split reads the first two
 
 
-def assign_folds(items: Iterable["Item"], n_folds: int, seed: int) -> dict[str, int]:
+@dataclass
+class PseudoItem(Item):
+    """A test image with the label the ensemble gave it: trained on, never validated, never in a gallery."""
+
+
+def assign_folds(items: Iterable[Item], n_folds: int, seed: int) -> dict[str, int]:
     """{image_id: fold}. Each class's images, shuffled by a seed of (seed, class), are dealt round-robin
     starting where the previous class stopped, so folds stay balanced in size and in classes."""
     if n_folds < 2:
@@ -37,7 +43,7 @@ def assign_folds(items: Iterable["Item"], n_folds: int, seed: int) -> dict[str, 
     return folds
 
 
-def write_folds(ds: "Dataset", out: str | Path, n_folds: int = 10, seed: int = 42,
+def write_folds(ds: Dataset, out: str | Path, n_folds: int = 10, seed: int = 42,
                 log: Callable[[str], object] | None = None) -> list[tuple[str, str, int]]:
     """Write the folds CSV of dataset `ds` to `out`; returns its rows (image_id, label, fold) sorted by id."""
     folds = assign_folds(ds.train, n_folds, seed)
@@ -52,7 +58,7 @@ def write_folds(ds: "Dataset", out: str | Path, n_folds: int = 10, seed: int = 4
     return rows
 
 
-def read_folds(path: str | Path, ds: "Dataset") -> dict[str, int]:
+def read_folds(path: str | Path, ds: Dataset) -> dict[str, int]:
     """{image_id: fold} checked against the dataset: a stale or foreign folds file is a UserError."""
     rows = read_table(path, required=["image_id", "label", "fold"])
     folds = dict(zip(rows["image_id"], map(int, rows["fold"])))
@@ -69,12 +75,44 @@ def read_folds(path: str | Path, ds: "Dataset") -> dict[str, int]:
     return folds
 
 
-def split(cfg: dict) -> tuple["Dataset", list["Item"], list["Item"], list[str]]:
-    """(dataset, train items, val items, classes) for the config's data and fold."""
-    from pipeline.data.layouts import load_dataset
-
+def split(cfg: dict, log: Callable[[str], object] | None = None) -> tuple[Dataset, list[Item], list[Item], list[str]]:
+    """(dataset, train items, val items, classes) for the config's data and fold; the config's pseudo-labelled test
+    images (PseudoItem) come last among the train items."""
     ds = load_dataset(cfg["data"], cfg)
     folds = read_folds(cfg["folds_file"], ds)
     train_items = [it for it in ds.train if folds[it.image_id] != cfg["fold"]]
     val_items = [it for it in ds.train if folds[it.image_id] == cfg["fold"]]
+    if cfg.get("pseudo"):  # .get: a config saved before the key existed has none
+        added = read_pseudo(cfg["pseudo"], ds)
+        if log:
+            log(f"pseudo-labels: {len(added)} test images of {cfg['pseudo']} added to the {len(train_items)} "
+                "training images (never validated, never in a gallery)")
+        train_items += added
     return ds, train_items, val_items, ds.classes
+
+
+def labelled(items: list[Item]) -> list[Item]:
+    """The items the data itself labels (pseudo-labelled test images left out): what a gallery may hold."""
+    return [it for it in items if not isinstance(it, PseudoItem)]
+
+
+def read_pseudo(path: str | Path, ds: Dataset) -> list[PseudoItem]:
+    """The test images of a pseudo-label CSV (image_id,label,...) with their labels, checked against the dataset:
+    every id a test image, listed once, every label a training class."""
+    fix = f"write it with ./run.sh pseudo CONFIG... --threshold T --data {ds.root} --out {path}, or set pseudo=''"
+    if not Path(path).is_file():
+        raise UserError(f"pseudo={path}: file not found; {fix}")
+    rows = read_table(path, required=PSEUDO_COLUMNS[:2], fix=f"; {fix}")
+    test, classes = {it.image_id: it for it in ds.test}, set(ds.classes)
+    items, seen = [], set()
+    for n, (image_id, label) in enumerate(zip(rows["image_id"], rows["label"]), start=2):
+        if image_id not in test:
+            raise UserError(f"{path} row {n}: '{image_id}' is not a test image of {ds.root}; {fix}")
+        if label not in classes:
+            raise UserError(f"{path} row {n}: label '{label}' of '{image_id}' is not a training class of {ds.root}; "
+                            f"{fix}")
+        if image_id in seen:
+            raise UserError(f"{path} row {n}: '{image_id}' listed twice; list each test image once")
+        seen.add(image_id)
+        items.append(PseudoItem(image_id, test[image_id].path, label))
+    return items

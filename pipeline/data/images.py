@@ -1,17 +1,16 @@
 """Reading images as RGB uint8 arrays with OpenCV: whole, or reduced so the shorter side is a given length (a large
-JPEG decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, then resized with area averaging)."""
+JPEG decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, then resized with area averaging); and the red
+regions of the competition's masks (read_masks)."""
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import cv2
+import numpy as np
 
 from pipeline.errors import UserError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 _CAPTURE = None  # per-process temp file that takes libjpeg/libpng's stderr messages during a decode
 
@@ -41,7 +40,7 @@ def _imread_quiet(path, flags=cv2.IMREAD_COLOR):
     return img, " ".join(_CAPTURE.read().decode(errors="replace").split())
 
 
-def read_image(path: str | Path, short_side: int = 0) -> "np.ndarray":
+def read_image(path: str | Path, short_side: int = 0) -> np.ndarray:
     """RGB uint8 (H, W, 3). cv2.IMREAD_COLOR applies the EXIF orientation and turns grayscale, RGBA, CMYK
     and 16-bit images into 8-bit BGR. short_side > 0: an image whose shorter side is longer is returned with that
     shorter side (aspect kept; decoded at the smallest JPEG scale still at least that long). An unreadable file is
@@ -77,3 +76,55 @@ def _decode_factor(path, short_side):
     except Exception:  # not readable by PIL: cv2's full decode gives the one-line error (or reads it)
         return 1
     return next((f for f in (8, 4, 2) if shorter // f >= short_side), 1)
+
+
+# --- the competition's masks (train_masks/*.png: one pure-red region each, the shape of the test occlusions) ---
+class Mask(NamedTuple):
+    name: str  # the PNG's file name
+    box: tuple[float, float, float, float]  # (y0, y1, x0, x1) of the red region as fractions of the mask's H, W
+    region: np.ndarray  # bool: the red pixels inside the box, downsampled (nearest) to at most max_side a side;
+    # a full rectangle (the usual mask) is kept as one True pixel, which nearest scaling turns into any box
+
+
+_MASKS: dict = {}  # per process: (folder, max_side, listing) -> [Mask]
+
+
+def read_masks(folder: str | Path, max_side: int = 128) -> list[Mask]:
+    """The red region of every folder/*.png, in name order (a PNG without red is skipped); read once per process
+    (a changed listing, by name, size and mtime, reads again), in parallel processes when there are many. The box
+    is measured at full resolution, so a mask lands on a photo to the pixel whatever max_side is."""
+    paths = sorted(Path(folder).glob("*.png"))
+    stats = [p.stat() for p in paths]
+    listing = tuple((p.name, s.st_size, s.st_mtime_ns) for p, s in zip(paths, stats))
+    key = (str(Path(folder).resolve()), max_side, listing)
+    if key not in _MASKS:
+        from joblib import Parallel, delayed
+
+        from pipeline.data.image_cache import default_workers
+
+        workers = default_workers() if len(paths) > 500 else 1  # 300 masks read in well under a second serially
+        masks = Parallel(n_jobs=workers, batch_size=64)(delayed(_read_mask)(p, max_side) for p in paths)
+        _MASKS.clear()  # one bank per process is the use; a new folder replaces it
+        _MASKS[key] = [m for m in masks if m is not None]
+    return _MASKS[key]
+
+
+def red_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels of the red occlusion fill. The fill is pure (255, 0, 0); JPEG perturbs it, hence the margins."""
+    return (image[..., 0] >= 200) & (image[..., 1] <= 60) & (image[..., 2] <= 60)
+
+
+def _read_mask(path, max_side):
+    red = red_mask(read_image(path))
+    ys, xs = np.nonzero(red.any(1))[0], np.nonzero(red.any(0))[0]
+    if not len(ys):
+        return None
+    (h, w), (y0, y1, x0, x1) = red.shape, (int(ys[0]), int(ys[-1]) + 1, int(xs[0]), int(xs[-1]) + 1)
+    region = red[y0:y1, x0:x1]
+    f = max_side / max(region.shape)
+    if region.all():
+        region = np.ones((1, 1), bool)
+    elif f < 1.0:
+        size = (max(1, round(region.shape[1] * f)), max(1, round(region.shape[0] * f)))
+        region = cv2.resize(region.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    return Mask(path.name, (y0 / h, y1 / h, x0 / w, x1 / w), region)

@@ -1,9 +1,26 @@
 """Albumentations pipelines of SPEC 2: train (6 steps), val (resize + mask-simulating red hole), test (resize). They
-end in uint8: normalisation (SPEC 2's last step) is the model's first (model/embedder.py), on its device."""
+end in uint8: normalisation (SPEC 2's last step) is the model's first (model/embedder.py), on its device.
+The big occlusion is a real mask of <data>/train_masks (MaskPaste) when there is one, pasted on the original
+image; occlusion fills (blendflip, inpaint) paint over the red before resizing, as on the test photos."""
+import hashlib
+from pathlib import Path
+
 import albumentations as A
+import cv2
 import numpy as np
 
+from pipeline.data.images import read_masks, red_mask
+from pipeline.errors import UserError
+
 RED = (255, 0, 0)
+MASK_SOURCES = ("train_masks", "coarse_dropout")
+OCCLUSION_FILLS = ("none", "blendflip", "inpaint")
+FILL_GROW = 2  # px the red region grows by before a fill: JPEG leaves a pinkish fringe that red_mask misses
+FEATHER = 2  # px either side of a blendflip seam that are blurred together
+INPAINT_SIDE = 256  # inpaint at this longer side (a 1024-px photo: 0.05-0.1 s instead of 0.8 s), the fill upsampled
+# Navier-Stokes, not TELEA: OpenCV's TELEA darkens a flat wall inside a big hole (a constant 900 x 600 image with a
+# 500 x 300 hole comes back up to 27 levels off; 9 at 256 px); NS returns the constant and costs the same
+INPAINT = cv2.INPAINT_NS
 
 
 def _mask_hole(p):
@@ -12,27 +29,174 @@ def _mask_hole(p):
                            hole_width_range=(0.25, 0.5), fill=RED, p=p)
 
 
-def build_transform(kind: str, cfg: dict, size: int) -> A.Compose:
-    """kind: train | val | test. Output: uint8 HWC array (the dataset makes it CHW)."""
-    if kind == "train":
-        steps = [
-            A.RandomResizedCrop(size=(size, size), scale=(cfg["crop_scale_min"], 1.0)),
-            A.HorizontalFlip(p=0.5),
-            A.OneOf([A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.0, p=1.0),
-                     A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.1, p=1.0),
-                     A.RandomGamma(p=1.0)], p=cfg["aug_p_color"]),
-            A.Affine(translate_percent=(-0.1, 0.1), scale=1.0, rotate=(-15, 15), p=cfg["aug_p_affine"]),
-            A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.125, 0.25),
-                            hole_width_range=(0.125, 0.25), fill=RED, p=cfg["aug_p_dropout"]),
-            _mask_hole(cfg["mask_p"]),
-        ]
-    elif kind == "val":
-        steps = [A.Resize(size, size), _mask_hole(1.0)]
-    elif kind == "test":
-        steps = [A.Resize(size, size)]
-    else:
+def _choice(key, value, choices):
+    if value not in choices:
+        raise UserError(f"{key}={value!r}: not one of {', '.join(choices)}")
+    return value
+
+
+class MaskBank:
+    """The masks of one folder (images.read_masks). Its repr names the folder, the count and a hash of the file
+    names: a transform's repr is its embeddings' cache key."""
+
+    def __init__(self, folder, max_side=128):
+        self.folder, self.max_side = str(folder), max_side
+        self.masks = read_masks(folder, max_side)
+        if not self.masks:
+            raise UserError(f"{folder}: no pure-red (255,0,0) region in any PNG; fix the masks or set "
+                            "mask_source=coarse_dropout")
+        self.digest = hashlib.sha1("\n".join(m.name for m in self.masks).encode()).hexdigest()[:8]
+
+    def __repr__(self):
+        return (f"MaskBank(folder='{self.folder}', masks={len(self.masks)}, names={self.digest}, "
+                f"max_side={self.max_side})")
+
+
+def mask_bank(cfg: dict) -> MaskBank | None:
+    """The bank of <data>/train_masks (Hotel-ID keeps them at the data root) when mask_source is train_masks and
+    that folder holds PNGs; else None: the synthetic CoarseDropout hole."""
+    folder = Path(cfg["data"]) / "train_masks"
+    if _choice("mask_source", cfg["mask_source"], MASK_SOURCES) == "coarse_dropout" or not any(folder.glob("*.png")):
+        return None
+    return MaskBank(folder)
+
+
+def paste_mask(image: np.ndarray, mask) -> np.ndarray:
+    """A copy of image with mask's red region (an images.Mask) painted pure red at the same relative place and
+    size: its box scaled to the image's H x W, the region inside scaled with nearest."""
+    h, w = image.shape[:2]
+    fy0, fy1, fx0, fx1 = mask.box
+    y0, x0 = min(h - 1, round(fy0 * h)), min(w - 1, round(fx0 * w))
+    y1, x1 = max(y0 + 1, round(fy1 * h)), max(x0 + 1, round(fx1 * w))
+    region = cv2.resize(mask.region.astype(np.uint8), (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    out = image.copy()
+    out[y0:y1, x0:x1][region.astype(bool)] = RED
+    return out
+
+
+class MaskPaste(A.ImageOnlyTransform):
+    """A random mask of the bank pasted red (paste_mask); seeded by the Compose like every other step."""
+
+    def __init__(self, bank: MaskBank, p: float = 0.5):
+        super().__init__(p=p)
+        self.bank = bank
+
+    def get_params(self):
+        return {"index": self.py_random.randrange(len(self.bank.masks))}
+
+    def apply(self, img, index=0, **params):
+        return paste_mask(img, self.bank.masks[index])
+
+
+def _reflect(t, n):
+    # symmetric reflection at the image border (..., 1, 0 | 0, 1, ...), once is enough for a box inside the image
+    return np.clip(np.where(t < 0, -t - 1, np.where(t >= n, 2 * n - 1 - t, t)), 0, n - 1)
+
+
+def _blendflip(image, hole):
+    out, free = image.astype(np.float32), ~hole
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hole.astype(np.uint8), connectivity=8)
+    H, W = hole.shape
+    for k in range(1, n):
+        x0, y0, w, h = (int(v) for v in stats[k, :4])
+        y1, x1, i, j = y0 + h, x0 + w, np.arange(h), np.arange(w)
+        ys, xs = slice(y0, y1), slice(x0, x1)
+        num, den = np.zeros((h, w, 3), np.float32), np.zeros((h, w, 1), np.float32)
+        for src, dist, rows in ((_reflect(y0 - 1 - i, H), i + 1, True), (_reflect(y1 + h - 1 - i, H), h - i, True),
+                                (_reflect(x0 - 1 - j, W), j + 1, False), (_reflect(x1 + w - 1 - j, W), w - j, False)):
+            copy, ok = (out[src, xs], free[src, xs]) if rows else (out[ys, src], free[ys, src])
+            weight = (ok / (dist[:, None] if rows else dist[None, :]))[..., None].astype(np.float32)
+            num, den = num + weight * copy, den + weight
+        fill = num / np.maximum(den, 1e-6)
+        if not den.all():  # no mirror source at all (a region spanning the image): the mean of what is left
+            fill[den[..., 0] == 0] = out[free].mean(0) if free.any() else 127.5
+        part = labels[ys, xs] == k
+        out[ys, xs][part] = fill[part]
+        free[ys, xs] |= part
+        # feather: blur a band of FEATHER px either side of the seam (in a crop with room for the kernel)
+        g = 2 * FEATHER
+        a, b, c, d = max(0, y0 - g), min(H, y1 + g), max(0, x0 - g), min(W, x1 + g)
+        comp, kernel = (labels[a:b, c:d] == k).astype(np.uint8), np.ones((g + 1, g + 1), np.uint8)
+        band = (cv2.dilate(comp, kernel) > 0) & ~(cv2.erode(comp, kernel, borderValue=1) > 0)
+        out[a:b, c:d][band] = cv2.GaussianBlur(out[a:b, c:d], (g + 1, g + 1), 0)[band]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _inpaint(image, hole):
+    h, w = hole.shape
+    f = min(1.0, INPAINT_SIDE / max(h, w))
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if f < 1 else image
+    # a reduced pixel is a hole if any red pixel lies under it (area averaging mixes red into its neighbours)
+    small_hole = cv2.resize(hole.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0 if f < 1 else hole
+    filled = cv2.inpaint(np.ascontiguousarray(small), small_hole.astype(np.uint8), 3, INPAINT)
+    up = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR) if f < 1 else filled
+    out = image.copy()
+    out[hole] = up[hole]
+    return out
+
+
+def fill_occlusion(image: np.ndarray, method: str) -> np.ndarray:
+    """The red regions of a uint8 RGB image (red_mask, grown by FILL_GROW px) painted over; a new array.
+    blendflip (Hotel-ID 2022 1st place): each region's bounding box gets the mirror image of the pixels beyond each
+    of its four sides (reflected at the image border; red sources skipped), blended with weights 1/distance to that
+    side, and the seam blurred over FEATHER px. inpaint: cv2.inpaint (Navier-Stokes, radius 3) at INPAINT_SIDE px,
+    the fill upsampled into the region."""
+    if method not in OCCLUSION_FILLS[1:]:
+        raise ValueError(f"fill_occlusion method {method!r}")
+    kernel = np.ones((2 * FILL_GROW + 1,) * 2, np.uint8)
+    hole = cv2.dilate(red_mask(image).astype(np.uint8), kernel) > 0
+    if not hole.any():
+        return image
+    return _blendflip(image, hole) if method == "blendflip" else _inpaint(image, hole)
+
+
+class FillOcclusion(A.ImageOnlyTransform):
+    """fill_occlusion as a pipeline step, with probability p."""
+
+    def __init__(self, method: str, p: float = 0.5):
+        super().__init__(p=p)
+        self.method = method
+
+    def apply(self, img, **params):
+        return fill_occlusion(img, self.method)
+
+
+def _fill(method, p):
+    return [FillOcclusion(_choice("fill", method, OCCLUSION_FILLS), p)] if method != "none" else []
+
+
+def build_transform(kind: str, cfg: dict, size: int, fill: str = "none") -> A.Compose:
+    """kind: train | val | test. Output: uint8 HWC array (the dataset makes it CHW). The occlusion (a real mask,
+    or the synthetic hole with mask_source=coarse_dropout or without masks) and any fill come first, on the
+    original image. fill: none | blendflip | inpaint, the query's fill (val and test; train reads occlusion_fill
+    and occlusion_fill_p). coarse_dropout with no fill is the 7th place's pipelines, exactly as before."""
+    if kind not in ("train", "val", "test"):
         raise ValueError(kind)
-    return A.Compose(steps)
+    if kind == "test":
+        return A.Compose([*_fill(fill, 1.0), A.Resize(size, size)])
+    bank = mask_bank(cfg)
+    if kind == "val":
+        if bank is None and fill == "none":
+            return A.Compose([A.Resize(size, size), _mask_hole(1.0)])
+        return A.Compose([MaskPaste(bank, 1.0) if bank else _mask_hole(1.0), *_fill(fill, 1.0), A.Resize(size, size)])
+    method, fill_p = _choice("occlusion_fill", cfg["occlusion_fill"], OCCLUSION_FILLS), cfg["occlusion_fill_p"]
+    if not 0.0 <= fill_p <= 1.0:
+        raise UserError(f"occlusion_fill_p={fill_p}: must be between 0 and 1 (a probability per training image)")
+    steps = [
+        A.RandomResizedCrop(size=(size, size), scale=(cfg["crop_scale_min"], 1.0)),
+        A.HorizontalFlip(p=0.5),
+        A.OneOf([A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.0, p=1.0),
+                 A.RandomBrightnessContrast(brightness_limit=0.0, contrast_limit=0.1, p=1.0),
+                 A.RandomGamma(p=1.0)], p=cfg["aug_p_color"]),
+        A.Affine(translate_percent=(-0.1, 0.1), scale=1.0, rotate=(-15, 15), p=cfg["aug_p_affine"]),
+        A.CoarseDropout(num_holes_range=(1, 6), hole_height_range=(0.125, 0.25),
+                        hole_width_range=(0.125, 0.25), fill=RED, p=cfg["aug_p_dropout"]),
+    ]
+    if bank is None and method == "none":
+        return A.Compose([*steps, _mask_hole(cfg["mask_p"])])
+    occlusion = MaskPaste(bank, cfg["mask_p"]) if bank else _mask_hole(cfg["mask_p"])
+    return A.Compose([occlusion, *_fill(method, fill_p), *steps])
 
 
 def describe(transform: object) -> str:
@@ -49,11 +213,6 @@ def apply(transform: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
 # --- multi-crop queries (SPEC Appendix D, the 7th-place Hotel-ID variant) ---------------------------------------
 MULTICROPS = (0, 5, 9)  # 0 = off
 MAX_RED = 0.5  # a crop more than half red (the occlusion rectangle) is dropped
-
-
-def red_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels of the red occlusion fill. The fill is pure (255, 0, 0); JPEG perturbs it, hence the margins."""
-    return (image[..., 0] >= 200) & (image[..., 1] <= 60) & (image[..., 2] <= 60)
 
 
 def crop_boxes(h: int, w: int, n: int) -> list[tuple[int, int, int, int]]:
@@ -89,16 +248,19 @@ def select_crops(image: np.ndarray, n: int, max_red: float = MAX_RED) -> tuple[l
 
 
 class MultiCrop:
-    """The query views of one image: [val only: the red hole of the val pipeline, drawn on the whole image
-    (seeded per sample, like `apply`), BEFORE cropping] -> the n crops -> drop the mostly-red ones -> each kept
-    crop resized to the model size (uint8; the model normalises). If every crop is dropped, the whole image is the
-    one view."""
+    """The query views of one image: [val only: the red hole of the val pipeline (a real mask of cfg's data
+    folder when build_transform would use one), drawn on the whole image (seeded per sample, like `apply`), BEFORE
+    cropping] -> [fill: the occlusion filled] -> the n crops -> drop the mostly-red ones -> each kept crop resized
+    to the model size (uint8; the model normalises). If every crop is dropped, the whole image is the one view.
+    Without cfg and fill it is the synthetic hole, as before (its repr too)."""
 
-    def __init__(self, kind, n, size):
+    def __init__(self, kind, n, size, cfg=None, fill="none"):
         if kind not in ("val", "test") or n not in (5, 9):
             raise ValueError(f"MultiCrop({kind!r}, {n!r})")
         self.kind, self.n = kind, n
-        self.hole = A.Compose([_mask_hole(1.0)]) if kind == "val" else None
+        bank = mask_bank(cfg) if cfg is not None and kind == "val" else None
+        steps = ([MaskPaste(bank, 1.0) if bank else _mask_hole(1.0)] if kind == "val" else []) + _fill(fill, 1.0)
+        self.hole = A.Compose(steps) if steps else None
         self.finish = A.Compose([A.Resize(size, size)])
 
     def __repr__(self):  # stable text for cache keys (like describe())

@@ -49,12 +49,13 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
         sets.need_val(cfgs[0])
     if all(inputs.val.ids for inputs in sets.folds.values()):
         for i, config in enumerate(sets.configs):
-            per_fold, pooled = oof_map5(sets, classes, tricks, mem, log, models=[i])
+            per_fold, pooled, _ = oof_map5(sets, classes, tricks, mem, log, models=[i])
             for fold, (score, _) in per_fold.items():
                 report["models"][sets.folds[fold].names[i]] = score
             if several:
                 report.setdefault("out_of_fold", {})[config] = pooled
-        per_fold, report["ensemble"]["val_map5"] = oof_map5(sets, classes, tricks, mem, log)
+        per_fold, report["ensemble"]["val_map5"], report["ensemble"]["val_map5_balanced"] = oof_map5(
+            sets, classes, tricks, mem, log)
         rows = [(n, f"{s:.4f}") for n, s in report["models"].items()]
         label = f"ensemble ({len(sets.configs)})"
         if several:
@@ -63,11 +64,12 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
             rows += [(f"ensemble fold {f}", f"{s:.4f}") for f, (s, _) in per_fold.items()]
             label = f"ensemble out-of-fold ({len(sets.configs)} configs x folds {folds})"
         rows.append((f"**{label}**", f"**{report['ensemble']['val_map5']:.4f}**"))
+        rows.append((f"{label}, each class weighted equally", f"{report['ensemble']['val_map5_balanced']:.4f}"))
     sub_path, truth_path = None, Path(cfgs[0]["data"]) / "test_truth.csv"
     if ds.test_ids:
         every = sets.every
         preds = predict(every.test.arrays, every.gallery, classes, every_run_tricks(tricks, cfgs), mem, log,
-                        search=search)
+                        search=search, views=[v.arrays for v in every.test.views], centers=every.centers)
         sub_path = Path("submissions") / f"{out_name}.csv"
         write_submission(sub_path, every.test.ids, preds, expected_ids=ds.test_ids, known_classes=classes,
                          id_column=ds.id_column, label_column=ds.label_column)
@@ -110,7 +112,7 @@ def mark_best(rows: list) -> list:
 
 
 def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | None = None, log=print,
-                    tricks: dict | None = None) -> list:
+                    tricks: dict | None = None, auto: bool = False) -> list:
     """Val MAP@5 of every subset's equal-weight ensemble (each model's embeddings loaded once; runs of the configs on
     several folds: the out-of-fold MAP@5 of each subset of configs); returns the rows [{'models': [names], 'size',
     'val_map5', 'best_of_size'}] (by size, then in config order) and writes runs/ensembles/<out>/report.md, .csv,
@@ -143,7 +145,12 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
         info.update(fold=cfgs[0]["fold"], gallery_images=len(sets.every.val_gallery))
     out_dir = Path(cfgs[0]["runs_dir"]) / "ensembles" / out_name
     write_subset_report(rows, out_dir, info, log)
-    best = write_best(rows, out_dir / BEST_JSON, cfgs, tricks)
+    if auto:
+        from pipeline.experiments.ablate import auto_choose
+
+        best = auto_choose(cfgs, tricks, out_dir, seed=cfgs[0]["seed"], log=log)
+    else:
+        best = write_best(rows, out_dir / BEST_JSON, cfgs, tricks)
     log(f"best: {' + '.join(best['models'])} ({best['val_map5']:.4f}) in {out_dir / BEST_JSON}; package it with "
         f"./run.sh kernel NAME --from-report {out_dir}")
     return rows

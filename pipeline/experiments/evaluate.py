@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.config import config_names, fold_text, run_names
 from pipeline.errors import UserError
 from pipeline.inference.registry import DEFAULTS, RANKING_TRICKS
-from pipeline.retrieval.embeddings import EmbeddingSet, Variant
+from pipeline.retrieval.embeddings import EmbeddingSet
 
 METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k")
 _INSTANCE = {"map@k": "mAP@k", "acc@1": "acc@1", "precision@k": "precision@k", "recall@k": "recall@k"}
@@ -37,7 +37,7 @@ def parse_ks(text: str) -> list[int]:
 
 def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leave_one_out: bool = False,
              queries: str = "val", zero_shot: str | None = None, out: str | None = None, ablate: bool = False,
-             oof: bool = False, log=print) -> None:
+             oof: bool = False, log=print, seeds: int | None = None, compare: str | None = None) -> None:
     """The evaluate stage: the metrics table of the runs (and the zero-shot row) in runs/evaluate/<out>/, or with
     ablate the runs' ensemble once per inference trick, or with oof each config's out-of-fold MAP@5 over its runs
     on several folds. base: cfgs[0], or the default config without runs."""
@@ -60,8 +60,15 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
         if not cfgs or leave_one_out or queries != "val" or len({c["fold"] for c in cfgs}) > 1:
             raise UserError("--ablate scores trained runs on one validation fold: give runs, without "
                             "--leave-one-out / --queries test / --folds")
-        run_ablation(cfgs, tricks, out_dir, log=log)
+        if seeds:
+            from pipeline.experiments.ablate import ablate_seeds
+
+            ablate_seeds(cfgs, tricks, seeds, compare, out_dir, log=log)
+        else:
+            run_ablation(cfgs, tricks, out_dir, log=log)
         return
+    if seeds or compare:
+        raise UserError("--seeds / --compare go with --ablate: ./run.sh evaluate m1 m2 --ablate --seeds 3")
     if leave_one_out and any(tricks[k] != DEFAULTS[k] for k in RANKING_TRICKS):
         raise UserError("--leave-one-out scores without the ranking tricks (--qe, --dba, --pca, --agg, --weights)")
     if cfgs:
@@ -76,7 +83,7 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
 
 def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: list, ks: list,
           leave_one_out: bool = False, max_memory: int = 2 << 30, log=print, tricks: dict | None = None,
-          search=None) -> dict:
+          search=None, centers=None) -> dict:
     """{column: value} of the metrics for one model's queries against a gallery (columns in the order of
     `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default); search: its rank()'s
     search (the config's, retrieval/rank_modes.py; None: exact)."""
@@ -89,7 +96,8 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
     for m in metrics:
         if m == "map@5":
             row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else
-                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log, search=search))
+                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log, search=search,
+                           centers=centers))
             continue
         if rel is None:
             own = np.arange(len(q)) if leave_one_out else None  # the queries are the gallery: skip itself
@@ -107,19 +115,20 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     (a timm backbone name), first the zero-shot row of that backbone on cfgs[0]'s data and fold (no tricks)."""
     from pipeline.data.layouts import load_dataset
     from pipeline.experiments.zero_shot import zero_shot_row
-    from pipeline.retrieval.embeddings import ensure_embeddings
+    from pipeline.retrieval.predict import load_embeddings
     from pipeline.retrieval.rank_modes import Search
 
     tricks = dict(tricks or DEFAULTS, weights=None)
     searches = [Search.of(cfg) for cfg in cfgs]  # a bad search key fails before any embedding
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
     for cfg, name, search in zip(cfgs, run_names(cfgs), searches):
-        run = ensure_embeddings(cfg, Variant.of(tricks), log=log)
-        q = run.load(queries)
+        inputs = load_embeddings([cfg], tricks, log=log)
+        q = getattr(inputs, queries)
         need_queries(cfg, queries, q.ids, q.labels)
-        g = searched_gallery(run.load("gallery"), q, leave_one_out, queries)
+        g = searched_gallery(inputs.gallery, q, leave_one_out, queries)
         rows.append({"model": name, **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
-                                                   leave_one_out, cfg["max_memory"], log, tricks, search)})
+                                                   leave_one_out, cfg["max_memory"], log, tricks, search,
+                                                   inputs.centers)})
         log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(q)} queries, {len(g)} gallery images")
     return rows
 
@@ -135,7 +144,7 @@ def oof_rows(cfgs: list, tricks: dict, log=print) -> list:
         runs = [c for c in cfgs if c["name"] == name]
         sets = load_fold_sets(runs, tricks, log=log)
         sets.need_val(runs[0])
-        per_fold, pooled = oof_map5(sets, load_dataset(runs[0]["data"], runs[0]).classes, tricks,
+        per_fold, pooled, _ = oof_map5(sets, load_dataset(runs[0]["data"], runs[0]).classes, tricks,
                                     runs[0]["max_memory"], log)
         rows += [{"model": f"{name}/fold{f}", "map@5": s, "queries": n} for f, (s, n) in per_fold.items()]
         rows.append({"model": f"{name} out-of-fold", "map@5": pooled, "queries": sum(n for _, n in per_fold.values())})

@@ -9,13 +9,14 @@ without gallery rows has no kNN part to mix (and rank() never returns it), and o
 alpha sweep comparing scores rather than class sets. Both parts are cosine sums over the same models and weights,
 so they share a scale and alpha needs no normalisation."""
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.io import read_table, save_npy, write_table
+from pipeline.io import read_table, save_npy, write_table, write_text
 from pipeline.retrieval.rank import rank
 from pipeline.retrieval.rank_modes import Search, build_index
 from pipeline.retrieval.search import gemm, top_columns
@@ -67,7 +68,7 @@ def load_centers(path_stem) -> ClassCenters:
     if not npy.is_file():
         raise UserError(f"{npy}: class centers not found (they are cached beside the run's embeddings: embed again)")
     labels = read_table(csv, ["label"])["label"].tolist()
-    array = np.load(npy)
+    array = np.load(npy, mmap_mode="r")  # a few MB to ~100 MB per model at Hotel-ID scale: read on use
     if array.ndim != 3 or array.shape[0] != len(labels):
         raise UserError(f"{npy}: centers of shape {array.shape} for the {len(labels)} labels of {csv} (expected "
                         f"({len(labels)}, K, D)): delete both files and embed again")
@@ -174,3 +175,18 @@ def _center_parts(qs, cs, ccs, uniq):
         rows = None if keep.all() and cc.size == uniq.size and bool(np.all(pos == np.arange(uniq.size))) else pos[keep]
         parts.append((rows, [np.ascontiguousarray(c[keep, j], np.float32) for j in range(c.shape[1])]))
     return parts, valid
+
+
+def ensure_centers(out: Path, stem: str, manifest: dict, ck_hash: str, state: Callable[[], dict]) -> None:
+    """A run's class centers saved as <out>/<stem>.npy/.csv beside its embeddings, once per checkpoint (its content
+    hash, recorded in the embeddings' manifest.json); state() gives the loaded checkpoint. A pair head (supcon,
+    triplet) has none: its manifest entry says so."""
+    import json
+
+    if manifest.get(stem, {}).get("key") == ck_hash:
+        return
+    centers = centers_from_checkpoint(state())
+    if centers is not None:
+        save_centers(out / stem, centers)
+    manifest[stem] = {"key": ck_hash, "classes": len(centers.labels) if centers else 0}
+    write_text(out / "manifest.json", json.dumps(manifest, indent=1))

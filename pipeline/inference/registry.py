@@ -6,7 +6,9 @@ per-class aggregation) go to retrieval/tricks.py's predict. A new trick = its fu
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipeline.data.transforms import OCCLUSION_FILLS
 from pipeline.errors import UserError
+from pipeline.inference.logits import check_alpha
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,33 @@ TRICKS = {
                _flag("--whiten", action="store_true", help="whiten with --pca")),
         _parse_pca,
         (("PCA {dim}", {"pca": -1}), ("PCA {dim} + whitening", {"pca": -1, "whiten": True}))),
+    "fill": Trick(
+        {"fill": "none"}, "embedding",
+        _flag("--fill", default="none", choices=OCCLUSION_FILLS,
+              help="queries' red occlusion filled before resizing: blendflip (mirrored neighbourhood, blended; "
+                   "Hotel-ID 2022 1st) or inpaint (OpenCV)"),
+        lambda a, n: {"fill": a.fill},
+        (("occlusion fill: blendflip", {"fill": "blendflip"}), ("occlusion fill: inpaint", {"fill": "inpaint"}))),
+    "rotate": Trick(
+        {"rotate": False}, "embedding",
+        _flag("--rotate", action="store_true",
+              help="rotation TTA: queries embedded at 0/90/180/270 degrees, each class scored by its best turn"),
+        lambda a, n: {"rotate": a.rotate},
+        (("rotation TTA (best of 4 turns)", {"rotate": True}),)),
+    "upright": Trick(
+        {"upright": False}, "embedding",
+        _flag("--upright", action="store_true",
+              help="queries turned upright first by a rotation classifier on the run's features (trained once, "
+                   "self-supervised, on its training images: orientation.pt)"),
+        lambda a, n: {"upright": a.upright},
+        (("upright queries (rotation classifier)", {"upright": True}),)),
+    "knn_alpha": Trick(
+        {"knn_alpha": 1.0}, "ranking",
+        _flag("--knn-alpha", type=float, default=1.0, metavar="A",
+              help="class score = A x kNN similarity + (1 - A) x cosine to the head's class weight (classifier "
+                   "heads; 1 = kNN only)"),
+        lambda a, n: {"knn_alpha": check_alpha(a.knn_alpha)},
+        (("kNN 0.5 + class weights 0.5", {"knn_alpha": 0.5}), ("class weights only (logits)", {"knn_alpha": 0.0}))),
     "weights": Trick(
         {"weights": None}, "ranking",
         _flag("--weights", metavar="W1,W2,...", help="per-model weights (default equal)"),

@@ -99,12 +99,13 @@ class Embedder(nn.Module):
         self.pool = GeM(gem_p) if pooling == "gem" else None
         self.neck = NECKS[neck](in_features, embedding_dim, dropout)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features (N, in_features): what the neck embeds."""
+        feats = self.backbone(self.pixel_norm(x))
+        return self.pool(feats) if self.pool is not None else feats
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pixel_norm(x)
-        feats = self.backbone(x)
-        if self.pool is not None:
-            feats = self.pool(feats)
-        return self.neck(feats)
+        return self.neck(self.features(x))
 
 
 def build_model(cfg: dict, with_weights: bool = True) -> tuple[Embedder, str | None]:

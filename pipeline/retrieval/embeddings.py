@@ -1,20 +1,17 @@
 """The embedding cache of a trained run: runs/<config>/fold<k>/embeddings/<stem>.npy (float16, one L2-normalised
-row per image), <stem>.csv (image_id,label in row order; label empty for test) and manifest.json (each stem's cache
-key). Splits: the gallery (all training images, test pipeline), the validation fold (val pipeline) and the test
-images. An embedding-time `Variant` (flip TTA, multi-crop queries, the gallery's pipeline) is cached under its own
-stem, e.g. val.flip.mc5. A stem is recomputed only when its key changes: the checkpoint's content hash, the image
-list (path, size, mtime), the transform (with the variant), the image size, and what made the rows (their dtype,
-AMP, the device kind).
-
-A stem is embedded in chunks of whole batches (embed_chunk images), each saved under <stem>.parts/ beside a
-key.json holding its cache key and batching, so a killed embed resumes from its finished chunks; parts of another
-key are deleted. The chunks are the one-process batches with their own seeds, so <stem>.npy, their concatenation,
-is byte for byte what one uninterrupted pass writes; the parts go once it is written."""
+row per image), <stem>.csv (image_id,label in row order; label empty for test), manifest.json (each stem's cache
+key) and centers.npy/.csv (a classifier head's class centers). Splits: the gallery (all training images), the
+validation fold and the test images; an embedding-time `Variant` (e.g. val.flip.mc5) has its own stems. A stem is
+recomputed only when its key changes: the checkpoint's content hash, the image list (path, size, mtime), the
+transform (with the variant), the image size, and what made the rows (dtype, AMP, device kind). It is embedded in
+chunks of whole batches (embed_chunk images) saved under <stem>.parts/ with their key and batching, so a killed
+embed resumes from its finished chunks; they are the one-process batches with their own seeds, so <stem>.npy,
+their concatenation, is byte for byte what one uninterrupted pass writes; the parts go once it is written."""
 import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,43 +21,55 @@ from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     import albumentations as A
-    import pandas as pd
     import torch
 
     from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
+    from pipeline.inference.logits import ClassCenters
+    from pipeline.inference.orientation import Orienter
     from pipeline.model.embedder import Embedder
 
 SPLITS = ("gallery", "val", "test")
 QUERY_SPLITS = ("val", "test")
 GALLERY_PIPELINES = ("test", "val")
 VERSION = 1  # bump when the embedding code changes what it computes
+CENTERS = "centers"  # the stem of the class centers beside the embeddings
 
 
 @dataclass(frozen=True)
 class Variant:
-    """How a run's embeddings are made: flip TTA on every split, multi-crop queries (0, 5 or 9 crops of the val and
-    test images), the gallery's pipeline (test, or val: with the simulated red hole). It names its cache files and
-    writes its part of their cache key; the default variant is the plain gallery / val / test."""
+    """How a run's embeddings are made: flip TTA, multi-crop queries (0, 5 or 9 crops), the gallery's pipeline (test,
+    or val: with the simulated red hole); for the queries only: the red occlusion filled before resizing, the view
+    turned `rotation` quarter turns (rotation TTA: a variant per turn) or upright by the run's rotation classifier.
+    It names its cache files and writes its part of their cache key; the default is the plain gallery / val / test."""
     flip: bool = False
     multicrop: int = 0
     gallery_pipeline: str = "test"
+    fill: str = "none"
+    rotation: int = 0
+    upright: bool = False
 
     @classmethod
-    def of(cls, tricks: dict) -> "Variant":
-        """The variant an inference-tricks dict asks for."""
-        return cls(tricks["flip"], tricks["multicrop"], tricks["gallery_pipeline"]).checked()
+    def of(cls, tricks: dict, rotation: int = 0) -> "Variant":
+        """The variant an inference-tricks dict asks for (with rotation TTA: the one of that many turns)."""
+        return cls(tricks["flip"], tricks["multicrop"], tricks["gallery_pipeline"], tricks["fill"], rotation,
+                   tricks["upright"]).checked()
 
     def checked(self) -> "Variant":
         """Itself with plain types; a value that is not allowed is a one-line UserError naming it."""
-        from pipeline.data.transforms import MULTICROPS
+        from pipeline.data.transforms import MULTICROPS, OCCLUSION_FILLS
 
         if self.multicrop not in MULTICROPS:
             raise UserError(f"multicrop {self.multicrop!r}: not one of {', '.join(map(str, MULTICROPS))} (0 = off)")
         if self.gallery_pipeline not in GALLERY_PIPELINES:
             raise UserError(f"gallery pipeline {self.gallery_pipeline!r}: not one of {', '.join(GALLERY_PIPELINES)}")
-        return Variant(bool(self.flip), int(self.multicrop), self.gallery_pipeline)
+        if self.fill not in OCCLUSION_FILLS:
+            raise UserError(f"fill {self.fill!r}: not one of {', '.join(OCCLUSION_FILLS)}")
+        if self.rotation not in (0, 1, 2, 3):
+            raise UserError(f"rotation {self.rotation!r}: give 0-3 quarter turns")
+        return Variant(bool(self.flip), int(self.multicrop), self.gallery_pipeline, self.fill, int(self.rotation),
+                       bool(self.upright))
 
     def pipeline(self, split: str) -> str:
         """The transform pipeline of a split: val for the validation queries (and a val-pipeline gallery), else test."""
@@ -69,27 +78,36 @@ class Variant:
     def crops(self, split: str) -> int:
         return self.multicrop if split in QUERY_SPLITS else 0
 
+    def query(self, split: str) -> "Variant":
+        """What of the query-only parts applies to split (none of them to the gallery)."""
+        return self if split in QUERY_SPLITS else Variant(self.flip, self.multicrop, self.gallery_pipeline)
+
     def stem(self, split: str) -> str:
         """File stem of a split's embeddings; the default variant gives the plain split name."""
+        q = self.query(split)
         return (split + (".flip" if self.flip else "") + (f".mc{self.crops(split)}" if self.crops(split) else "")
-                + (".galval" if split == "gallery" and self.gallery_pipeline == "val" else ""))
+                + (".galval" if split == "gallery" and self.gallery_pipeline == "val" else "")
+                + (f".fill-{q.fill}" if q.fill != "none" else "") + (f".rot{q.rotation}" if q.rotation else "")
+                + (".upright" if q.upright else ""))
 
     def transform(self, split: str, cfg: dict, meta: dict):
         """(transform, its cache-key text) of one split; meta: a checkpoint (or the kernel's model meta) with
         image_size, mean, std. Shared by embed and the Kaggle kernel."""
         from pipeline.data.transforms import MultiCrop, build_transform, describe
 
-        size = meta["image_size"]
+        size, q = meta["image_size"], self.query(split)
         kind, crops = self.pipeline(split), self.crops(split)
-        tfm = MultiCrop(kind, crops, size) if crops else build_transform(kind, cfg, size)
+        tfm = MultiCrop(kind, crops, size, cfg, q.fill) if crops else build_transform(kind, cfg, size, q.fill)
         # the key text of a default stem is exactly the transform's, so existing caches stay valid
-        return tfm, describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
+        return tfm, (describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
+                     + (f"|rot90 x{q.rotation}" if q.rotation else "")
+                     + ("|upright: inference/orientation.py" if q.upright else ""))
 
     def manifest(self, split: str) -> dict:
         """What a manifest entry records of the variant (nothing for a plain split)."""
-        if self.stem(split) == split:
-            return {}
-        return {"split": split, "flip": self.flip, "multicrop": self.crops(split), "pipeline": self.pipeline(split)}
+        q = self.query(split)
+        return {} if self.stem(split) == split else {"split": split, "flip": self.flip, "multicrop": self.crops(split),
+                "pipeline": self.pipeline(split), "fill": q.fill, "rotation": q.rotation, "upright": q.upright}
 
 
 @dataclass
@@ -100,6 +118,7 @@ class EmbeddingSet:
     arrays: list
     ids: list
     labels: list
+    views: list = field(default_factory=list)  # queries: the EmbeddingSets of their other turns (rotation TTA)
 
     @property
     def array(self) -> np.ndarray:
@@ -131,6 +150,11 @@ class RunEmbeddings:
 
     def load(self, split: str) -> EmbeddingSet:
         return load_split(self.dir, self.stems[split])
+
+    def centers(self) -> "ClassCenters | None":
+        """The run's class centers (a classifier head's), None for a pair head."""
+        from pipeline.inference.logits import load_centers
+        return load_centers(self.dir / CENTERS) if (self.dir / f"{CENTERS}.npy").is_file() else None
 
 
 def item_set(array, items) -> EmbeddingSet:
@@ -179,7 +203,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
     state, model, device, computed = None, None, distributed.pick_device(), []
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
-    reader = None
+    reader = orient = None
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
         size = state["image_size"]
@@ -194,10 +218,16 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
         if model is None:
             model = load_model(state["config"], state["model"], cfg, device)
             reader = image_reader(cfg, size, {"train": ds.train, "test": ds.test}, log)
+        q = variant.query(name)
+        if q.upright and orient is None:
+            from pipeline.inference.orientation import ensure_orienter
+
+            orient = ensure_orienter(cfg, model, ds.train, reader, device, run, ck_hash, log, size)
         t0, crops = time.time(), variant.crops(name)
         meta = {"key": key, **chunking(cfg, crops, len(items[name]))}
+        view = {"rotation": q.rotation, "orient": orient if q.upright else None}
         emb = embed_in_chunks(lambda a, b: embed_with(model, items[name], tfm, crops, cfg, device, variant.flip, a, b,
-                                                      reader), meta, parts, log, f"{cfg['name']} {st}")
+                                                      reader, **view), meta, parts, log, f"{cfg['name']} {st}")
         computed.append(st)
         if emb is None:  # another rank's share: rank 0 has it now
             continue
@@ -209,25 +239,25 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     if not computed:
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
         log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
+    if distributed.is_main():
+        from pipeline.inference.logits import ensure_centers
+
+        ensure_centers(out, CENTERS, manifest, ck_hash, lambda: state or checkpoint.load(ck_path))
     return RunEmbeddings(out, stems, computed)
 
 
 def _save_stem(out: Path, stem: str, emb: np.ndarray, items: "list[Item]", manifest: dict, entry: dict) -> None:
     """Write a stem's .npy and .csv, then its manifest entry (which vouches for them), then drop its chunks."""
+    import pandas as pd
+
     from pipeline.io import save_npy, write_table, write_text
 
     save_npy(out / f"{stem}.npy", emb)
-    write_table(out / f"{stem}.csv", id_label_frame(items))
+    write_table(out / f"{stem}.csv", pd.DataFrame({"image_id": [i.image_id for i in items],
+                                                   "label": [i.label or "" for i in items]}))
     manifest[stem] = entry
     write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     shutil.rmtree(out / f"{stem}.parts", ignore_errors=True)
-
-
-def id_label_frame(items: "list[Item]") -> "pd.DataFrame":
-    """The (image_id, label) table of a list of items, labels '' where unknown."""
-    import pandas as pd
-
-    return pd.DataFrame({"image_id": [it.image_id for it in items], "label": [it.label or "" for it in items]})
 
 
 def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict, device: str) -> "Embedder":
@@ -243,14 +273,16 @@ def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict
 
 def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | MultiCrop", crops: int, cfg: dict,
                device: str, flip: bool = False, start: int = 0, stop: int | None = None,
-               reader: "ImageReader | None" = None) -> np.ndarray | None:
+               reader: "ImageReader | None" = None, rotation: int = 0,
+               orient: "Orienter | None" = None) -> np.ndarray | None:
     """float16 (n, E) embeddings of items[start:stop] (start a multiple of forward.images_per_batch): plain, or the
-    multi-crop mean when crops > 0 (None on ranks but 0)."""
+    multi-crop mean when crops > 0 (None on ranks but 0); rotation / orient: forward.embed_items'."""
     from pipeline.retrieval.forward import embed_items, embed_multicrop
 
+    kw = dict(flip=flip, start=start, stop=stop, reader=reader, rotation=rotation, orient=orient)
     if crops:
-        return embed_multicrop(model, items, tfm, cfg, device, flip=flip, start=start, stop=stop, reader=reader)
-    return embed_items(model, items, tfm, cfg, device, flip=flip, start=start, stop=stop, reader=reader)[0]
+        return embed_multicrop(model, items, tfm, cfg, device, **kw)
+    return embed_items(model, items, tfm, cfg, device, **kw)[0]
 
 
 def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
+    from pipeline.inference.orientation import Orienter
 
 
 EMBEDDING_DTYPE = np.float16  # of the stored rows: half the disk and memory, and ample for cosine ranking
@@ -41,11 +42,22 @@ def _batches(start, stop, size):
     return distributed.shard([list(range(i, min(i + size, stop))) for i in range(start, stop, size)])
 
 
-def _forward(model, x, cfg, device, flip):
+def _check_rotation(rotation):
+    if isinstance(rotation, bool) or not isinstance(rotation, (int, np.integer)) or not 0 <= rotation <= 3:
+        raise UserError(f"rotation {rotation!r}: give the quarter turns of the query views, 0, 1, 2 or 3")
+
+
+def _forward(model, x, cfg, device, flip, rotation=0, orient=None):
     """(e(x), the embedding to keep): e(x) itself, or with flip TTA e(x) + e(hflip x), the raw embeddings of the
     transformed tensor and of its horizontal mirror (so a val image's simulated red hole is mirrored with it);
-    the caller L2-normalises."""
+    the caller L2-normalises. Before the model, on the device: the batch turned `rotation` quarter turns, then
+    each sample un-rotated by orient's predicted turns (inference/orientation.py), both before the flip."""
     x = x.to(device, non_blocking=True)
+    if rotation:
+        x = torch.rot90(x, rotation, (2, 3)).contiguous()  # a plain layout, as a turned image file gives
+    if orient is not None:
+        with autocast(device, cfg["amp"]):  # as train_orienter computed the features its head learned from
+            x = orient(x)
     if cfg["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, cfg["amp"]):
@@ -57,11 +69,15 @@ def _forward(model, x, cfg, device, flip):
 def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compose", cfg: dict, device: str,
                 head: torch.nn.Module | None = None, codes: dict[str, int] | None = None,
                 progress: Callable[[int], object] | None = None, flip: bool = False, start: int = 0,
-                stop: int | None = None, reader: "ImageReader | None" = None) -> tuple[np.ndarray | None, dict | None]:
+                stop: int | None = None, reader: "ImageReader | None" = None, rotation: int = 0,
+                orient: "Orienter | None" = None) -> tuple[np.ndarray | None, dict | None]:
     """(embeddings float16 (n, E) L2-normalised of items[start:stop], head stats or None); (None, None) on ranks
     other than 0. Sample i is augmented with seed i, so a random transform (the validation mask) is the same on
     every call. flip: the embedding is L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x)
-    alone). reader: how images are read (data/image_cache.py; default: whole, from their files)."""
+    alone). reader: how images are read (data/image_cache.py; default: whole, from their files). rotation: every
+    (square) view turned that many quarter turns (torch.rot90 over H, W) before the model, for rotation TTA;
+    orient: an Orienter that turns each view back upright first. The defaults change nothing."""
+    _check_rotation(rotation)
     model.eval()
     stop = len(items) if stop is None else stop
     ds = ImageDataset(items, transform, codes, reader)
@@ -70,7 +86,7 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
     done = []  # per batch: (embeddings, loss x batch size, correct)
     logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
     for x, y in dl:
-        e, emb = _forward(model, x, cfg, device, flip)
+        e, emb = _forward(model, x, cfg, device, flip, rotation, orient)
         loss = correct = 0
         if head is not None:
             y = y.to(device)
@@ -94,7 +110,8 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
 @torch.no_grad()
 def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "MultiCrop", cfg: dict, device: str,
                     flip: bool = False, progress: Callable[[int], object] | None = None, start: int = 0,
-                    stop: int | None = None, reader: "ImageReader | None" = None) -> np.ndarray | None:
+                    stop: int | None = None, reader: "ImageReader | None" = None, rotation: int = 0,
+                    orient: "Orienter | None" = None) -> np.ndarray | None:
     """Multi-crop query embeddings, float16 (n, E): the MEAN of the L2-normalised embeddings of each image's kept
     crops (transforms.MultiCrop; with flip each crop's embedding is normalise(e(c) + e(hflip c))).
 
@@ -103,7 +120,9 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
     (sum / kept crops), NOT renormalised: one query's ranking is the same for any positive scale, but the ensemble
     adds models' scores, and a per-query scale of one model (a sum over 1-9 kept crops) would reweight that model
     query by query; the mean keeps its scores on the cosine scale, in [-1, 1] like every other model's (its rows'
-    norms are <= 1, equal to 1 only when a single view is kept). Of items[start:stop]; None on ranks other than 0."""
+    norms are <= 1, equal to 1 only when a single view is kept). Of items[start:stop]; None on ranks other than 0.
+    rotation, orient: as embed_items, on each crop (so a crop is turned about its own centre)."""
+    _check_rotation(rotation)
     model.eval()
     stop = len(items) if stop is None else stop
     ds = MultiCropDataset(items, multicrop, reader)
@@ -111,7 +130,7 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
                 num_workers=cfg["num_workers"], device=device, collate_fn=collate_crops)
     done = []
     for x, counts in dl:
-        u = F.normalize(_forward(model, x, cfg, device, flip)[1], dim=1)
+        u = F.normalize(_forward(model, x, cfg, device, flip, rotation, orient)[1], dim=1)
         done.append(torch.stack([c.mean(0) for c in torch.split(u, counts)]).cpu().numpy().astype(EMBEDDING_DTYPE))
         if progress:
             progress(len(counts))

@@ -17,15 +17,23 @@ def average_precision_at_k(pred_row, true_label, k=5):
     return 0.0
 
 
-def map_at_k(predictions, truth, k=5):
+def map_at_k(predictions, truth, k=5, balanced=False):
     """Mean of average_precision_at_k over queries. predictions: per-query label sequences (best first);
-    truth: one label per query. Labels may be str or int, but compare as given ("1" != 1)."""
+    truth: one label per query. Labels may be str or int, but compare as given ("1" != 1). balanced: each true
+    class weighted equally (the mean over classes of their queries' mean), so big classes, which draw more
+    validation queries and are easier, do not dominate: nearer a test set of a few photos per class."""
     predictions, truth = list(predictions), list(truth)
     if len(predictions) != len(truth):
         raise ValueError(f"map_at_k: {len(predictions)} prediction rows for {len(truth)} true labels")
     if not truth:
         return 0.0
-    return sum(average_precision_at_k(p, t, k) for p, t in zip(predictions, truth)) / len(truth)
+    ap = [average_precision_at_k(p, t, k) for p, t in zip(predictions, truth)]
+    if not balanced:
+        return sum(ap) / len(truth)
+    per_class = {}
+    for a, t in zip(ap, truth):
+        per_class.setdefault(t, []).append(a)
+    return sum(sum(v) / len(v) for v in per_class.values()) / len(per_class)
 
 
 # Instance-level retrieval metrics (seed 000's Accuracy@1 / Precision@k, seed 001's mAP@k, seed 002's

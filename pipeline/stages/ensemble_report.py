@@ -9,7 +9,11 @@ refused unless --max-size limits the count. With --folds 0-4 (or all) each subse
 (each fold's runs on its validation images, pooled), as `ensemble --folds` scores. best.json records the best subset
 (its configs, folds, checkpoint, data and tricks): ./run.sh kernel NAME --from-report runs/ensembles/<out> packages it.
 
-example: ./run.sh ensemble-report m1 m2 m3 m5 --data data/demo --fold 0 --max-size 3 --out table2"""
+With --auto the subset and the tricks are chosen on one half of the validation images (a seeded hash of their ids)
+and confirmed on the other half (experiments/ablate.py: auto_choose); best.json holds that choice.
+
+example: ./run.sh ensemble-report m1 m2 m3 m5 --data data/demo --fold 0 --max-size 3 --out table2
+         ./run.sh ensemble-report demo_lite0 demo_lite1 demo_lite2 --auto --out demo"""
 from pipeline.config import add_run_set_arguments, config_names, load_run_set
 from pipeline.errors import UserError
 from pipeline.inference.registry import add_trick_arguments, tricks_from_args
@@ -21,6 +25,8 @@ def add_arguments(p):
     add_run_set_arguments(p, folds=True)
     p.add_argument("--max-size", type=int, help="largest subset scored (default: all the models)")
     p.add_argument("--out", help="report name (default: the config names joined by '+')")
+    p.add_argument("--auto", action="store_true", help="choose the subset and the inference tricks on one half of "
+                   "the validation images, confirm them on the other: auto.md and best.json")
     add_trick_arguments(p)
 
 
@@ -32,4 +38,5 @@ def run(args):
         raise UserError("no configs given: ./run.sh ensemble-report m1 m2 m3 ...")
     if args.max_size is not None and args.max_size < 1:
         raise UserError(f"--max-size {args.max_size}: give 1 or more")
-    ensemble_report(cfgs, args.max_size, args.out, tricks=tricks_from_args(args, len(config_names(cfgs))))
+    ensemble_report(cfgs, args.max_size, args.out, tricks=tricks_from_args(args, len(config_names(cfgs))),
+                    auto=args.auto)

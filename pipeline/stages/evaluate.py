@@ -14,13 +14,14 @@ the row 'zero-shot BACKBONE': timm's pretrained backbone, pooled as the config s
 features are cached in runs/zero-shot/<backbone>/<size>/). Writes the table to runs/evaluate/<out>/metrics.md,
 .csv and .json. The inference-trick flags apply to trained runs: embedding-time ones (--flip, --multicrop,
 --gallery-pipeline) to every metric, ranking-time ones (QE, DBA, PCA, --agg) to map@5. --ablate scores the runs'
-ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside. --folds 0-4 (or 0,2, or all)
+ensemble once per trick, each alone, and writes ablate.md/.csv/.json/.png beside; with --seeds N, over the runs
+`compare --seeds N` trained: mean ± std per trick. --folds 0-4 (or 0,2, or all)
 scores each config's run on each fold; --oof (default --folds all) gives the out-of-fold MAP@5: every validated
 image scored by the run of the fold that held it out (against that fold's gallery), one row per fold and the
 pooled row '<config> out-of-fold', in runs/evaluate/<out>/ (default <configs>-oof<folds>).
 
 example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k,acc@1 --k 1,5,10
-         ./run.sh evaluate demo_lite0 demo_lite0_gem demo_lite0_small --data data/demo --ablate
+         ./run.sh evaluate demo_lite0 demo_lite1 demo_lite2 --data data/demo --ablate [--seeds 3]
          ./run.sh evaluate m1 --oof --folds 0-4"""
 from pipeline.config import add_fold_arguments
 from pipeline.errors import UserError
@@ -46,6 +47,10 @@ def add_arguments(p):
     p.add_argument("--zero-shot", metavar="BACKBONE", help="also score this timm backbone's pretrained features")
     p.add_argument("--ablate", action="store_true", help="val MAP@5 of the runs' ensemble with each inference trick "
                    "alone vs none")
+    p.add_argument("--seeds", type=int, help="with --ablate: over the runs of seeds 1..N that compare trained "
+                   "(runs/compare/<--compare>/seed<s>/): mean ± std per trick")
+    p.add_argument("--compare", metavar="OUT", help="the comparison's name (compare --out; default: the configs "
+                   "joined by '+')")
     add_trick_arguments(p)
     p.set_defaults(overrides=[])  # cli.main appends key=value given after an option here
 
@@ -67,4 +72,5 @@ def run(args):
     base = cfgs[0] if cfgs else load_config("default", overrides, data=args.data, fold=args.fold,
                                             checkpoint=args.checkpoint, max_memory=args.max_memory)
     evaluate(cfgs, base, metrics, ks, tricks_from_args(args, len(names)), leave_one_out=args.leave_one_out,
-             queries=args.queries, zero_shot=args.zero_shot, out=args.out, ablate=args.ablate, oof=args.oof)
+             queries=args.queries, zero_shot=args.zero_shot, out=args.out, ablate=args.ablate, oof=args.oof,
+             seeds=args.seeds, compare=args.compare)

@@ -33,6 +33,42 @@ def load(path: str | Path, cfg: dict | None = None) -> dict:
     return state
 
 
+def init_from(model: torch.nn.Module, head: torch.nn.Module, run: str | Path, classes: list, log=print) -> str:
+    """Two-stage fine-tuning (SPEC 5, 2nd place): the backbone and neck weights (and BatchNorm statistics) of
+    another run's best.pt into `model`, which must have the same shapes; its head's learnt weights into `head` when
+    it was trained on the same classes in the same order with the same kind of head, else the head keeps its fresh
+    initialisation. The head's buffers stay this run's (sub-center ArcFace's margins follow this run's class
+    sizes). Returns the weights' source for the training log."""
+    path = Path(run) / "best.pt"
+    if not path.is_file():
+        raise UserError(f"init_from={run}: no best.pt in it; give a trained run folder (runs/<config>/fold<k>)")
+    ck = load(path)
+    mine, theirs, was = _shapes(model.state_dict()), _shapes(ck["model"]), ck["config"]
+    for key in sorted(mine.keys() | theirs.keys()):
+        if mine.get(key) != theirs.get(key):
+            raise UserError(f"init_from={run}: its {key} is {theirs.get(key, 'missing')}, this model's "
+                            f"{mine.get(key, 'missing')} (it is {was['backbone']}, pooling {was['pooling']}, neck "
+                            f"{was['neck']}, embedding_dim {was['embedding_dim']}): give a run of this config's "
+                            "backbone, pooling, neck and embedding_dim")
+    model.load_state_dict(ck["model"])
+    fresh = _shapes(dict(head.named_parameters()))
+    learnt = {k: v for k, v in ck["head"].items() if k in fresh}
+    if ck["classes"] != classes:
+        why = f"its {len(ck['classes'])} classes are not this run's {len(classes)} in the same order"
+    elif _shapes(learnt) != fresh:
+        why = f"its {was['head']} head's weights do not fit this {type(head).__name__}"
+    else:
+        head.load_state_dict({**head.state_dict(), **learnt})
+        why = None
+    log(f"init_from {path}: backbone and neck loaded, head "
+        + (f"re-initialised ({why})" if why else f"loaded ({len(classes)} classes, the same)"))
+    return f"init_from {path}"
+
+
+def _shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
 def rng_state(device: str) -> dict:
     """This process's random streams: the CPU generator's and, training on CUDA, its GPU's (dropout there draws
     from it). Only the current GPU's: a process trains on one, and a resume may see another number of GPUs."""

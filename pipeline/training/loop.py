@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from pipeline.config import run_dir, save_config
 from pipeline.data.dataset import ImageDataset, loader
-from pipeline.data.folds import split
+from pipeline.data.folds import labelled, split
 from pipeline.data.image_cache import image_reader
 from pipeline.data.samplers import build_sampler
 from pipeline.data.transforms import build_transform
@@ -105,7 +105,7 @@ def _setup(cfg, log):
     """The fold's data and the checks that need no model: a bad config fails before a backbone is built."""
     rank, world = distributed.rank(), distributed.world()
     out = run_dir(cfg)
-    _, train_items, val_items, classes = split(cfg)
+    _, train_items, val_items, classes = split(cfg, distributed.main_only(log))
     codes = {c: i for i, c in enumerate(classes)}
     labels = [codes[it.label] for it in train_items]
     check_scheduler(cfg)
@@ -115,7 +115,7 @@ def _setup(cfg, log):
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
     return _Run(cfg, distributed.main_only(log), out, rank, world, distributed.pick_device(), train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
-                gallery=validation.gallery(train_items, cfg["val_gallery"], cfg["seed"]))
+                gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]))
 
 
 def _build(run, resume):
@@ -127,7 +127,8 @@ def _build(run, resume):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # else cuBLAS on CUDA >= 10.2 is not repeatable
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg["seed"])
-    model, source = build_model(cfg, with_weights=not resume)  # a resume loads its weights from last.pt
+    init = cfg["init_from"] and not resume  # a resume's last.pt wins over init_from
+    model, source = build_model(cfg, with_weights=not (resume or init))  # those load their own weights
     if cfg["sync_bn"] and run.world > 1:
         if device != "cuda":
             raise UserError("sync_bn=true needs CUDA (torch's SyncBatchNorm runs on GPUs only): set sync_bn=false "
@@ -137,6 +138,7 @@ def _build(run, resume):
         model = convert_sync_batchnorm(model)  # same state_dict keys: checkpoints stay interchangeable
     run.model = model
     run.head = head = heads.build_head(cfg, n, np.bincount(run.labels, minlength=n).tolist())
+    source = checkpoint.init_from(model, head, cfg["init_from"], run.classes, run.log) if init else source
     distributed.seed_rank(cfg["seed"])
     size, mean, std = input_config(cfg, model.backbone)
     run.inputs = {"image_size": size, "mean": list(mean), "std": list(std)}
