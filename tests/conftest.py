@@ -7,6 +7,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ["HF_HUB_OFFLINE"] = "1"
+# pytest-xdist runs one worker per core: torch's default of one thread per core in every worker (and in each stage
+# it starts) oversubscribes the cores, and spinning threads then wait on each other (a tiny forward: 2 ms -> 0.4 s)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 sys.path.insert(0, str(ROOT))
 
@@ -69,13 +72,18 @@ def trained(tiny_data, tmp_path_factory):
     return tiny_data, runs
 
 
+# the kernel fixture packages the tricks that need files beside the weights (class centers, the rotation classifier)
+# or views of the queries, so its offline check proves Kaggle's kernel computes them as ensemble does
+KERNEL_TRICKS = ["--rotate", "--upright", "--knn-alpha", "0.5", "--fill", "blendflip"]
+
+
 @pytest.fixture(scope="session")
 def kernel_package(trained, tmp_path_factory):
     """kernels/tiny-kernel built (and verified by the stage itself) in a fresh project folder: (folder, package dir)."""
     tiny, runs = trained
     work = tmp_path_factory.mktemp("project")
     p = cli("kernel", "tiny-kernel", "--models", runs / "a.yaml", runs / "b.yaml", "--owner", "tester",
-            *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
+            *KERNEL_TRICKS, *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "kernel check: offline run" in p.stdout and "its submission equals" in p.stdout, p.stdout
     return work, work / "kernels" / "tiny-kernel"

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import PYPATH, ROOT, assert_one_line_error, cli, tiny_overrides
+from conftest import KERNEL_TRICKS, PYPATH, ROOT, assert_one_line_error, cli, tiny_overrides
 
 FAKE_KEY = "0123456789abcdef0123456789abcdef"
 
@@ -25,7 +25,7 @@ def test_package_layout_and_metadata(kernel_package):
     for m in ("a", "b"):
         files = {p.name for p in (pkg / "models" / m).iterdir()}
         assert files == {"model.safetensors", "config.yaml", "train_config.yaml", "meta.json", "gallery.npy",
-                         "gallery.csv", "manifest.json"}
+                         "gallery.csv", "manifest.json", "centers.npy", "centers.csv", "orientation.pt"}
         from safetensors.torch import load_file
 
         weights = load_file(str(pkg / "models" / m / "model.safetensors"))
@@ -38,8 +38,8 @@ def test_package_layout_and_metadata(kernel_package):
     # the code dataset holds what inference imports, not the whole tree; the offline check proves it is enough
     code = pkg / "code" / "pipeline"
     assert (code / "kernel" / "infer.py").is_file() and (code / "training" / "distributed.py").is_file()
-    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "kernel", "kaggle",
-                                                              "training"}
+    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "inference", "kernel",
+                                                              "kaggle", "training"}
     assert {p.name for p in (code / "kaggle").iterdir()} == {"__init__.py", "submission.py"}
     assert not (code / "training" / "loop.py").exists() and not (code / "kernel" / "template.py").exists()
     package_json = json.loads((pkg / "package.json").read_text())
@@ -56,8 +56,8 @@ def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
 
     work, pkg = package
     tiny, runs = trained
-    p = cli("ensemble", runs / "a.yaml", runs / "b.yaml", "--out", "local", *tiny_overrides(tiny, runs, "epochs=1"),
-            cwd=work, env=PYPATH)
+    p = cli("ensemble", runs / "a.yaml", runs / "b.yaml", "--out", "local", *KERNEL_TRICKS,
+            *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
     assert p.returncode == 0, p.stderr
     lines = []
     got = run_offline(pkg, tiny / "data", work / "offline", log=lines.append)

@@ -57,6 +57,16 @@ def _write(folder, images, tag):
     return items
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny 32 px batches gain nothing from intra-op threads, and with the other core busy OpenMP's barriers stall
+    (a forward of 8 images: 2 ms on one thread, 0.4 s on two, on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def oriented(tmp_path_factory):
     """A tiny random-init timm model, band images, and the run's orienter trained by ensure_orienter."""
@@ -103,6 +113,24 @@ def test_rotation_and_orient_in_embed_items_match_the_turned_images(oriented):
             embed_items(model, turned, tfm, cfg, "cpu", flip=True, orient=oriented["orienter"])[0], upright)
     with pytest.raises(UserError, match="rotation 4"):
         embed_items(model, items, tfm, cfg, "cpu", rotation=4)
+
+
+def test_rotation_in_embed_multicrop_turns_each_crop(oriented):
+    """Five crops of a square image are symmetric under a half turn: corner crops swap with the opposite corner, so
+    the crops of the image turned 180 degrees, each turned back, are the upright image's crops (in another order,
+    hence to rounding)."""
+    from pipeline.data.transforms import MultiCrop
+    from pipeline.retrieval.forward import embed_multicrop
+
+    cfg, model, items = oriented["cfg"], oriented["model"], oriented["items"][:6]
+    images = [cv2.cvtColor(cv2.imread(str(it.path)), cv2.COLOR_BGR2RGB) for it in items]
+    turned = _write(oriented["root"] / "mc180", [np.rot90(im, 2) for im in images], "m")
+    mc = MultiCrop("test", 5, SIDE)
+    upright = embed_multicrop(model, items, mc, cfg, "cpu").astype(np.float32)
+    plain = embed_multicrop(model, turned, mc, cfg, "cpu").astype(np.float32)
+    back = embed_multicrop(model, turned, mc, cfg, "cpu", rotation=2).astype(np.float32)
+    err, moved = np.abs(back - upright).max(), np.abs(plain - upright).max()
+    assert err <= 2e-3 and moved > 5 * max(err, 1e-3), (err, moved)
 
 
 def test_ensure_orienter_reuses_its_head_for_the_same_checkpoint_and_retrains_for_another(oriented):

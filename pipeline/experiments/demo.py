@@ -1,14 +1,16 @@
 """The demo: the whole pipeline offline on the embedded dataset. make-data, folds, three small models fine-tuned
-from the real ImageNet lite0 weights (heads, pooling, sizes and seeds differ so the ensemble is diverse), each
-model's and the equal-weight ensemble's validation and test MAP@5, and a random-init network as the floor.
-Writes runs/demo/report.json and report.md."""
+from the real ImageNet weights of three architectures (lite0, lite1, lite2; heads, pooling, sizes and seeds differ
+so the ensemble is diverse), each model's and the equal-weight ensemble's validation MAP@5 (plain and class-balanced)
+and test MAP@5 with their gaps, the ensemble's gain over the best single model, the pseudo-labels' precision by
+threshold, and a random-init network as the floor. Writes runs/demo/report.json and report.md."""
 import json
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-DEMO_MODELS = ["demo_lite0", "demo_lite0_gem", "demo_lite0_small"]
+DEMO_MODELS = ["demo_lite0", "demo_lite1", "demo_lite2"]
+PSEUDO_THRESHOLD = 0.05  # margin of the pseudo-labels the demo reports (their precision per threshold beside it)
 ROOT = Path("runs/demo")
 
 
@@ -16,7 +18,7 @@ def random_init_map5(cfg: dict) -> float:
     """Val MAP@5 of the first model's architecture with random weights: the floor training must clear."""
     import torch
 
-    from pipeline.data.folds import split
+    from pipeline.data.folds import labelled, split
     from pipeline.data.transforms import build_transform
     from pipeline.model.backbone import input_config
     from pipeline.model.embedder import build_model
@@ -32,20 +34,21 @@ def random_init_map5(cfg: dict) -> float:
     device = pick_device()
     model.to(device)
     q, _ = embed_items(model, val_items, build_transform("val", cfg, size), cfg, device)
-    g, _ = embed_items(model, train_items, build_transform("test", cfg, size), cfg, device)
-    return map5(item_set(q, val_items), item_set(g, train_items), classes, log=lambda *a: None)
+    gallery = labelled(train_items)  # pseudo-labelled images are never a gallery
+    g, _ = embed_items(model, gallery, build_transform("test", cfg, size), cfg, device)
+    return map5(item_set(q, val_items), item_set(g, gallery), classes, log=lambda *a: None)
 
 
 def demo(hotels: int | None = None, seed: int = 0, models: Sequence[str] = DEMO_MODELS, overrides: Iterable[str] = (),
-         log: Callable[[str], object] = print) -> dict:
-    """Run the demo; returns the report (also in runs/demo/report.json)."""
-    import pandas as pd
-
+         log: Callable[[str], object] = print, round2: Sequence[float] = ()) -> dict:
+    """Run the demo; returns the report (also in runs/demo/report.json). round2: thresholds at which the first
+    model is trained again with the ensemble's pseudo-labels added (its test MAP@5 against round 1's)."""
     from pipeline.config import load_config
     from pipeline.data.folds import write_folds
     from pipeline.data.layouts import load_dataset
     from pipeline.data.synth import make_dataset
     from pipeline.experiments.ensemble import ensemble
+    from pipeline.experiments.pseudo import pseudo_labels
     from pipeline.io import write_text
     from pipeline.reports.tables import markdown
     from pipeline.training.loop import train
@@ -64,20 +67,89 @@ def demo(hotels: int | None = None, seed: int = 0, models: Sequence[str] = DEMO_
         train(cfg, log=log)
         seconds = time.time() - t0
         single = ensemble([cfg], f"demo_{cfg['name']}", log=log)
-        report["models"].append({"name": cfg["name"], "val_map5": single["ensemble"]["val_map5"],
-                                 "test_map5": single["ensemble"].get("test_map5"), "train_seconds": round(seconds, 1)})
+        report["models"].append({"name": cfg["name"], **scores(single["ensemble"]), "train_seconds": round(seconds, 1)})
     both = ensemble(cfgs, "demo_ensemble", log=log)
-    report["ensemble"] = {k: both["ensemble"].get(k) for k in ("val_map5", "test_map5")}
+    report["ensemble"] = scores(both["ensemble"])
+    report["goals"] = goals(report)
+    pseudo = pseudo_labels(cfgs, PSEUDO_THRESHOLD, truth=data / "test_truth.csv", log=log)
+    report["pseudo"] = {"threshold": PSEUDO_THRESHOLD, "kept": pseudo.kept, "total": pseudo.total,
+                        "precision": pseudo.precision, "by_threshold": pseudo.table.to_dict("records")}
+    if round2:
+        report["pseudo"]["round2"] = pseudo_rounds(cfgs, round2, data / "test_truth.csv", report["models"][0], log)
     report["baseline_random_init"] = {"val_map5": random_init_map5(cfgs[0])}
     report["total_seconds"] = round(time.time() - t_start, 1)
     write_text(ROOT / "report.json", json.dumps(report, indent=1))
-    rows = [(m["name"], m["val_map5"], m["test_map5"], f"{m['train_seconds']:.0f}s") for m in report["models"]]
-    rows.append(("ensemble", report["ensemble"]["val_map5"], report["ensemble"]["test_map5"], ""))
-    rows.append(("random-init " + cfgs[0]["backbone"], report["baseline_random_init"]["val_map5"], None, ""))
-    shown = pd.DataFrame([(n, f"{v:.4f}", "" if t is None else f"{t:.4f}", s) for n, v, t, s in rows],
-                         columns=["model", "val MAP@5", "test MAP@5", "train time"])
-    table = markdown(shown)
+    table = markdown(_shown(report, cfgs[0]["backbone"])) + _goal_lines(report)
     write_text(ROOT / "report.md", table + f"\ntotal {report['total_seconds']:.0f}s\n")
     log("\n" + table)
     log(f"demo finished in {report['total_seconds']:.0f}s; report: {ROOT / 'report.json'}")
     return report
+
+
+def pseudo_rounds(cfgs: list, thresholds: Sequence[float], truth: Path, first: dict, log=print) -> list:
+    """Round 2 of the first model at each threshold: trained afresh (same config and seed) on its training images
+    plus the ensemble's pseudo-labelled test images, in runs/demo/round2-T<t>/; its test MAP@5 against round 1's."""
+    from pipeline.experiments.ensemble import ensemble
+    from pipeline.experiments.pseudo import pseudo_labels
+    from pipeline.training.loop import train
+
+    rows, quiet = [], (lambda *a: None)
+    for t in thresholds:
+        labels = pseudo_labels(cfgs, t, out=ROOT / "pseudo" / f"T{t}.csv", truth=truth, log=quiet)
+        cfg = dict(cfgs[0], pseudo=str(labels.path), runs_dir=str(ROOT / f"round2-T{t}"))
+        shutil.rmtree(ROOT / f"round2-T{t}", ignore_errors=True)
+        train(cfg, log=quiet)
+        test = ensemble([cfg], f"demo_round2_T{t}", log=quiet)["ensemble"]["test_map5"]
+        rows.append({"threshold": t, "kept": labels.kept, "precision": labels.precision, "test_map5": test,
+                     "gain": test - first["test_map5"]})
+        log(f"round 2 at margin >= {t}: {labels.kept} pseudo-labels (precision {labels.precision or 0:.3f}); "
+            f"{cfg['name']} test MAP@5 {test:.4f} ({test - first['test_map5']:+.4f} over round 1)")
+    return rows
+
+
+def scores(result: dict) -> dict:
+    """An ensemble() result's validation (plain and class-balanced) and test MAP@5, the test - validation gaps and
+    which validation figure is nearer the test score."""
+    val, bal, test = result["val_map5"], result["val_map5_balanced"], result.get("test_map5")
+    out = {"val_map5": val, "val_map5_balanced": bal, "test_map5": test}
+    if test is not None:
+        out.update(test_minus_val=test - val, test_minus_val_balanced=test - bal,
+                   nearer_test="class-balanced" if abs(test - bal) < abs(test - val) else "plain")
+    return out
+
+
+def goals(report: dict) -> dict:
+    """The demo's goals: the ensemble >= 1.10 x the best single model on validation and on test, and its
+    |validation - test| <= 0.05 (plain validation; the class-balanced gap beside it)."""
+    best = {k: max(m[k] for m in report["models"]) for k in ("val_map5", "test_map5")}
+    e = report["ensemble"]
+    out = {"ensemble_over_best_val": e["val_map5"] / best["val_map5"],
+           "ensemble_over_best_test": e["test_map5"] / best["test_map5"],
+           "abs_val_test_gap": abs(e["test_minus_val"]), "abs_val_test_gap_balanced": abs(e["test_minus_val_balanced"])}
+    out["met"] = {"val_gain_1.10": out["ensemble_over_best_val"] >= 1.10,
+                  "test_gain_1.10": out["ensemble_over_best_test"] >= 1.10, "gap_0.05": out["abs_val_test_gap"] <= 0.05}
+    return out
+
+
+def _shown(report, backbone):
+    import pandas as pd
+
+    rows = [(m["name"], m["val_map5"], m["val_map5_balanced"], m["test_map5"], f"{m['train_seconds']:.0f}s")
+            for m in report["models"]]
+    e = report["ensemble"]
+    rows.append(("ensemble", e["val_map5"], e["val_map5_balanced"], e["test_map5"], ""))
+    rows.append((f"random-init {backbone}", report["baseline_random_init"]["val_map5"], None, None, ""))
+    f = (lambda v: "" if v is None else f"{v:.4f}")
+    return pd.DataFrame([(n, f(v), f(b), f(t), "" if t is None else f"{t - v:+.4f}", s) for n, v, b, t, s in rows],
+                        columns=["model", "val MAP@5", "val class-balanced", "test MAP@5", "test - val", "train time"])
+
+
+def _goal_lines(report):
+    g, p = report["goals"], report["pseudo"]
+    ok = (lambda key: "met" if g["met"][key] else "NOT met")
+    return (f"\nensemble / best single: val {g['ensemble_over_best_val']:.3f}x ({ok('val_gain_1.10')}, goal 1.10), "
+            f"test {g['ensemble_over_best_test']:.3f}x ({ok('test_gain_1.10')}); |val - test| "
+            f"{g['abs_val_test_gap']:.4f} ({ok('gap_0.05')}, goal 0.05; class-balanced "
+            f"{g['abs_val_test_gap_balanced']:.4f}, nearer: {report['ensemble'].get('nearer_test')})\n"
+            f"pseudo-labels at margin >= {p['threshold']}: {p['kept']}/{p['total']} test images, precision "
+            + ("n/a" if p["precision"] is None else f"{p['precision']:.3f}") + "\n")

@@ -16,9 +16,11 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
 
     from pipeline.data.image_cache import ImageReader, short_side
     from pipeline.data.layouts import load_dataset
+    from pipeline.inference.logits import load_centers
+    from pipeline.inference.orientation import ensure_orienter
     from pipeline.inference.registry import describe
     from pipeline.kaggle.submission import write_submission
-    from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
+    from pipeline.retrieval.embeddings import CENTERS, EmbeddingSet, Variant, embed_with, load_model, load_split
     from pipeline.retrieval.predict import predict
     from pipeline.retrieval.rank_modes import Search
     from pipeline.training.distributed import pick_device
@@ -30,7 +32,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     device = pick_device()
     log(f"kernel: {len(kernel.models)} model(s) on {device}"
         + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "") + f"; tricks: {describe(kernel.tricks)}")
-    queries, gallery, ds, timings = [], None, None, {}
+    views, centers, gallery, ds, timings = [[] for _ in range(4 if kernel.tricks["rotate"] else 1)], [], None, None, {}
     for name in kernel.models:
         t = time.time()
         mdir = models_dir / name
@@ -48,7 +50,13 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         tfm, _ = variant.transform("test", cfg, meta)
         # image_scale as the gallery was embedded with; no image cache here: each test photo is read once
         reader = ImageReader(short_side(cfg, meta["image_size"]))
-        queries.append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip, reader=reader))
+        # packaged for this checkpoint, so it is loaded, never trained here
+        orient = ensure_orienter(cfg, model, [], reader, device, mdir, meta["checkpoint_sha256"], log) \
+            if variant.upright else None
+        for turn in range(len(views)):  # rotation TTA: each quarter turn of the queries is a view
+            views[turn].append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip,
+                                          reader=reader, rotation=turn, orient=orient))
+        centers.append(load_centers(mdir / CENTERS) if kernel.tricks["knn_alpha"] < 1 else None)
         del model
         g = load_split(mdir, kernel.gallery_stem)
         if gallery is not None and g.labels != gallery.labels:
@@ -58,7 +66,8 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         timings[name] = time.time() - t
         log(f"kernel: {name}: embedded {len(items)} test images in {timings[name]:.1f}s")
     t = time.time()
-    preds = predict(queries, gallery, ds.classes, kernel.tricks, kernel.max_memory, log, search=search)
+    preds = predict(views[0], gallery, ds.classes, kernel.tricks, kernel.max_memory, log, search=search,
+                    views=views[1:], centers=centers)
     timings["rank"] = time.time() - t
     rows = write_submission(out_csv, [it.image_id for it in items], preds, expected_ids=ds.test_ids,
                             known_classes=ds.classes, id_column=ds.id_column, label_column=ds.label_column)

@@ -124,6 +124,7 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
             shutil.copyfile(run.dir / f"{stem}{suffix}", mdir / f"{stem}{suffix}")
         manifest = json.loads((run.dir / spec.MANIFEST).read_text())
         (mdir / spec.MANIFEST).write_text(json.dumps({stem: manifest[stem]}, indent=1))
+        _trick_files(run, cfg, mdir, tricks)
         meta = {"name": cfg["name"], "fold": cfg["fold"], "image_size": state["image_size"], "mean": state["mean"],
                 "std": state["std"], "checkpoint": cfg["checkpoint"],
                 "checkpoint_sha256": checkpoint.file_hash(ck_path)}
@@ -132,6 +133,23 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
     spec.KernelSpec(folders, every_run_tricks(tricks, cfgs), runs[0].stems["gallery"], cfgs[0]["max_memory"],
                     competition).write(root)
     _dataset_metadata(root, owner, slugs["models"], f"{slugs['kernel']} models")
+
+
+def _trick_files(run, cfg, mdir, tricks):
+    """What the tricks need beside the weights: the class centers (knn_alpha < 1), the rotation classifier
+    (upright: trained here now if the run has none yet)."""
+    from pipeline.config import run_dir
+    from pipeline.inference.orientation import FILE as ORIENTER
+    from pipeline.retrieval.embeddings import CENTERS
+
+    if tricks["knn_alpha"] < 1:
+        if not (run.dir / f"{CENTERS}.npy").is_file():
+            raise UserError(f"{cfg['name']}: --knn-alpha below 1 needs a classifier head's class centers, and "
+                            f"{run.dir} has none (a pair head?): package it without --knn-alpha")
+        for suffix in (".npy", ".csv"):
+            shutil.copyfile(run.dir / f"{CENTERS}{suffix}", mdir / f"{CENTERS}{suffix}")
+    if tricks["upright"]:
+        shutil.copyfile(run_dir(cfg) / ORIENTER, mdir / ORIENTER)  # made by ensure_embeddings' upright variant
 
 
 def _dataset_metadata(root, owner, slug, title):

@@ -21,10 +21,12 @@ REQUIREMENTS = "requirements-kernel.txt"
 # the files of one model in the models dataset, beside its cached gallery embeddings (<stem>.npy, <stem>.csv)
 WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.yaml", "train_config.yaml",
                                                  "meta.json", "manifest.json")
-# what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training only the device and
-# process helpers): folders whole, single modules by path. The offline check proves it is enough.
+# what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training the device and process
+# helpers and checkpoint.py, which loads the rotation classifier): folders whole, single modules by path. The offline
+# check proves it is enough.
 CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "inference", "kernel",
-        "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py")
+        "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py",
+        "training/checkpoint.py")
 
 
 @dataclass
