@@ -143,9 +143,9 @@ def test_sharded_embedding_files_are_byte_identical(trained, tmp_path, variant):
     p = cli(*args, "--nproc", WORLD)
     assert p.returncode == 0, p.stdout + p.stderr
     names = sorted(x.name for x in emb.iterdir())
-    assert names == sorted(x.name for x in (tmp_path / "one").iterdir()) and len(names) == 7
+    assert names == sorted(x.name for x in (tmp_path / "one").iterdir()) and len(names) == 9  # 3 stems, centers
     match, mismatch, errors = filecmp.cmpfiles(emb, tmp_path / "one", names, shallow=False)
-    assert not mismatch and not errors and len(match) == 7
+    assert not mismatch and not errors and len(match) == 9
 
 
 @pytest.mark.parametrize("extra, needle", [

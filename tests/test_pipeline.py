@@ -54,7 +54,7 @@ def test_embed_cache_and_invalidation(trained):
     assert first.returncode == 0, first.stderr
     emb = runs / "a" / "fold0" / "embeddings"
     manifest = json.loads((emb / "manifest.json").read_text())
-    assert set(manifest) == {"gallery", "val", "test"}
+    assert set(manifest) == {"gallery", "val", "test", "centers"}  # centers: the head's class weights
     g = np.load(emb / "gallery.npy")
     assert g.dtype == np.float16 and np.allclose(np.linalg.norm(g.astype(np.float32), axis=1), 1, atol=1e-2)
     mtimes = {p.name: p.stat().st_mtime_ns for p in emb.iterdir()}
