@@ -114,14 +114,15 @@ def predict(queries: list, gallery: EmbeddingSet, classes: list, tricks: dict = 
     from pipeline.inference.orientation import merge_rotations
 
     models = list(range(len(queries)) if models is None else models)
-    ranked = [_rank_view([np.asarray(v[m]) for m in models], gallery, classes, tricks, max_memory, log, models,
-                         search, centers) for v in [queries, *views]]
+    rank_view = _ranker(gallery, classes, tricks, max_memory, log, models, search, centers)
+    ranked = [rank_view([np.asarray(v[m]) for m in models]) for v in [queries, *views]]
     codes = ranked[0][0] if len(ranked) == 1 else merge_rotations([c for c, _ in ranked], [s for _, s in ranked], 5)[0]
     return [[classes[c] for c in row if c >= 0] for row in codes]
 
 
-def _rank_view(qs, gallery, classes, tricks, max_memory, log, models, search, centers):
-    """(codes, scores) of one view of the queries (the models' arrays) with the ranking-time tricks."""
+def _ranker(gallery, classes, tricks, max_memory, log, models, search, centers):
+    """The function from one view of the queries (the models' arrays) to its (codes, scores) with the ranking-time
+    tricks; what every view shares (gallery codes, the kept class centers) is prepared once."""
     from pipeline.inference.logits import logit_knn_rank
     from pipeline.retrieval.tricks import predict as predict_codes
 
@@ -129,8 +130,8 @@ def _rank_view(qs, gallery, classes, tricks, max_memory, log, models, search, ce
     gs, codes = [gallery.arrays[m] for m in models], encode(gallery.labels, classes)
     kw = dict(k=5, weights=w, agg=tricks["agg"], agg_k=tricks["agg_k"], max_memory=max_memory, log=log, search=search)
     if tricks["knn_alpha"] >= 1:
-        return predict_codes(qs, gs, codes, pca_dim=tricks["pca"], whiten=tricks["whiten"], dba=tricks["dba"],
-                             qe=tricks["qe"], **kw)
+        return lambda qs: predict_codes(qs, gs, codes, pca_dim=tricks["pca"], whiten=tricks["whiten"],
+                                        dba=tricks["dba"], qe=tricks["qe"], **kw)
     if tricks["pca"] or tricks["dba"][0] or tricks["qe"][0]:
         raise UserError("--knn-alpha below 1 ranks the models' own embeddings: use it without --pca, --dba and --qe")
     if centers is None or any(centers[m] is None for m in models):
@@ -138,9 +139,9 @@ def _rank_view(qs, gallery, classes, tricks, max_memory, log, models, search, ce
                         "head (supcon, triplet) has no class weights; leave --knn-alpha at 1 for it")
     index = {c: i for i, c in enumerate(classes)}
     keep = [np.array([lab in index for lab in centers[m].labels]) for m in models]
-    return logit_knn_rank(qs, gs, codes, [np.asarray(centers[m].array)[k] for m, k in zip(models, keep)],
-                          [encode([lab for lab, on in zip(centers[m].labels, k) if on], classes)
-                           for m, k in zip(models, keep)], tricks["knn_alpha"], **kw)
+    arrays = [np.asarray(centers[m].array)[k] for m, k in zip(models, keep)]
+    center_codes = [encode([lab for lab, on in zip(centers[m].labels, k) if on], classes) for m, k in zip(models, keep)]
+    return lambda qs: logit_knn_rank(qs, gs, codes, arrays, center_codes, tricks["knn_alpha"], **kw)
 
 
 def map5(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, tricks: dict = DEFAULTS,
