@@ -19,6 +19,7 @@ STAGES = {
     "ensemble-report": "pipeline.stages.ensemble_report",
     "pseudo": "pipeline.stages.pseudo",
     "show": "pipeline.stages.show",
+    "search-text": "pipeline.stages.search_text",
     "evaluate": "pipeline.stages.evaluate",
     "compare": "pipeline.stages.compare",
     "score": "pipeline.stages.score",

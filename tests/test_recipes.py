@@ -12,6 +12,7 @@ from pipeline.data.transforms import build_transform
 from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
 from pipeline.model.heads import build_head
+from pipeline.text.captions import text_data
 from pipeline.training.optim import make_optimizer
 
 # recipe -> a small image size its architecture accepts (patch 14 / patch 8 grids, Swin windows)
@@ -25,6 +26,10 @@ RECIPES = {
     "m1_losstransform": 64,
     "peer_best": 64,
     "projection_resnet50": 64,
+    "clip_resnet50": 64,
+    "clip_mobilenet": 64,
+    "clip_efficientnet": 64,
+    "clip_inception": 96,  # its stem needs >= 75 px
 }
 
 
@@ -33,7 +38,8 @@ def test_recipe_builds_and_takes_a_training_step(name, tiny_data):
     size = RECIPES[name]
     cfg = load_config(name, ["pretrained=false", f"image_size={size}", f"data={tiny_data / 'data'}",
                              f"folds_file={tiny_data / 'folds.csv'}"])
-    _, train_items, _, classes = split(cfg)
+    ds, train_items, val_items, classes = split(cfg)
+    text, train_items = text_data(cfg, ds, train_items, val_items, log=lambda *a: None)  # clip: caption targets
     codes = {c: i for i, c in enumerate(classes)}
     labels = [codes[it.label] for it in train_items]
     torch.manual_seed(0)
@@ -41,11 +47,12 @@ def test_recipe_builds_and_takes_a_training_step(name, tiny_data):
     head = build_head(cfg, len(classes), np.bincount(labels, minlength=len(classes)).tolist())
     got_size, mean, std = input_config(cfg, model.backbone)
     assert got_size == size
-    dataset = ImageDataset(train_items, build_transform("train", cfg, size), codes)
+    dataset = ImageDataset(train_items, build_transform("train", cfg, size), codes,
+                           targets=text.targets if text else None)
     batch = next(iter(build_sampler(cfg, labels, epoch=0)))
     assert len(batch) == cfg["batch_size"]
     x = torch.stack([dataset[key][0] for key in batch])
-    y = torch.tensor([dataset[key][1] for key in batch])
+    y = torch.stack([torch.as_tensor(dataset[key][1]) for key in batch])
     opt = make_optimizer(cfg, model, head)
     before = [p.detach().clone() for p in model.neck.parameters()]
     model.train(), head.train()

@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 
 class ImageDataset(Dataset):
-    """reader: item -> RGB uint8 HWC (data/image_cache.ImageReader: the image cache or the source file)."""
+    """reader: item -> RGB uint8 HWC (data/image_cache.ImageReader: the image cache or the source file); a sample's
+    target is its class code, or targets(item, seed) when given (a clip run's caption tokens)."""
 
-    def __init__(self, items, transform, label_codes=None, reader=None):
-        self.items, self.transform, self.codes = items, transform, label_codes
+    def __init__(self, items, transform, label_codes=None, reader=None, targets=None):
+        self.items, self.transform, self.codes, self.targets = items, transform, label_codes, targets
         self.reader = reader or ImageReader()
 
     def __len__(self):
@@ -29,6 +30,8 @@ class ImageDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, key)
         item = self.items[index]
         x = torch.from_numpy(apply(self.transform, self.reader(item), seed))
+        if self.targets is not None:
+            return x, self.targets(item, seed)
         y = self.codes[item.label] if self.codes is not None and item.label is not None else -1
         return x, y
 

@@ -20,6 +20,8 @@ MARKER = ".synth.json"
 DEFAULT_HOTELS = 250
 MAX_HOTELS = 20000
 CANVAS_W, CANVAS_H = 320, 240
+CAPTIONS = "captions.csv"  # image_id,caption: CAPTIONS_PER_IMAGE sentences about each photo (train and test)
+CAPTIONS_PER_IMAGE = 5
 HOTELS_PER_CHAIN = 25  # hotels sharing one palette; more per chain = weaker colour cue
 
 
@@ -47,8 +49,9 @@ def _lerp(a, b, t):
     return a + (b - a) * t[..., None]
 
 
-def _wall(rng, pal, xx, yy):
+def _wall(rng, pal, xx, yy, facts):
     kind = rng.choice(["stripes", "paper", "panels", "plain"])
+    facts["wall"] = (str(kind), pal["wall"])
     ang = rng.uniform(0, np.pi) if kind == "paper" else rng.choice([0.0, np.pi / 2]) + rng.normal(0, 0.04)
     u, v = xx * np.cos(ang) + yy * np.sin(ang), -xx * np.sin(ang) + yy * np.cos(ang)
     period = rng.uniform(6, 26) if kind != "panels" else rng.uniform(35, 80)
@@ -67,10 +70,11 @@ def _wall(rng, pal, xx, yy):
     return _lerp(pal["wall"], pal["wall2"], np.asarray(t, np.float32) * rng.uniform(0.45, 1.0))
 
 
-def _floor(rng, pal, W, H, y0):
+def _floor(rng, pal, W, H, y0, facts):
     Hp, Wp = 160, 320
     yy, xx = np.mgrid[0:Hp, 0:Wp].astype(np.float32)
     kind = rng.choice(["planks", "checker", "tiles", "carpet"])
+    facts["floor"] = (str(kind), pal["floor"])
     if rng.random() < 0.5:
         xx, yy = yy, xx
     if kind == "planks":
@@ -102,10 +106,15 @@ def _floor(rng, pal, W, H, y0):
     return cv2.warpPerspective(img, cv2.getPerspectiveTransform(src, dst), (W, H), borderMode=cv2.BORDER_REFLECT)
 
 
-def _furnish(img, rng, pal, y0):
+def _furnish(img, rng, pal, y0, facts):
     # One function of ~70 lines on purpose: every piece of furniture draws from `rng` in a fixed order, and that
     # order is what makes a seed's dataset byte-identical; pieces split into helpers invite reordering the draws.
+    # facts["pieces"] records (name, colour, box) of each piece for the captions: recording draws nothing.
     H, W = img.shape[:2]
+    pieces = facts.setdefault("pieces", [])
+
+    def note(name, col, x1, y1, x2, y2):
+        pieces.append((name, col, (x1, y1, x2, y2)))
 
     def R(a, b):
         return int(rng.integers(a, max(a, b) + 1))
@@ -121,17 +130,20 @@ def _furnish(img, rng, pal, y0):
         w, h = R(40, 90), R(40, 80)
         x, y = R(0, W - w), R(8, y0 - h - 12)
         box(x - 4, y - 4, x + w + 4, y + h + 4, c("trim"))
+        note("window", None, x, y, x + w, y + h)
         img[y:y + h, x:x + w] = _lerp(sky, sky * 0.75, np.repeat(np.linspace(0, 1, h, dtype=np.float32)[:, None], w, 1))
         for i in range(1, R(2, 4)):
             box(x + i * w // 3, y, x + i * w // 3 + 1, y + h, c("trim"))
         box(x, y + h // 2, x + w, y + h // 2 + 1, c("trim"))
         if rng.random() < 0.6:  # curtains
             for cx in (x - 14, x + w - 6):
-                box(cx, y - 8, cx + 20, y + h + 30, c("curtain"))
+                box(cx, y - 8, cx + 20, y + h + 30, col := c("curtain"))
+            note("curtains", col, x - 14, y - 8, x + w + 14, y + h + 30)
     for _ in range(R(0, 2)):  # pictures
         w, h = R(22, 60), R(18, 45)
         x, y = R(0, W - w), R(8, y0 - h - 20)
         box(x - 3, y - 3, x + w + 3, y + h + 3, c(rng.choice(["wood", "trim"])))
+        note("picture", None, x, y, x + w, y + h)
         box(x, y, x + w, y + h, c(rng.choice(["bedding", "wall2"])))
         for _ in range(R(2, 4)):
             cv2.ellipse(img, (R(x, x + w), R(y, y + h)), (R(3, w // 2), R(3, h // 2)), R(0, 180), 0, 360,
@@ -140,28 +152,34 @@ def _furnish(img, rng, pal, y0):
     if rng.random() < 0.35:  # wardrobe
         w, top = R(50, 80), y0 - R(90, 130)
         x = R(0, W - w)
-        box(x, top, x + w, y0 + 10, c("wood"))
+        box(x, top, x + w, y0 + 10, col := c("wood"))
+        note("wardrobe", col, x, top, x + w, y0 + 10)
         box(x + w // 2, top + 4, x + w // 2 + 1, y0 + 6, c("floor2"))
         box(x + w // 2 - 6, (top + y0) // 2, x + w // 2 + 6, (top + y0) // 2 + 2, c("trim"))
     if rng.random() < 0.5:  # desk and TV
         w = R(50, 90)
         x = R(0, W - w)
         box(x + 8, y0 - 70, x + w - 8, y0 - 40, (25.0, 25.0, 30.0))
+        note("desk", None, x, y0 - 70, x + w, y0 + 12)
         for x1, y1, x2, y2 in ((x, y0 - 18, x + w, y0 - 12), (x + 3, y0 - 12, x + 7, y0 + 12),
                                (x + w - 7, y0 - 12, x + w - 3, y0 + 12)):
             box(x1, y1, x2, y2, c("wood"))
     bw, hh, bh = R(100, 170), R(25, 55), R(40, 75)
     x1 = R(20, W - bw - 20)
     x2 = x1 + bw
-    box(x1 - 6, y0 - hh - 10, x2 + 6, y0 + 8, c(rng.choice(["wood", "accent", "throw"])))  # headboard
+    box(x1 - 6, y0 - hh - 10, x2 + 6, y0 + 8, col := c(rng.choice(["wood", "accent", "throw"])))  # headboard
+    note("headboard", col, x1 - 6, y0 - hh - 10, x2 + 6, y0 + 8)
     grow = int(bw * rng.uniform(0.1, 0.25))
     base = np.int32([[x1, y0 - 8], [x2, y0 - 8], [x2 + grow, min(H, y0 + bh)], [x1 - grow, min(H, y0 + bh)]])
-    cv2.fillPoly(img, [base], c("bedding"))
+    cv2.fillPoly(img, [base], col := c("bedding"))
+    note("bed", col, x1, y0 - 8, x2, min(H, y0 + bh))
     f = rng.uniform(0.3, 0.6)
     band = np.int32([[x1 - grow * f, y0 + bh * f], [x2 + grow * f, y0 + bh * f],
                      [x2 + grow, min(H, y0 + bh)], [x1 - grow, min(H, y0 + bh)]])
-    cv2.fillPoly(img, [band], c("throw"))
+    cv2.fillPoly(img, [band], col := c("throw"))
+    note("throw", col, x1, y0 + bh * f, x2, min(H, y0 + bh))
     n = 2 if bw > 125 else 1
+    note("pillows" if n == 2 else "pillow", None, x1, y0 - 11, x2, y0 + 7)
     for i in range(n):  # pillows
         for col, t in ((c("bedding"), -1), (c("wall2"), 1)):
             cv2.ellipse(img, (x1 + (2 * i + 1) * bw // (2 * n), y0 - 2), (bw // (2 * n) - 8, 9), 0, 0, 360, col, t)
@@ -170,20 +188,25 @@ def _furnish(img, rng, pal, y0):
             box(sx, y0 - 22, sx + 26, y0 + 14, c("wood"))
             box(sx + 12, y0 - 45, sx + 14, y0 - 22, c("trim"))
             shade = np.int32([[sx + 5, y0 - 45], [sx + 21, y0 - 45], [sx + 17, y0 - 62], [sx + 9, y0 - 62]])
-            cv2.fillPoly(img, [shade], c(rng.choice(["bedding", "accent2"])))
+            cv2.fillPoly(img, [shade], col := c(rng.choice(["bedding", "accent2"])))
+            note("lamp", col, sx, y0 - 62, sx + 26, y0 + 14)
     if rng.random() < 0.4:  # armchair near the camera
         x, w = R(0, W - 60), R(40, 60)
-        cv2.ellipse(img, (x + w // 2, H - R(10, 40)), (w // 2, R(18, 28)), 0, 0, 360, c("accent"), -1)
+        cy, ry = H - R(10, 40), R(18, 28)
+        cv2.ellipse(img, (x + w // 2, cy), (w // 2, ry), 0, 0, 360, col := c("accent"), -1)
+        note("armchair", col, x, cy - ry, x + w, cy + ry)
 
 
-def _room(rng, pal):
-    """Render one hotel's room once; photos are views of it."""
+def _room(rng, pal, facts):
+    """Render one hotel's room once; photos are views of it. facts gets what the captions describe."""
     W, H = CANVAS_W, CANVAS_H
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     y0 = int(rng.integers(125, 170))
-    img = np.ascontiguousarray(np.concatenate([_wall(rng, pal, xx, yy)[:y0], _floor(rng, pal, W, H, y0)[y0:]]))
+    facts["horizon"] = y0
+    img = np.ascontiguousarray(np.concatenate([_wall(rng, pal, xx, yy, facts)[:y0],
+                                               _floor(rng, pal, W, H, y0, facts)[y0:]]))
     cv2.rectangle(img, (0, y0 - 5), (W, y0), tuple(float(x) for x in pal["trim"]), -1)
-    _furnish(img, rng, pal, y0)
+    _furnish(img, rng, pal, y0, facts)
     lx, ly = rng.uniform(0, W), rng.uniform(0, y0)
     light = rng.uniform(0.75, 0.9) + rng.uniform(0.1, 0.3) * np.exp(
         -((xx - lx) ** 2 + (yy - ly) ** 2) / (W * W * rng.uniform(0.05, 0.3)))
@@ -193,9 +216,10 @@ def _room(rng, pal):
 
 # ---------------------------------------------------------------- photos
 
-def _photo(room, rng, long_side=0):
+def _photo(room, rng, long_side=0, view=None):
     """One view of the room, 128-192 px on the longer side; long_side > 0: enlarged to that longer side (full-size
-    photos: the same views, more pixels) with sensor noise at that resolution."""
+    photos: the same views, more pixels) with sensor noise at that resolution. view gets the crop (room pixels) and
+    whether the photo was turned, for the captions."""
     H, W = room.shape[:2]
     size = int(rng.integers(128, 193))
     aspect = float(rng.choice([4 / 3, 3 / 2, 1.0, 16 / 9]))
@@ -205,6 +229,8 @@ def _photo(room, rng, long_side=0):
     cw = min(rng.uniform(0.45, 0.95) * W, 0.98 * H * aspect)  # zoom: the crop's share of the room's width
     ch = cw / aspect
     x0, y0 = rng.uniform(0, W - cw), rng.uniform(0, H - ch)
+    if view is not None:
+        view.update(crop=(x0, y0, x0 + cw, y0 + ch), zoom=cw / W, rotated=False)
     quad = np.float32([[x0, y0], [x0 + cw, y0], [x0 + cw, y0 + ch], [x0, y0 + ch]])
     a, centre = np.deg2rad(rng.normal(0, 4)), quad.mean(0)  # tilt, then corner jitter = mild perspective
     rot = np.float32([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
@@ -223,6 +249,8 @@ def _photo(room, rng, long_side=0):
         img = _enlarge(img, long_side, rng)
     if rng.random() < 0.1:
         img = np.ascontiguousarray(np.rot90(img, int(rng.integers(1, 4))))
+        if view is not None:
+            view["rotated"] = True
     return img
 
 
@@ -270,6 +298,84 @@ def _hex_ids(rng, n, seen):
     return out
 
 
+# ---------------------------------------------------------------- captions
+
+_HUES = [(0.04, "red"), (0.11, "orange"), (0.18, "yellow"), (0.45, "green"), (0.54, "teal"), (0.7, "blue"),
+         (0.83, "purple"), (0.95, "pink"), (1.01, "red")]
+_WALLS = {"stripes": "striped", "paper": "patterned", "panels": "panelled", "plain": "plain"}
+_FLOORS = {"planks": "wooden", "checker": "checkered", "tiles": "tiled", "carpet": "carpeted"}
+_COUNTS = {1: "a", 2: "two", 3: "three", 4: "four"}
+
+
+def _colour_name(rgb):
+    """The colour word a person would use for an RGB (0-255) room colour; palettes stay below saturation 0.55."""
+    h, s, v = colorsys.rgb_to_hsv(*(np.asarray(rgb, np.float64) / 255))
+    if v < 0.22:
+        return "black"
+    if s < 0.14:
+        return "white" if v > 0.8 else "grey" if v > 0.45 else "dark grey"
+    name = next(n for top, n in _HUES if h < top)
+    if name in ("orange", "red", "yellow") and v < 0.55:
+        return "brown"
+    return "beige" if name in ("orange", "yellow") and s < 0.3 else name
+
+
+def _phrase(name, colours, n):
+    """What a caption says of n visible pieces called name (colours: the first one's, or None)."""
+    col = _colour_name(colours[0]) if colours[0] is not None else ""
+    count = _COUNTS.get(n, str(n))
+    return {"window": f"{count} window{'s' * (n > 1)}", "curtains": f"{col} curtains",
+            "picture": f"{count} framed picture{'s' * (n > 1)}", "wardrobe": f"a {col} wardrobe",
+            "desk": "a desk with a tv", "headboard": f"a {col} headboard", "bed": f"a bed with {col} sheets",
+            "throw": f"a {col} throw on the bed", "pillows": "two pillows", "pillow": "a pillow",
+            "lamp": f"{count} lamp{'s' * (n > 1)} with {col} shades" if n > 1 else f"a lamp with a {col} shade",
+            "armchair": f"a {col} armchair"}[name]
+
+
+def _visible(facts, view):
+    """The caption phrases of the pieces at least half inside the photo's crop, in drawing order."""
+    x0, y0, x1, y1 = view["crop"]
+    seen = {}
+    for name, col, (a, b, c, d) in facts["pieces"]:
+        inside = max(0.0, min(c, x1) - max(a, x0)) * max(0.0, min(d, y1) - max(b, y0))
+        if inside >= 0.5 * max(1.0, (c - a) * (d - b)):
+            seen.setdefault(name, []).append(col)
+    return [_phrase(name, cols, len(cols)) for name, cols in seen.items()]
+
+
+def _listed(parts):
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _captions(facts, view, seed):
+    """CAPTIONS_PER_IMAGE sentences about one photo: its visible furniture with colours, the walls and floor it
+    shows, its viewpoint; each a different subset and order, from its own stream (the photos' bytes are unchanged)."""
+    rng = np.random.default_rng(seed)
+    x0, y0, x1, y1 = view["crop"]
+    things = _visible(facts, view)
+    kind, col = facts["wall"]
+    wall = f"{_WALLS[kind]} {_colour_name(col)} walls"
+    kind, col = facts["floor"]
+    floor = f"a {_FLOORS[kind]} {_colour_name(col)} floor" if y1 > facts["horizon"] + 10 else ""
+    shot = "a wide view" if view["zoom"] > 0.8 else "a close-up" if view["zoom"] < 0.6 else "a photo"
+    side = ("the left" if (x0 + x1) / 2 < 0.4 * CANVAS_W else "the right" if (x0 + x1) / 2 > 0.6 * CANVAS_W
+            else "the middle")
+    turned = ", turned on its side" if view["rotated"] else ""
+    out = []
+    for n in range(CAPTIONS_PER_IMAGE):
+        pick = list(rng.permutation(len(things))[:len(things) if n == 0 else int(rng.integers(1, 4))])
+        parts = [things[i] for i in (sorted(pick) if n == 0 else pick)] or ["no furniture"]
+        where = [wall] + ([floor] if floor else [])
+        template = n if n < 5 else int(rng.integers(0, 5))
+        text = [f"{shot} of {side} of a hotel room with {_listed(parts + where)}{turned}",
+                f"a hotel room with {_listed(parts)}",
+                f"{_listed(parts)} in front of {wall}",
+                f"{shot} of a room: {_listed(parts)}" + (f" on {floor}" if floor else ""),
+                f"{_listed(where)}; {_listed(parts)}"][template]
+        out.append(text)
+    return out
+
+
 # ---------------------------------------------------------------- folder
 
 def _check_out(out, shown):
@@ -289,16 +395,23 @@ def _write_hotel(root, seed, i, hid, palette, photo_size, train_names, test_name
     """One hotel's room and photos (train_images/<hid>/, its test images); returns its test images' truth rows."""
     hrng = np.random.default_rng([seed, 1, i])
     pal = {k: np.clip(v + hrng.normal(0, 4, 3), 0, 255).astype(np.float32) for k, v in palette.items()}
-    room = _room(hrng, pal)
+    facts = {}
+    room = _room(hrng, pal, facts)
     folder = root / "train_images" / str(hid)
     folder.mkdir()
-    for name in train_names:
-        (folder / f"{name}.jpg").write_bytes(_jpg(_photo(room, hrng, photo_size), hrng))
+    captions = []
+    for j, name in enumerate(train_names):
+        view = {}
+        (folder / f"{name}.jpg").write_bytes(_jpg(_photo(room, hrng, photo_size, view), hrng))
+        captions += [(f"{hid}/{name}.jpg", text) for text in _captions(facts, view, [seed, 4, i, j])]
     truth = []
-    for name in test_names:
-        (root / "test_images" / f"{name}.jpg").write_bytes(_jpg(_red_rect(_photo(room, hrng, photo_size), hrng), hrng))
+    for j, name in enumerate(test_names):
+        view = {}
+        photo = _red_rect(_photo(room, hrng, photo_size, view), hrng)
+        (root / "test_images" / f"{name}.jpg").write_bytes(_jpg(photo, hrng))
         truth.append((f"{name}.jpg", hid))
-    return truth
+        captions += [(f"{name}.jpg", text) for text in _captions(facts, view, [seed, 5, i, j])]
+    return truth, captions
 
 
 def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=0.0, test_per_hotel=0.0):
@@ -329,9 +442,10 @@ def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=
     jobs = (delayed(_write_hotel)(root, seed, i, hid, palettes[chain[i]], photo_size,
                                   train_names[starts_train[i]:starts_train[i + 1]],
                                   test_names[starts_test[i]:starts_test[i + 1]]) for i, hid in enumerate(hotel_ids))
-    truth, t0 = [], time.time()
-    for i, rows in enumerate(Parallel(n_jobs=default_workers(), return_as="generator", batch_size=4)(jobs)):
+    truth, captions, t0 = [], [], time.time()
+    for i, (rows, texts) in enumerate(Parallel(n_jobs=default_workers(), return_as="generator", batch_size=4)(jobs)):
         truth += rows
+        captions += texts
         if verbose and ((i + 1) * 4 // hotels > i * 4 // hotels or time.time() - t0 > 30):
             t0 = time.time()
             print(f"make-data: {(i + 1) * 100 // hotels}% ({i + 1}/{hotels} hotels, {starts_train[i + 1]} train "
@@ -347,6 +461,9 @@ def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=
     (root / "sample_submission.csv").write_text(
         "image_id,hotel_id\n" + "".join(f"{n},{top5}\n" for n, _ in truth))
     (root / "test_truth.csv").write_text("image_id,hotel_id\n" + "".join(f"{n},{h}\n" for n, h in truth))
+    import pandas as pd
+
+    pd.DataFrame(captions, columns=["image_id", "caption"]).to_csv(root / CAPTIONS, index=False)
     meta = {"generator": "pipeline.synth", "version": VERSION, "seed": seed, "hotels": hotels, "masks": masks}
     meta.update({k: v for k, v in [("photo_size", photo_size), ("train_per_hotel", train_per_hotel),
                                     ("test_per_hotel", test_per_hotel)] if v})  # the default marker is unchanged

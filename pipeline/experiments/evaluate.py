@@ -12,7 +12,7 @@ from pipeline.errors import UserError
 from pipeline.inference.registry import DEFAULTS, RANKING_TRICKS
 from pipeline.retrieval.embeddings import EmbeddingSet
 
-METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k")
+METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k", "text")
 _INSTANCE = {"map@k": "mAP@k", "acc@1": "acc@1", "precision@k": "precision@k", "recall@k": "recall@k"}
 
 
@@ -94,6 +94,8 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
     q = np.asarray(queries.array)
     row, rel = {}, None
     for m in metrics:
+        if m == "text":  # image-text rows of clip runs: text/search.text_rows
+            continue
         if m == "map@5":
             row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else
                       map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log, search=search,
@@ -122,6 +124,12 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     searches = [Search.of(cfg) for cfg in cfgs]  # a bad search key fails before any embedding
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
     for cfg, name, search in zip(cfgs, run_names(cfgs), searches):
+        if "text" in metrics and cfg["head"] == "clip":
+            from pipeline.text.search import text_rows
+
+            rows += text_rows(cfg, name, ks, log)  # the untrained reference row, then the run's
+        if all(m == "text" for m in metrics):
+            continue
         inputs = load_embeddings([cfg], tricks, log=log)
         q = getattr(inputs, queries)
         need_queries(cfg, queries, q.ids, q.labels)

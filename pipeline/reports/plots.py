@@ -82,14 +82,15 @@ GRID_DPI = 80
 
 def retrieval_grid(rows: list[dict], path: str | Path) -> None:
     """rows: [{'image': RGB array, 'label': the query's class, 'matches': [(RGB array, class, score, correct)]}].
-    One row per query: the query, then its matches framed green (correct class) or red. The PNG is exactly
+    One row per query: the query, then its matches framed green (correct class), red, or grey (correct None). The PNG is exactly
     (1 + most matches) x GRID_CELL_INCHES[0] by len(rows) x GRID_CELL_INCHES[1] inches at GRID_DPI."""
     cols = 1 + max((len(r["matches"]) for r in rows), default=0)
     w, h = GRID_CELL_INCHES
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * w, len(rows) * h), squeeze=False)
     for ax_row, r in zip(axes, rows):
         cells = [(r["image"], f"query\n{r['label']}", "black")]
-        cells += [(img, f"{cls}\n{score:.3f}", "limegreen" if ok else "red") for img, cls, score, ok in r["matches"]]
+        frame = {True: "limegreen", False: "red", None: "grey"}  # None: no truth to judge by (search-text)
+        cells += [(img, f"{cls}\n{score:.3f}", frame[ok]) for img, cls, score, ok in r["matches"]]
         for ax in ax_row:
             ax.set_xticks([]), ax.set_yticks([])
             for s in ax.spines.values():

@@ -9,6 +9,10 @@ test images (the query/gallery layout's query/ folder) against the whole gallery
   acc@1        top gallery image has the query's label
   precision@k  relevant images in the top k / k
   recall@k     1 if any relevant image is in the top k (seed 002's Recall@K)
+  text         clip runs (head=clip): seed 002's Recall@k of the validation images' held-out captions, text->image
+               (t2i_r<k>) and image->text (i2t_r<k>), and the caption's class among the top 5 of the training
+               images (t2c_map5, t2c_top5, beside chance's 5 / classes), for the run and, as the reference row
+               'untrained <run>', its initialisation (pretrained image encoder, random text tower)
 M_q = gallery images with the query's label; a query with M_q = 0 scores 0 and counts. --zero-shot BACKBONE adds
 the row 'zero-shot BACKBONE': timm's pretrained backbone, pooled as the config says, no neck, no training (its
 features are cached in runs/zero-shot/<backbone>/<size>/). Writes the table to runs/evaluate/<out>/metrics.md,

@@ -35,10 +35,13 @@ OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 
 
 def param_groups(model: "torch.nn.Module", head: "torch.nn.Module", cfg: dict) -> list[dict]:
-    """Backbone, neck (with the pooling) and head as separate groups, each at lr * lr_mult[group]."""
+    """Backbone, neck (with the pooling), head and text encoder (the clip head's) as separate groups, each at
+    lr * lr_mult[group]."""
+    text = lambda n: n.startswith("text.encoder.")  # text/clip.py ClipHead: the encoder, not its projection
     parts = {"backbone": list(model.backbone.parameters()),
              "neck": [p for n, p in model.named_parameters() if not n.startswith("backbone.")],
-             "head": list(head.parameters())}
+             "head": [p for n, p in head.named_parameters() if not text(n)],
+             "text": [p for n, p in head.named_parameters() if text(n)]}
     return [{"params": params, "lr": cfg["lr"] * cfg["lr_mult"][name], "name": name}
             for name, params in parts.items() if params]
 
