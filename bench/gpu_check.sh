@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14 (bench/gpu_check.py says what it measures): one JSON object on stdout, progress on
-# stderr, under 8 minutes on one H200.
+# The GPU check of issue 14 (bench/gpu_check.py says what it measures) and bench/backbones.py: one JSON object on
+# stdout, progress on stderr, under 9 minutes on one H200.
 #   bash bench/gpu_check.sh            on a CUDA machine
 #   bash bench/gpu_check.sh --cpu      every piece on the CPU, small: a smoke run of the check itself
 #   bash bench/gpu_check.sh --only resume,rank
@@ -17,5 +17,36 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export NO_ALBUMENTATIONS_UPDATE=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# bench/backbones.py (seed 001's five backbones, img/s at 224 px) runs after gpu_check.py's pieces, 1 s per backbone
+# and precision (fp16 and fp32 on CUDA, fp32 with --cpu), at most 75 s; its JSON joins theirs as pieces.backbones.
+# It is skipped when --only names other pieces only.
+backbones=1 cpu= prev=
+for a in "$@"; do
+  [[ $prev == --only && ,$a, != *,backbones,* ]] && backbones=
+  case $a in
+    --only=*) [[ ,${a#--only=}, == *,backbones,* ]] || backbones= ;;
+    --cpu) cpu=1 ;;
+    -h|--help) backbones= ;;
+  esac
+  prev=$a
+done
 # no outer timeout: the script keeps to its --budget (420 s by default; each subprocess gets what is left)
-exec "$py" bench/gpu_check.py "$@"
+[[ -n $backbones ]] || exec "$py" bench/gpu_check.py "$@"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$py" bench/gpu_check.py "$@" >"$tmp/check.json" || { rc=$?; cat "$tmp/check.json"; exit "$rc"; }
+t=$SECONDS
+echo "gpu_check: backbones" >&2
+device=auto
+[[ -z $cpu ]] || device=cpu
+timeout 75 "$py" bench/backbones.py --device "$device" --seconds 1 >"$tmp/backbones.json" ||
+  echo "{\"error\": \"bench/backbones.py: exit status $? (75 s limit)\"}" >"$tmp/backbones.json"
+"$py" - "$tmp" "$((SECONDS - t))" <<'PY'
+import json, sys
+from pathlib import Path
+
+check, bench = (json.loads((Path(sys.argv[1]) / f).read_text()) for f in ("check.json", "backbones.json"))
+check["pieces"]["backbones"] = {**bench, "seconds": float(sys.argv[2])}
+check["seconds"] = round(check["seconds"] + float(sys.argv[2]), 1)
+print(json.dumps(check, indent=1, default=str))
+PY

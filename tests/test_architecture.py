@@ -11,7 +11,8 @@ from pipeline.cli import STAGES
 from conftest import ROOT
 
 PIPELINE = ROOT / "pipeline"
-LIBRARY_FOLDERS = ("data", "model", "training", "retrieval", "experiments", "reports", "kernel", "kaggle")
+LIBRARY_FOLDERS = ("data", "model", "training", "retrieval", "experiments", "inference", "text", "reports", "kernel",
+                   "kaggle")
 MAX_MODULES = 8
 MAX_LINES = 300
 LONG_ALLOWED = {"data/synth.py": "the procedural dataset generator: one drawing routine per part of a room"}

@@ -31,7 +31,7 @@ def ddp_heads(tmp_path_factory):
 def test_every_head_under_ddp_gives_the_one_process_loss_and_gradients(name, ddp_heads):
     # the gathered loss and DDP's averaged gradients equal those of the whole batch in one process
     step = worker.step(name)
-    x, y = worker.batch()
+    x, y = worker.batch(name)
     loss = step(x, y)
     loss.backward()
     want = worker.grads(step)
@@ -90,8 +90,10 @@ def test_two_process_training_matches_one_process(ddp_runs):
     assert proc.stdout.count("epoch 1/1") == 1 and not proc.stderr.strip()  # rank 0 alone reports
     assert _max_diff(runs["one"], runs["two"]) < 1e-5
     assert _max_diff(runs["one"], runs["one2"], same_step=False) > 1e-3  # and the weights did move
-    # rank 0 alone writes: the same files, no leftovers of another rank
-    assert sorted(p.name for p in runs["two"].iterdir()) == sorted(p.name for p in runs["one"].iterdir())
+    # rank 0 alone writes: the same files (one TensorBoard event file each, named by time and pid), no leftovers
+    files = [sorted("events" if p.name.startswith("events.out.tfevents.") else p.name for p in runs[k].iterdir())
+             for k in ("one", "two")]
+    assert files[0] == files[1] and files[0].count("events") == 1
     one, two = ((r / "metrics.csv").read_text().splitlines() for r in (runs["one"], runs["two"]))
     cols = one[0].split(",")
     for a, b in zip(one[1:], two[1:]):  # validation embeds in shards; its figures are the one-process ones

@@ -2,6 +2,7 @@
 or a hand computation in float64; build_head's wrapper and errors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +15,11 @@ from pipeline.model.heads import HEADS, ArcFace, CosFace, LossTransform, SubCent
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-def _cfg(head, loss_transform=0.0, sampler="random", repeats=2):
+def _cfg(head, loss_transform=0.0, sampler="random", repeats=2, target="predictions"):
     cfg = load_config("default", ["backbone=test_efficientnet", "pretrained=false", "embedding_dim=32",
-                                  "neck_dropout=0.0"])
+                                  "neck_dropout=0.0", f"loss_transform_target={target}", "clip.context=8",
+                                  "clip.width=16", "clip.layers=1", "clip.heads=2", "clip.normalize=true",
+                                  "clip.temperature=0.1"])
     cfg.update(head=head, loss_transform=loss_transform, sampler=sampler)
     cfg["repeated_aug"]["repeats"] = repeats
     return cfg
@@ -51,6 +54,11 @@ def test_head_trains_tiny_model(name, wrapped):
     head = build_head(cfg, 4, [4, 4, 4, 4])
     assert isinstance(head, LossTransform) == wrapped
     labels = torch.arange(4).repeat_interleave(4)  # 4 classes x 4 images
+    if name == "clip":  # an image-text head trains on caption tokens: one caption per image (replicas share it)
+        from pipeline.text.clip import tokenize
+
+        labels = torch.from_numpy(tokenize([f"photo {i // (2 if wrapped else 1)} of hotel {i // 4}"
+                                            for i in range(16)], 8))
     if wrapped:  # rows 2i, 2i+1: two noisy replicas of one image, as repeated_aug lays them out
         x = torch.randn(8, 3, 32, 32).repeat_interleave(2, dim=0)
         x = x + 0.1 * torch.randn_like(x)
@@ -69,7 +77,7 @@ def test_head_trains_tiny_model(name, wrapped):
     assert history[0] > 0
     assert history[-1] < 0.6 * history[0], history
     inner = getattr(head, "head", head)
-    assert hasattr(head, "logits") == hasattr(inner, "logits") == (name not in ("supcon", "triplet"))
+    assert hasattr(head, "logits") == hasattr(inner, "logits") == (name not in ("supcon", "triplet", "clip"))
     if hasattr(head, "logits"):
         with torch.no_grad():
             assert head.logits(model(x)).shape == (16, 4)
@@ -212,7 +220,7 @@ def test_subcenter_uses_each_class_margin():
 def test_loss_transform_term_by_hand():
     emb, labels = _batch(b=12)
     inner = ArcFace(8, 5, None).double()
-    lt = LossTransform(inner, replicas=3, weight=0.5)
+    lt = LossTransform(inner, replicas=3, weight=0.5, target="embeddings")
 
     def hand(e):
         n = F.normalize(e)
@@ -226,8 +234,59 @@ def test_loss_transform_term_by_hand():
     with pytest.raises(ValueError, match="replicas"):
         lt(emb[:10], labels[:10])
     same = emb[:2].repeat_interleave(3, dim=0).requires_grad_(True)  # exact replicas: zero term, finite grad
-    LossTransform(inner, 3, 1.0).replica_term(same).backward()
+    LossTransform(inner, 3, 1.0, target="embeddings").replica_term(same).backward()
     assert torch.isfinite(same.grad).all()
+
+
+def _weight(head):
+    """The head's class weight rows (C, D), the parameter its logits use."""
+    return head.weight if isinstance(head, ArcFace) else head.loss.W
+
+
+def _predictions_term_numpy(e, head, replicas):
+    """mean_i KL(P_g(i) || p_i), p_i = softmax(scale * cos(e_i, w_c)), P_g the mean p of i's replica group."""
+    w = _weight(head).detach().numpy()
+    w = w if isinstance(head, ArcFace) else w.T  # pml's CosFace holds W as (D, C)
+    n = e / np.linalg.norm(e, axis=1, keepdims=True)
+    z = head.scale * n @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    mean = np.repeat(p.reshape(-1, replicas, p.shape[1]).mean(axis=1), replicas, axis=0)
+    return (mean * np.log(mean / p)).sum(axis=1).mean()
+
+
+def _predictions_term_torch(e, head, replicas, detach=True):
+    """The same in torch, for its gradients; detach=False lets the gradient through the replicas' mean."""
+    z = head.scale * head.logits(e)
+    log_p = z - torch.logsumexp(z, dim=1, keepdim=True)
+    mean = log_p.exp().reshape(-1, replicas, z.shape[1]).mean(dim=1).repeat_interleave(replicas, dim=0)
+    mean = mean.detach() if detach else mean
+    return (mean * (mean.log() - log_p)).sum(dim=1).mean()
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface"])  # logit scales 30 and 64
+def test_loss_transform_predictions_by_hand(name):
+    emb, labels = _batch(b=12)
+    inner = HEADS[name](8, 5, None).double()
+    lt = LossTransform(inner, replicas=3, weight=0.5)
+    assert lt.target == "predictions"
+    w = _weight(inner)
+    term = lt.replica_term(emb)
+    assert term.item() > 1e-3
+    np.testing.assert_allclose(term.item(), _predictions_term_numpy(emb.numpy(), inner, 3), rtol=1e-10)
+    ours = _grads(lambda e: lt(e, labels), emb, w)
+    _close(ours, _grads(lambda e: inner(e, labels) + 0.5 * _predictions_term_torch(e, inner, 3), emb, w))
+    assert all(torch.isfinite(g).all() and g.abs().max() > 0 for g in ours[1])
+    # the mean prediction is a detached soft target: a gradient through it would differ
+    through_mean = _grads(lambda e: inner(e, labels) + 0.5 * _predictions_term_torch(e, inner, 3, False), emb, w)
+    assert not torch.allclose(ours[1][0], through_mean[1][0], **TOL)
+    same = emb[:4].repeat_interleave(3, dim=0)  # exact replicas: zero term, zero gradient
+    value, grads = _grads(lt.replica_term, same, w)
+    assert abs(value.item()) < 1e-12 and all(g.abs().max() < 1e-12 for g in grads)
+    with pytest.raises(ValueError, match="replicas"):
+        lt.replica_term(emb[:10])
+    with pytest.raises(ValueError, match="target"):
+        LossTransform(inner, 3, 0.5, target="logits")
 
 
 # --- build_head ---
@@ -236,16 +295,30 @@ def test_build_head_wraps_and_passes_sections():
     cfg = _cfg("subcenter_arcface", loss_transform=0.25, sampler="repeated_aug", repeats=3)
     head = build_head(cfg, 4, [1, 16, 81, 256])
     assert isinstance(head, LossTransform) and head.replicas == 3 and head.weight == 0.25
+    assert head.target == "predictions" and head.head.scale == cfg["subcenter_arcface"]["s"]
     assert isinstance(head.head, SubCenterArcFace) and head.head.weight.shape == (4 * cfg["subcenter_arcface"]["k"], 32)
     assert not hasattr(build_head(_cfg("supcon", 0.1, "repeated_aug"), 4), "logits")
     assert isinstance(build_head(_cfg("arcface"), 4, [1, 2, 3, 4]), ArcFace)
+
+
+def test_build_head_loss_transform_target():
+    assert load_config("default")["loss_transform_target"] == "predictions"
+    # pair losses have no class predictions: "predictions" falls back to their embeddings
+    for name, target, used in [("arcface", "embeddings", "embeddings"), ("cosface", "predictions", "predictions"),
+                               ("triplet", "predictions", "embeddings"), ("supcon", "embeddings", "embeddings")]:
+        assert build_head(_cfg(name, 0.1, "repeated_aug", target=target), 4).target == used, (name, target)
+    cosface = build_head(_cfg("cosface", 0.1, "repeated_aug"), 4).head
+    assert cosface.scale == cosface.loss.scale == 64.0  # the scale the term uses is the one pml's loss applies
 
 
 @pytest.mark.parametrize("cfg,needle", [
     (_cfg("nope"), "known: arcface, cosface, subcenter_arcface, supcon, triplet"),
     (_cfg("arcface", loss_transform=0.1, sampler="random"), "sampler=repeated_aug"),
     (_cfg("arcface", loss_transform=0.1, sampler="repeated_aug", repeats=1), "repeats >= 2"),
-], ids=["unknown_head", "loss_transform_without_repeated_aug", "loss_transform_one_repeat"])
+    (_cfg("arcface", 0.1, "repeated_aug", target="logits"), "'logits' is not a target: set .* or embeddings"),
+    (_cfg("triplet", target=3), "loss_transform_target='3' is not a target"),
+], ids=["unknown_head", "loss_transform_without_repeated_aug", "loss_transform_one_repeat", "bad_target",
+        "bad_target_unused"])
 def test_build_head_errors(cfg, needle):
     with pytest.raises(UserError, match=needle) as e:
         build_head(cfg, 4)

@@ -2,6 +2,7 @@
 mount it, and writes exactly the submission `./run.sh ensemble` writes; in an interpreter without the kernel's
 packages it installs them from the packaged wheels first. The credential guard refuses what it must."""
 import json
+import re
 import subprocess
 
 import pytest
@@ -63,6 +64,10 @@ def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
     got = run_offline(pkg, tiny / "data", work / "offline", log=lines.append)
     text = "\n".join(lines)
     assert "timm missing, need" in text and "stringzilla missing, need" in text and "installed " in text, text
+    # Kaggle's log is no terminal: each model's embedding of the test images (4 turns: --rotate) ends with a line
+    done = re.findall(r"\| kernel: embedding (\w+) test \(4 turns\): (\d+)/(\d+) images \(100%\), [\d.]+ img/s, "
+                      r"done in [\d.]+s$", text, re.M)
+    assert [m for m, k, n in done if k == n] == ["a", "b"], text
     want = (work / "submissions" / "local.csv").read_bytes()
     assert got.read_bytes() == want
     assert len(want.splitlines()) > 1

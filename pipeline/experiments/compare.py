@@ -24,8 +24,14 @@ def _finished(run, cfg):
 
 
 def _train_stats(run):
+    """Training seconds and images/s (metrics.csv), and the trained parameters in millions (model and head: a clip
+    run's text tower included; best.pt read with weights_only)."""
+    from pipeline.training.checkpoint import load
+
     rows = read_table(run / "metrics.csv")
-    return {"train_seconds": sum(map(float, rows["seconds"])),
+    state = load(run / "best.pt")
+    params = sum(v.numel() for part in ("model", "head") for v in state[part].values() if v.is_floating_point())
+    return {"params_m": params / 1e6, "train_seconds": sum(map(float, rows["seconds"])),
             "images_per_sec": statistics.mean(map(float, rows["images_per_sec"]))}
 
 
@@ -50,24 +56,27 @@ def compare(cfgs: list[dict], seeds: int, metrics: list[str], ks: list[int], out
                                                               None: "training"}[state])
             if state != "done":
                 train(c, resume=state == "partial", log=lambda *a: None)
-            row = evaluate_runs([c], metrics, ks, log=lambda *a: None)[0]
+            rows = evaluate_runs([c], metrics, ks, log=lambda *a: None)
+            row = rows[-1]  # a clip run's untrained reference comes first (metric text)
             row.update(_train_stats(run), model=c["name"], seed=seed)
-            per_run.append(row)
+            per_run += [dict(r, seed=seed) for r in rows[:-1]] + [row]
             log(f"    val MAP@5 {row.get('map@5', float('nan')):.4f}, {row['train_seconds']:.0f}s "
                 f"({time.time() - t0:.0f}s elapsed)")
-    columns = [k for k in per_run[0] if k not in ("model", "seed", "train_seconds", "images_per_sec")]
+    stats = ("train_seconds", "images_per_sec", "params_m")
+    columns = list(dict.fromkeys(k for r in per_run for k in r if k not in ("model", "seed", *stats)))
     summary = []
     if (zero_shot or "").lower() != "none":
         backbone = zero_shot or cfgs[0]["backbone"]
         zs = zero_shot_row(cfgs[0], backbone, metrics, ks, log=lambda *a: None)
         summary.append({"model": zs["model"], "seeds": 0,
                         **{k: (zs[k], 0.0) for k in columns if k in zs}})
-    for cfg in cfgs:
-        rows = [r for r in per_run if r["model"] == cfg["name"]]
-        entry = {"model": cfg["name"], "seeds": len(rows)}
-        for k in columns + ["train_seconds", "images_per_sec"]:
-            vals = [r[k] for r in rows]
-            entry[k] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    for name in list(dict.fromkeys(r["model"] for r in per_run)):
+        rows = [r for r in per_run if r["model"] == name]
+        entry = {"model": name, "seeds": len(rows)}
+        for k in columns + list(stats):
+            vals = [r[k] for r in rows if k in r]
+            if vals:
+                entry[k] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
         summary.append(entry)
     _write(root, summary, per_run, columns, log)
     return summary
@@ -81,8 +90,8 @@ def _write(root, summary, per_run, columns, log):
     from pipeline.reports.plots import compare_bars
     from pipeline.reports.tables import write_tables
 
-    stats = columns + ["train_seconds", "images_per_sec"]
-    digits = {"train_seconds": 0, "images_per_sec": 1}
+    stats = columns + ["params_m", "train_seconds", "images_per_sec"]
+    digits = {"train_seconds": 0, "images_per_sec": 1, "params_m": 2}
     frame = pd.DataFrame([{"model": e["model"], "seeds": e["seeds"],
                            **{f"{k}_{s}": v for k in stats if k in e for s, v in zip(("mean", "std"), e[k])}}
                           for e in summary], columns=["model", "seeds"] + [f"{k}_{s}" for k in stats

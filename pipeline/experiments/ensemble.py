@@ -10,6 +10,7 @@ from pathlib import Path
 from pipeline.config import config_from_dict, config_names, fold_text
 from pipeline.errors import UserError
 from pipeline.inference.registry import DEFAULTS, describe
+from pipeline.progress import Progress
 from pipeline.retrieval.predict import every_run_tricks, load_fold_sets, oof_map5, predict
 
 MAX_SUBSETS = 4096
@@ -48,7 +49,8 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     if several:
         sets.need_val(cfgs[0])
     if all(inputs.val.ids for inputs in sets.folds.values()):
-        for i, config in enumerate(sets.configs):
+        each = Progress(len(sets.configs), "ensemble: scoring each model", "models", log, sets.configs, final=False)
+        for i, config in enumerate(each):  # with DBA or QE at full scale a model takes minutes
             per_fold, pooled, _ = oof_map5(sets, classes, tricks, mem, log, models=[i])
             for fold, (score, _) in per_fold.items():
                 report["models"][sets.folds[fold].names[i]] = score

@@ -124,11 +124,14 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     searches = [Search.of(cfg) for cfg in cfgs]  # a bad search key fails before any embedding
     rows = [zero_shot_row(cfgs[0], zero_shot, metrics, ks, leave_one_out, log, queries)] if zero_shot else []
     for cfg, name, search in zip(cfgs, run_names(cfgs), searches):
+        text = {}
         if "text" in metrics and cfg["head"] == "clip":
             from pipeline.text.search import text_rows
 
-            rows += text_rows(cfg, name, ks, log)  # the untrained reference row, then the run's
+            reference, text = text_rows(cfg, name, ks, log)
+            rows.append(reference)  # the untrained model, right before the run's row
         if all(m == "text" for m in metrics):
+            rows.append({"model": name, **text})
             continue
         inputs = load_embeddings([cfg], tricks, log=log)
         q = getattr(inputs, queries)
@@ -136,7 +139,7 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
         g = searched_gallery(inputs.gallery, q, leave_one_out, queries)
         rows.append({"model": name, **score(q, g, load_dataset(cfg["data"], cfg).classes, metrics, ks,
                                                    leave_one_out, cfg["max_memory"], log, tricks, search,
-                                                   inputs.centers)})
+                                                   inputs.centers), **text})
         log(f"evaluated {cfg['name']} fold {cfg['fold']}: {len(q)} queries, {len(g)} gallery images")
     return rows
 

@@ -20,6 +20,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     from pipeline.inference.orientation import ensure_orienter
     from pipeline.inference.registry import describe
     from pipeline.kaggle.submission import write_submission
+    from pipeline.progress import Progress
     from pipeline.retrieval.embeddings import CENTERS, EmbeddingSet, Variant, embed_with, load_model, load_split
     from pipeline.retrieval.predict import predict
     from pipeline.retrieval.rank_modes import Search
@@ -53,9 +54,12 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         # packaged for this checkpoint, so it is loaded, never trained here
         orient = ensure_orienter(cfg, model, [], reader, device, mdir, meta["checkpoint_sha256"], log) \
             if variant.upright else None
+        # Kaggle's log is no terminal: a line every 30 s and a last one
+        bar = Progress(len(items) * len(views), f"kernel: embedding {name} test"
+                       + (f" ({len(views)} turns)" if len(views) > 1 else ""), log=log)
         for turn in range(len(views)):  # rotation TTA: each quarter turn of the queries is a view
             views[turn].append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip,
-                                          reader=reader, rotation=turn, orient=orient))
+                                          reader=reader, rotation=turn, orient=orient, progress=bar))
         centers.append(load_centers(mdir / CENTERS) if kernel.tricks["knn_alpha"] < 1 else None)
         del model
         g = load_split(mdir, kernel.gallery_stem)

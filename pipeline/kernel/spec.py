@@ -24,8 +24,8 @@ WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.ya
 # what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training the device and process
 # helpers and checkpoint.py, which loads the rotation classifier): folders whole, single modules by path. The offline
 # check proves it is enough.
-CODE = ("__init__.py", "errors.py", "io.py", "config.py", "data", "model", "retrieval", "inference", "kernel",
-        "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py",
+CODE = ("__init__.py", "errors.py", "io.py", "config.py", "progress.py", "data", "model", "retrieval", "inference",
+        "kernel", "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py",
         "training/checkpoint.py")
 
 

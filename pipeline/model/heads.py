@@ -1,8 +1,9 @@
 """Heads/losses, all called as head(embeddings, labels) -> scalar loss (the pytorch-metric-learning signature;
 labels are int64 class codes). Classifier heads also give `head.logits(embeddings)`: (B, num_classes) cosines
-without margin, for accuracy, and `head.class_centers()`: (C, K, D) float32 L2-normalised class weight rows
-(K = 1, or the sub-center count) with logits(e)[:, c] = max_j <normalize(e), centers[c, j]>; pair losses (supcon,
-triplet) have neither (use getattr(head, "logits", None), getattr(head, "class_centers", None)).
+without margin, for accuracy, `head.scale`: the logit scale s their softmax multiplies them by, and
+`head.class_centers()`: (C, K, D) float32 L2-normalised class weight rows (K = 1, or the sub-center count) with
+logits(e)[:, c] = max_j <normalize(e), centers[c, j]>; pair losses (supcon, triplet) have none of them (use
+getattr(head, "logits", None), getattr(head, "class_centers", None)).
 HEADS maps the config's `head` name to a class; every constructor takes
 (embedding_dim, num_classes, class_counts=None, **cfg[name]), class_counts = training images per class code.
 Angles and margins are in radians throughout (pml's ArcFaceLoss takes degrees; we never call it)."""
@@ -13,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.text.clip import ClipHead
 from pipeline.training.distributed import gather_batch
 
 
@@ -33,7 +35,7 @@ class ArcFace(nn.Module):
 
     def __init__(self, embedding_dim, num_classes, class_counts=None, s=30.0, m=0.2):
         super().__init__()
-        self.s, self.m = s, m
+        self.scale, self.m = s, m
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
         self.cos_m, self.sin_m = math.cos(m), math.sin(m)
@@ -51,7 +53,7 @@ class ArcFace(nn.Module):
         phi = cosine * self.cos_m - sine * self.sin_m
         phi = torch.where(cosine > self.th, phi, cosine - self.mm)
         one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
-        return F.cross_entropy(self.s * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
+        return F.cross_entropy(self.scale * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
 
 
 class CosFace(nn.Module):
@@ -66,6 +68,10 @@ class CosFace(nn.Module):
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.loss.get_cosine(_f(embeddings))
+
+    @property
+    def scale(self) -> float:
+        return self.loss.scale
 
     def class_centers(self) -> torch.Tensor:
         return _centers(self.loss.W.t(), 1)  # pml holds W as (D, C)
@@ -99,7 +105,7 @@ class SubCenterArcFace(nn.Module):
     def __init__(self, embedding_dim, num_classes, class_counts=None, s=30.0, k=3, dynamic=True,
                  m_min=0.05, m_max=0.5, m=0.2):
         super().__init__()
-        self.s, self.k, self.num_classes = s, k, num_classes
+        self.scale, self.k, self.num_classes = s, k, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes * k, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
         if dynamic:
@@ -130,7 +136,7 @@ class SubCenterArcFace(nn.Module):
         phi = cosine * cos_m - sine * sin_m
         phi = torch.where(cosine > th, phi, cosine - mm)
         one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
-        return F.cross_entropy(self.s * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
+        return F.cross_entropy(self.scale * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
 
 
 class SupCon(nn.Module):
@@ -167,14 +173,29 @@ class Triplet(nn.Module):
 
 
 class LossTransform(nn.Module):
-    """Seed 004's loss transform: head(emb, labels) + weight * mean_i ||n_i - mean of i's replicas' n||_2, n the
-    L2-normalised embeddings (unitless, in [0, 2]). Replicas are contiguous groups of `replicas` rows (the
-    repeated_aug sampler's layout). The inner head is `self.head` (callers strip the wrapper with
+    """Seed 004's loss transform: head(emb, labels) + weight * a replica term. Replicas are contiguous groups of
+    `replicas` rows (the repeated_aug sampler's layout); g(i) is row i's group.
+    target "predictions" (the seed's, for classifier heads: those with `logits` and `scale`): p_i =
+    softmax(scale * logits(e_i)), the head's own logit scale on its margin-free cosines, and the term is the seed's
+    CCE against the replicas' mean prediction as a soft target, less that target's entropy so that agreeing replicas
+    give exactly zero: mean_i KL(P_g(i) || p_i), P_g = mean of g's p_j, detached. The mean is a pseudo-label (seed
+    004: "the average of the labels of all positive samples"): detached, the term moves each replica towards its
+    group's consensus (its gradient in replica i's scaled logits is (p_i - P)/B, summing to zero over a group)
+    instead of also pushing the consensus towards whatever is easiest to agree on.
+    target "embeddings", and the fallback of "predictions" for heads without class predictions (the pair losses
+    supcon, triplet): mean_i ||n_i - mean_{j in g(i)} n_j||_2, n the L2-normalised embeddings (unitless, in [0, 2]).
+    `self.target` is the term in use. The inner head is `self.head` (callers strip the wrapper with
     getattr(head, "head", head)); `logits` exists only when the inner head has it."""
 
-    def __init__(self, head, replicas, weight):
+    TARGETS = ("predictions", "embeddings")
+
+    def __init__(self, head, replicas, weight, target="predictions"):
         super().__init__()
+        if target not in self.TARGETS:
+            raise ValueError(f"target {target!r} is not one of {self.TARGETS}")
         self.head, self.replicas, self.weight = head, int(replicas), float(weight)
+        classifier = hasattr(head, "logits") and hasattr(head, "scale")
+        self.target = target if classifier else "embeddings"
 
     @property
     def logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -190,8 +211,12 @@ class LossTransform(nn.Module):
         b = embeddings.shape[0]
         if b % self.replicas:
             raise ValueError(f"batch of {b} rows is not whole groups of {self.replicas} replicas")
-        n = F.normalize(_f(embeddings)).view(b // self.replicas, self.replicas, -1)
-        return torch.linalg.vector_norm(n - n.mean(dim=1, keepdim=True), dim=2).mean()
+        if self.target == "embeddings":
+            n = F.normalize(_f(embeddings)).view(b // self.replicas, self.replicas, -1)
+            return torch.linalg.vector_norm(n - n.mean(dim=1, keepdim=True), dim=2).mean()
+        log_p = F.log_softmax(self.head.scale * self.head.logits(embeddings), dim=1)
+        mean = log_p.exp().view(b // self.replicas, self.replicas, -1).mean(dim=1).detach()
+        return F.kl_div(log_p, mean.repeat_interleave(self.replicas, dim=0), reduction="batchmean")
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.head(embeddings, labels) + self.weight * self.replica_term(embeddings)
@@ -211,17 +236,22 @@ class LossStep(nn.Module):
 
 
 HEADS = {"arcface": ArcFace, "cosface": CosFace, "subcenter_arcface": SubCenterArcFace, "supcon": SupCon,
-         "triplet": Triplet}
+         "triplet": Triplet, "clip": ClipHead}
 
 
 def build_head(cfg: dict, num_classes: int, class_counts: Sequence[int] | None = None) -> nn.Module:
     """The head named by cfg["head"], built from its own config section; wrapped in LossTransform when
-    cfg["loss_transform"] > 0 (which needs sampler repeated_aug or m_per_class with repeats >= 2)."""
+    cfg["loss_transform"] > 0 (which needs sampler repeated_aug or m_per_class with repeats >= 2), its term on
+    cfg["loss_transform_target"] (predictions: the embeddings' for pair losses, see LossTransform)."""
     from pipeline.errors import UserError
 
     name = cfg["head"]
     if name not in HEADS:
         raise UserError(f"unknown head '{name}' (known: {', '.join(HEADS)})")
+    target = cfg.get("loss_transform_target", "predictions")  # checkpoints' configs from before the key lack it
+    if target not in LossTransform.TARGETS:
+        raise UserError(f"loss_transform_target={target!r} is not a target: set loss_transform_target="
+                        f"{' or '.join(LossTransform.TARGETS)}")
     head = HEADS[name](cfg["embedding_dim"], num_classes, class_counts, **cfg.get(name, {}))
     weight = cfg.get("loss_transform", 0) or 0
     if weight > 0:
@@ -231,5 +261,5 @@ def build_head(cfg: dict, num_classes: int, class_counts: Sequence[int] | None =
             raise UserError(f"loss_transform={weight} needs replicas in each batch: set sampler=repeated_aug (or "
                             f"m_per_class) with its repeats >= 2 (now sampler={sampler}, repeats={repeats}), "
                             f"or loss_transform=0")
-        head = LossTransform(head, replicas=repeats, weight=weight)
+        head = LossTransform(head, replicas=repeats, weight=weight, target=target)
     return head

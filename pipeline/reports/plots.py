@@ -82,8 +82,8 @@ GRID_DPI = 80
 
 def retrieval_grid(rows: list[dict], path: str | Path) -> None:
     """rows: [{'image': RGB array, 'label': the query's class, 'matches': [(RGB array, class, score, correct)]}].
-    One row per query: the query, then its matches framed green (correct class), red, or grey (correct None). The PNG is exactly
-    (1 + most matches) x GRID_CELL_INCHES[0] by len(rows) x GRID_CELL_INCHES[1] inches at GRID_DPI."""
+    One row per query: the query, then its matches framed green (correct class), red, or grey (correct None). The
+    PNG is exactly (1 + most matches) x GRID_CELL_INCHES[0] by len(rows) x GRID_CELL_INCHES[1] inches at GRID_DPI."""
     cols = 1 + max((len(r["matches"]) for r in rows), default=0)
     w, h = GRID_CELL_INCHES
     fig, axes = plt.subplots(len(rows), cols, figsize=(cols * w, len(rows) * h), squeeze=False)

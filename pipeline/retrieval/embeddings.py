@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -201,9 +202,8 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-    state, model, device, computed = None, None, distributed.pick_device(), []
+    state, model, reader, orient, device, computed = None, None, None, None, distributed.pick_device(), []
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
-    reader = orient = None
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
         size = state["image_size"]
@@ -225,9 +225,9 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
             orient = ensure_orienter(cfg, model, ds.train, reader, device, run, ck_hash, log, size)
         t0, crops = time.time(), variant.crops(name)
         meta = {"key": key, **chunking(cfg, crops, len(items[name]))}
-        view = {"rotation": q.rotation, "orient": orient if q.upright else None}
-        emb = embed_in_chunks(lambda a, b: embed_with(model, items[name], tfm, crops, cfg, device, variant.flip, a, b,
-                                                      reader, **view), meta, parts, log, f"{cfg['name']} {st}")
+        view = {"reader": reader, "rotation": q.rotation, "orient": orient if q.upright else None}
+        emb = embed_in_chunks(partial(embed_with, model, items[name], tfm, crops, cfg, device, variant.flip, **view),
+                              meta, parts, log, f"{cfg['name']} {st}")
         computed.append(st)
         if emb is None:  # another rank's share: rank 0 has it now
             continue
@@ -274,12 +274,12 @@ def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict
 def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | MultiCrop", crops: int, cfg: dict,
                device: str, flip: bool = False, start: int = 0, stop: int | None = None,
                reader: "ImageReader | None" = None, rotation: int = 0,
-               orient: "Orienter | None" = None) -> np.ndarray | None:
+               orient: "Orienter | None" = None, progress=None) -> np.ndarray | None:
     """float16 (n, E) embeddings of items[start:stop] (start a multiple of forward.images_per_batch): plain, or the
-    multi-crop mean when crops > 0 (None on ranks but 0); rotation / orient: forward.embed_items'."""
+    multi-crop mean when crops > 0 (None on ranks but 0); rotation / orient / progress: forward.embed_items'."""
     from pipeline.retrieval.forward import embed_items, embed_multicrop
 
-    kw = dict(flip=flip, start=start, stop=stop, reader=reader, rotation=rotation, orient=orient)
+    kw = dict(flip=flip, start=start, stop=stop, reader=reader, rotation=rotation, orient=orient, progress=progress)
     if crops:
         return embed_multicrop(model, items, tfm, cfg, device, **kw)
     return embed_items(model, items, tfm, cfg, device, **kw)[0]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pipeline.data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
 from pipeline.errors import UserError
 from pipeline.io import save_npy, write_text
+from pipeline.progress import Progress
 from pipeline.training import distributed
 from pipeline.training.distributed import autocast
 
@@ -76,7 +77,8 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
     every call. flip: the embedding is L2-normalise(e(x) + e(hflip x)) (the head's loss and accuracy still use e(x)
     alone). reader: how images are read (data/image_cache.py; default: whole, from their files). rotation: every
     (square) view turned that many quarter turns (torch.rot90 over H, W) before the model, for rotation TTA;
-    orient: an Orienter that turns each view back upright first. The defaults change nothing."""
+    orient: an Orienter that turns each view back upright first. progress(n): n more images embedded, over all
+    processes (this one's batch times the world). The defaults change nothing."""
     _check_rotation(rotation)
     model.eval()
     stop = len(items) if stop is None else stop
@@ -95,7 +97,7 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
                 correct = (logits(e).argmax(1) == y).sum().item()
         done.append((F.normalize(emb, dim=1).cpu().numpy().astype(EMBEDDING_DTYPE), loss, correct))
         if progress:
-            progress(len(x))
+            progress(len(x) * distributed.world())
     done = distributed.gather_in_order(done)
     if done is None:
         return None, None
@@ -121,7 +123,7 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
     adds models' scores, and a per-query scale of one model (a sum over 1-9 kept crops) would reweight that model
     query by query; the mean keeps its scores on the cosine scale, in [-1, 1] like every other model's (its rows'
     norms are <= 1, equal to 1 only when a single view is kept). Of items[start:stop]; None on ranks other than 0.
-    rotation, orient: as embed_items, on each crop (so a crop is turned about its own centre)."""
+    rotation, orient, progress: as embed_items, on each crop (so a crop is turned about its own centre)."""
     _check_rotation(rotation)
     model.eval()
     stop = len(items) if stop is None else stop
@@ -133,7 +135,7 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
         u = F.normalize(_forward(model, x, cfg, device, flip, rotation, orient)[1], dim=1)
         done.append(torch.stack([c.mean(0) for c in torch.split(u, counts)]).cpu().numpy().astype(EMBEDDING_DTYPE))
         if progress:
-            progress(len(counts))
+            progress(len(counts) * distributed.world())
     done = distributed.gather_in_order(done)
     if done is None:
         return None
@@ -150,16 +152,19 @@ def chunking(cfg: dict, crops: int, rows: int) -> dict:
 
 
 def embed_in_chunks(embed, meta: dict, parts: Path, log, what: str) -> np.ndarray | None:
-    """embed(start, stop) over chunking's chunks, each saved under `parts` as it finishes; those a killed run left
-    for the same meta (key and chunking, in parts/key.json) are kept. Their concatenation on rank 0, None elsewhere
-    (rank 0 decides what is kept and writes; every rank computes its share of each missing chunk)."""
+    """embed(start=, stop=, progress=) over chunking's chunks, each saved under `parts` as it finishes; those a killed
+    run left for the same meta (key and chunking, in parts/key.json) are kept. Their concatenation on rank 0, None
+    elsewhere (rank 0 decides what is kept and writes; every rank computes its share of each missing chunk).
+    progress: the split's Progress (embedding <what>: lines through log, or a bar), for embed_items."""
     n, chunk = meta["rows"], meta["chunk"]
     starts = range(0, n, chunk)
     kept = distributed.broadcast(_kept_chunks(parts, meta, starts) if distributed.is_main() else None)
     if kept:
         log(f"resuming {what}: {len(kept)} of {len(starts)} chunks kept ({parts})")
+    bar = Progress(n, f"embedding {what}", log=log, done=sum(min(chunk, n - s) for s in kept),
+                   enabled=distributed.is_main())
     for start in (s for s in starts if s not in kept):
-        emb = embed(start, min(start + chunk, n))
+        emb = embed(start=start, stop=min(start + chunk, n), progress=bar)
         if emb is not None:
             save_npy(parts / f"{start:09d}.npy", emb)
         if len(starts) > 1:

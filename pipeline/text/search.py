@@ -47,11 +47,11 @@ def text_class_scores(texts: np.ndarray, labels: list, gallery, classes: list, m
             "t2c_top5_chance": min(1.0, 5 / max(1, len(set(gallery.labels))))}
 
 
-def text_rows(cfg: dict, name: str, ks=KS, log=print) -> list:
-    """Rows of `evaluate` for a clip run: the untrained model (the run's initialisation: ImageNet image encoder,
-    random text tower) as the reference, then the trained run; each with Recall@k both ways on the validation
-    images and their captions, and the text->class scores of those captions against the training images without
-    the validation ones."""
+def text_rows(cfg: dict, name: str, ks=KS, log=print) -> tuple:
+    """(the row of the untrained model, the trained run's columns) for `evaluate` of a clip run: Recall@k both ways
+    on the validation images and their captions, and the text->class scores of those captions against the training
+    images without the validation ones. The untrained model is the run's initialisation (ImageNet image encoder,
+    random text tower): the reference."""
     import torch
 
     from pipeline.data.folds import split
@@ -83,12 +83,13 @@ def text_rows(cfg: dict, name: str, ks=KS, log=print) -> list:
     with torch.random.fork_rng(devices=[]):
         q, _ = embed_items(model.to(device), val_items, tfms["val"], cfg, device)
         g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
-    rows = [row(f"untrained {name}", head, item_set(q, val_items), item_set(g, train_items))]
+    reference = row(f"untrained {name}", head, item_set(q, val_items), item_set(g, train_items))
     inputs = load_embeddings([cfg], DEFAULTS, log=log)
-    rows.append(row(name, text_head(cfg), inputs.val, inputs.val_gallery))
+    trained = row(name, text_head(cfg), inputs.val, inputs.val_gallery)
     log(f"evaluated {cfg['name']} fold {cfg['fold']} image-text: {len(held_out)} held-out captions of "
         f"{len(val_items)} images")
-    return rows
+    del trained["model"]
+    return reference, trained
 
 
 def untrained(cfg: dict, n_classes: int):

@@ -5,7 +5,6 @@ training images every val_every epochs. Under torchrun each process takes rows r
 draws its own dropout masks and only rank 0 writes."""
 import itertools
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from pipeline.config import run_dir, save_config
 from pipeline.data.dataset import ImageDataset, loader
@@ -27,7 +25,9 @@ from pipeline.io import write_table
 from pipeline.model import heads  # heads.build_head is looked up per run: tests swap it
 from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
-from pipeline.training import checkpoint, distributed, validation
+from pipeline.progress import Progress
+from pipeline.text.captions import text_data
+from pipeline.training import checkpoint, distributed, logbook, validation
 from pipeline.training.optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
 
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
@@ -51,6 +51,7 @@ class _Run:
     steps_per_epoch: int
     batches_per_epoch: int
     gallery: list = field(default_factory=list)  # the training images validation ranks against (val_gallery)
+    text: Any = None  # text/captions.TextData of a clip run: caption targets, held-out captions
     model: Any = None
     head: Any = None
     inputs: dict = field(default_factory=dict)  # image_size, mean, std: what a checkpoint's user feeds the model
@@ -64,6 +65,7 @@ class _Run:
     ema: Any = None
     scaler: Any = None
     state: dict = field(default_factory=dict)  # the progress a checkpoint keeps and a resume restores
+    book: Any = None  # training/logbook.Logbook: the run's TensorBoard events
 
 
 def _plan(cfg, labels, world=1):
@@ -93,11 +95,14 @@ def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> 
                 + validation.plan(cfg, len(run.gallery), len(run.train_items)))
     if not run.rank:
         save_config(cfg, run.out / "config.yaml")
-    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes, run.reader)
+    run.book = logbook.Logbook(run)  # after a resume: it opens at the step the run goes on from
+    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes, run.reader,
+                            targets=run.text.targets if run.text else None)
     while run.state["epoch"] < cfg["epochs"]:
         epoch, t0 = run.state["epoch"], time.time()
         seen = _train_epoch(run, train_ds, t0)
         _end_epoch(run, epoch, t0, seen, train_seconds=time.time() - t0)
+    run.book.close()
     return run.out
 
 
@@ -105,7 +110,8 @@ def _setup(cfg, log):
     """The fold's data and the checks that need no model: a bad config fails before a backbone is built."""
     rank, world = distributed.rank(), distributed.world()
     out = run_dir(cfg)
-    _, train_items, val_items, classes = split(cfg, distributed.main_only(log))
+    ds, train_items, val_items, classes = split(cfg, distributed.main_only(log))
+    text, train_items = text_data(cfg, ds, train_items, val_items, distributed.main_only(log))
     codes = {c: i for i, c in enumerate(classes)}
     labels = [codes[it.label] for it in train_items]
     check_scheduler(cfg)
@@ -115,7 +121,7 @@ def _setup(cfg, log):
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
     return _Run(cfg, distributed.main_only(log), out, rank, world, distributed.pick_device(), train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
-                gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]))
+                gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]), text=text)
 
 
 def _build(run, resume):
@@ -205,18 +211,18 @@ def _train_epoch(run, train_ds, t0):
     dl = loader(train_ds, batch_sampler=sampler, num_workers=cfg["num_workers"], device=run.device)
     run.model.train(), run.head.train()
     seen, todo = 0, run.batches_per_epoch - state["batch"]
-    bar = tqdm(itertools.islice(dl, todo), total=todo, desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False,
-               disable=run.rank or not sys.stderr.isatty(), file=sys.stderr)
+    bar = Progress(run.batches_per_epoch, f"epoch {epoch + 1}/{cfg['epochs']}", "batches", run.log,
+                   itertools.islice(dl, todo), done=state["batch"], final=False, enabled=not run.rank)
     for x, y in bar:
         x, y = x.to(run.device, non_blocking=True).contiguous(memory_format=run.fmt), y.to(run.device)
         loss = _backward(run, x, y)
         state["batch"] += 1
         seen += len(x) * run.world
-        bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+        bar.note = f"loss {loss.item():.3f}, {seen / (time.time() - t0):.0f} img/s"
         if state["batch"] % cfg["accum_steps"]:
             continue
-        run.scaler.step(run.opt), run.scaler.update(), run.sched.step()
-        run.opt.zero_grad(set_to_none=True)
+        run.book.step(loss.item())  # before the schedule moves on: the rates this step uses
+        run.scaler.step(run.opt), run.scaler.update(), run.sched.step(), run.opt.zero_grad(set_to_none=True)
         state["step"] += 1
         if run.ema is not None:
             run.ema.update(run.model, step=state["step"])
@@ -259,26 +265,28 @@ def _end_epoch(run, epoch, t0, seen, train_seconds):
 
     cfg, state, opt = run.cfg, run.state, run.opt
     validated = validation.due(cfg, epoch)
-    metrics = validation.validate(run) if validated else {}
-    if run.plateau.step(metrics.get("val_map5")):  # an epoch without validation counts for nothing (patience)
+    metrics = validation.validate(run, keep=run.book.shown) if validated else {}
+    pick, cols = cfg["select_on"], METRIC_COLUMNS + list(validation.TEXT_COLUMNS if run.text else ())
+    if run.plateau.step(metrics.get(pick)):  # an epoch without validation counts for nothing (patience)
         total = run.steps_per_epoch * cfg["epochs"]
         for g in opt.param_groups:  # the cut applies from the next step, not one step late
             g["lr"] = g["initial_lr"] * lr_factor(cfg, run.sched.last_epoch, total) * run.plateau.scale
-        run.log(f"val MAP@5 plateaued: learning rates x{run.plateau.scale:.3g} of schedule")
+        run.log(f"{pick} plateaued: learning rates x{run.plateau.scale:.3g} of schedule")
     row = {"epoch": epoch + 1, "step": state["step"], "lr": opt.param_groups[0]["lr"],
            "train_loss": state["loss_sum"] / run.batches_per_epoch, "seconds": round(time.time() - t0, 2),
            "images_per_sec": round(seen / max(train_seconds, 1e-9), 1)}
     row.update(validation.columns(metrics))
-    state["history"].append({k: row[k] for k in METRIC_COLUMNS})
+    state["history"].append({k: row[k] for k in cols})
     state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
     # without a val fold every epoch is the best; without validation this epoch, none is
-    is_best = not run.val_items or (validated and metrics["val_map5"] > state["best_map5"])
+    is_best = not run.val_items or (validated and metrics[pick] > state["best_map5"])  # best of select_on
     if is_best:
-        state["best_map5"] = metrics.get("val_map5", 0.0)
+        state["best_map5"] = metrics.get(pick, 0.0)
     if not run.rank:
-        write_table(run.out / "metrics.csv", pd.DataFrame(state["history"], columns=METRIC_COLUMNS))
+        write_table(run.out / "metrics.csv", pd.DataFrame(state["history"], columns=cols))
         training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], run.out / "curves.png",
                         f"{cfg['name']} fold {cfg['fold']}")
+    run.book.epoch(row)  # before last.pt: a resume purges the events after its step, not this epoch's
     # last.pt, the resume point, goes last: killed before it, a resume redoes this epoch's end (best, ema)
     if is_best:
         _snapshot(run, "best")

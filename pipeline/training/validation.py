@@ -7,16 +7,22 @@ import time
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.progress import Progress
 from pipeline.retrieval.embeddings import item_set
 from pipeline.retrieval.forward import embed_items
 from pipeline.retrieval.predict import map5
 from pipeline.training import distributed
 
 _GALLERY_SALT = 0x6A11  # the gallery draw's own stream: the samplers draw from [seed, epoch]
+TEXT_COLUMNS = tuple(f"val_{way}_r{k}" for way in ("t2i", "i2t") for k in (1, 5, 10))  # a clip run's Recall@k
 _COLUMNS = ("val_loss", "val_acc", "val_map5", "ema_val_map5", "val_seconds")  # what an epoch's validation fills
 
 
 def check(cfg: dict) -> None:
+    known = ("val_map5", "ema_val_map5") + (TEXT_COLUMNS if cfg["head"] == "clip" else ())
+    if cfg["select_on"] not in known:
+        raise UserError(f"select_on={cfg['select_on']!r}: use one of {', '.join(known)} (the Recall@k columns need "
+                        "head=clip; ema_val_map5 needs ema > 0)")
     for key, low, what in (("val_every", 1, "validate every N epochs (1 = each; the last epoch always does)"),
                            ("val_gallery", 0, "0 = every training image, n = at most n training images per class")):
         v = cfg[key]
@@ -50,30 +56,51 @@ def plan(cfg: dict, gallery_size: int, train_size: int) -> str:
     return every + subset
 
 
-def evaluate(model, head, gallery_items, val_items, classes, codes, tfms, cfg, device, reader=None) -> dict:
+def evaluate(model, head, gallery_items, val_items, classes, codes, tfms, cfg, device, reader=None,
+             captions=None, keep=None) -> dict:
     """Validation metrics, the same on every rank (each embeds its share; rank 0 scores). reader: how images are
-    read (data/image_cache.py)."""
+    read (data/image_cache.py). captions (a clip run's held-out text/captions.Captions): adds TEXT_COLUMNS, the
+    image-text Recall@k of the validation images and their captions (a clip head has no class loss). keep: a dict
+    given the embeddings on rank 0 (queries, gallery: training/logbook.py draws a few)."""
     if not val_items:
         return {}
-    q, stats = embed_items(model, val_items, tfms["val"], cfg, device, head=head, codes=codes, reader=reader)
-    g, _ = embed_items(model, gallery_items, tfms["test"], cfg, device, reader=reader)
+    scoring = None if hasattr(head, "encode_text") else head
+    q, stats = embed_items(model, val_items, tfms["val"], cfg, device, head=scoring, codes=codes, reader=reader,
+                           progress=_progress(cfg, len(val_items), "val queries"))
+    g, _ = embed_items(model, gallery_items, tfms["test"], cfg, device, reader=reader,
+                       progress=_progress(cfg, len(gallery_items), "gallery"))
+    if keep is not None and q is not None:
+        keep.update(queries=q, gallery=g)
     metrics = None
     if q is not None:
         score = map5(item_set(q, val_items), item_set(g, gallery_items), classes, max_memory=cfg["max_memory"],
                      log=lambda *a: None)
-        metrics = {"val_loss": stats["loss"], "val_acc": stats["acc"], "val_map5": score}
+        metrics = {"val_loss": (stats or {}).get("loss"), "val_acc": (stats or {}).get("acc"), "val_map5": score}
+        if captions is not None:
+            from pipeline.text.clip import encode_texts
+            from pipeline.text.search import recall_metrics
+
+            texts = encode_texts(head, captions.texts, device)
+            metrics.update(recall_metrics(q, [it.image_id for it in val_items], captions, texts, prefix="val_",
+                                          max_memory=cfg["max_memory"]))
     return distributed.broadcast(metrics)
 
 
-def validate(run) -> dict:
+def _progress(cfg, total, what):
+    """Lines (or a bar) while validation embeds; its end is the epoch's line."""
+    return Progress(total, f"validating {cfg['name']} {what}", final=False, enabled=distributed.is_main())
+
+
+def validate(run, keep=None) -> dict:
     """The epoch's validation of run (the loop's state): the model's metrics, ema_val_map5 with an EMA, and
-    val_seconds; {} without a val fold."""
+    val_seconds; {} without a val fold. keep: evaluate's, for the model (not its EMA)."""
     if not run.val_items:
         return {}
     t = time.time()
     args = (getattr(run.head, "head", run.head),  # validation batches hold no replicas: LossTransform's term is moot
-            run.gallery, run.val_items, run.classes, run.codes, run.tfms, run.cfg, run.device, run.reader)
-    metrics = evaluate(run.model, *args)
+            run.gallery, run.val_items, run.classes, run.codes, run.tfms, run.cfg, run.device, run.reader,
+            run.text.val if run.text else None)
+    metrics = evaluate(run.model, *args, keep=keep)
     if run.ema is not None:
         metrics["ema_val_map5"] = evaluate(run.ema.module, *args)["val_map5"]
     metrics["val_seconds"] = round(time.time() - t, 2)  # embed_items' results are on the host: the GPU is done
@@ -82,7 +109,7 @@ def validate(run) -> dict:
 
 def columns(metrics: dict | None) -> dict:
     """The metrics.csv cells validation fills: empty where it did not run (or has no such figure)."""
-    return {k: "" if (metrics or {}).get(k) is None else metrics[k] for k in _COLUMNS}
+    return {k: "" if (metrics or {}).get(k) is None else metrics[k] for k in _COLUMNS + TEXT_COLUMNS}
 
 
 def describe(metrics: dict | None, cfg: dict, seconds: float) -> str:
@@ -92,6 +119,9 @@ def describe(metrics: dict | None, cfg: dict, seconds: float) -> str:
     if not metrics:
         return "no val"
     acc = f" acc {metrics['val_acc']:.3f}" if metrics.get("val_acc") is not None else ""
+    loss = f"val loss {metrics['val_loss']:.3f}{acc} " if metrics.get("val_loss") is not None else "val "
+    text = (f" text->image R@1/5/10 {metrics['val_t2i_r1']:.3f}/{metrics['val_t2i_r5']:.3f}/"
+            f"{metrics['val_t2i_r10']:.3f}" if "val_t2i_r1" in metrics else "")
     ema = f" EMA MAP@5 {metrics['ema_val_map5']:.4f}" if "ema_val_map5" in metrics else ""
     share = f"val {metrics['val_seconds']} s = {metrics['val_seconds'] / max(seconds, 1e-9):.0%} of the epoch"
-    return f"val loss {metrics['val_loss']:.3f}{acc} MAP@5 {metrics['val_map5']:.4f}{ema}, {share}"
+    return f"{loss}MAP@5 {metrics['val_map5']:.4f}{text}{ema}, {share}"
