@@ -179,3 +179,13 @@ def test_search_text_needs_a_clip_run(trained):
     data, runs = trained
     p = cli("search-text", runs / "a.yaml", "a red bed", "--overrides", *tiny_overrides(data, runs))
     assert_one_line_error(p, "head=arcface", "demo_clip")
+
+
+def test_select_on_names_a_validation_metric_of_the_head():
+    from pipeline.errors import UserError
+    from pipeline.training.validation import check
+
+    check(load_config("default", TINY_TEXT + ["select_on=val_i2t_r10"]))
+    for bad in (["select_on=val_t2i_r5"], ["select_on=val_loss"]):  # recall needs head=clip; a loss is no score
+        with pytest.raises(UserError, match="select_on="):
+            check(load_config("default", bad))

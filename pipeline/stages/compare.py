@@ -14,7 +14,8 @@ def add_arguments(p):
     p.add_argument("--data", help="competition folder (overrides each config's data)")
     p.add_argument("--fold", type=int, help="validation fold (default 0)")
     p.add_argument("--out", help="name of the comparison (default: the config names joined by '+')")
-    p.add_argument("--metrics", default="map@5,map@k,acc@1,precision@k,recall@k", help="metrics to report")
+    p.add_argument("--metrics", default="map@5,map@k,acc@1,precision@k,recall@k,text", help="metrics to report "
+                   "(text: the image-text Recall@k of clip runs and their untrained reference row)")
     p.add_argument("--k", default="1,5,10", help="k values of the @k metrics")
     p.add_argument("--zero-shot", metavar="BACKBONE", help="backbone of the zero-shot row (default: the first "
                    "config's); 'none' to skip it")

@@ -155,8 +155,10 @@ def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=p
     from pipeline.reports.plots import retrieval_grid
 
     png = Path(out) if out else run_dir(cfg) / "search" / f"{_slug(query)}.png"
-    words = np.full((96, 128, 3), 255, np.uint8)  # the query's cell: its text is the title
-    wrapped = "\n".join(query[i:i + 28] for i in range(0, min(len(query), 84), 28))
+    import textwrap
+
+    words = np.full((16, 128, 3), 255, np.uint8)  # the query's cell: a blank strip under its text, the title
+    wrapped = "\n".join(textwrap.wrap(query, 26, max_lines=6, placeholder=" ..."))
     retrieval_grid([{"image": words, "label": wrapped, "matches": [(thumbnail(m.path), m.label, m.score, None)
                                                                    for m in matches]}], png)
     log(f"wrote {png}")
