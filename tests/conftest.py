@@ -14,8 +14,9 @@ os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"
 sys.path.insert(0, str(ROOT))
 
 # A tiny, fast model setup for pipeline tests: timm's test model, small images and embeddings, no workers.
+# TensorBoard off: importing it costs each training process ~0.3 s; the `trained` fixture and test_logbook turn it on
 TINY = ["backbone=test_efficientnet", "pretrained=false", "image_size=32", "embedding_dim=32", "batch_size=8",
-        "eval_batch_size=32", "num_workers=0", "epochs=2", "lr=0.05"]
+        "eval_batch_size=32", "num_workers=0", "epochs=2", "lr=0.05", "tensorboard=false"]
 
 
 def cli(*args, cwd=ROOT, env=None, timeout=600):
@@ -67,7 +68,7 @@ def trained(tiny_data, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     for name, extra in (("a", ""), ("b", "head: cosface\npooling: gem\nseed: 5\n")):
         (runs / f"{name}.yaml").write_text("# test config\n" + extra)
-        p = cli("train", runs / f"{name}.yaml", *tiny_overrides(tiny_data, runs, "epochs=1"))
+        p = cli("train", runs / f"{name}.yaml", *tiny_overrides(tiny_data, runs, "epochs=1", "tensorboard=true"))
         assert p.returncode == 0, p.stderr
     return tiny_data, runs
 
