@@ -52,11 +52,10 @@ def text_rows(cfg: dict, name: str, ks=KS, log=print) -> tuple:
     on the validation images and their captions, and the text->class scores of those captions against the training
     images without the validation ones. The untrained model is the run's initialisation (ImageNet image encoder,
     random text tower): the reference."""
-    import torch
-
     from pipeline.data.folds import split
     from pipeline.inference.registry import DEFAULTS
     from pipeline.retrieval.embeddings import EmbeddingSet, item_set
+    from pipeline.retrieval.forward import embed_items
     from pipeline.retrieval.predict import load_embeddings
     from pipeline.text.captions import read_captions
     from pipeline.text.clip import encode_texts
@@ -78,11 +77,8 @@ def text_rows(cfg: dict, name: str, ks=KS, log=print) -> tuple:
 
     model, head = untrained(cfg, len(classes))
     tfms = _transforms(cfg, model)
-    from pipeline.retrieval.forward import embed_items
-
-    with torch.random.fork_rng(devices=[]):
-        q, _ = embed_items(model.to(device), val_items, tfms["val"], cfg, device)
-        g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
+    q, _ = embed_items(model.to(device), val_items, tfms["val"], cfg, device)  # seeded per sample: no RNG drawn
+    g, _ = embed_items(model, train_items, tfms["test"], cfg, device)
     reference = row(f"untrained {name}", head, item_set(q, val_items), item_set(g, train_items))
     inputs = load_embeddings([cfg], DEFAULTS, log=log)
     trained = row(name, text_head(cfg), inputs.val, inputs.val_gallery)
@@ -126,8 +122,6 @@ class Match:
 def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=print) -> list:
     """The k gallery images (every training image) closest to the sentence under the run's checkpoint; printed
     with their classes, and drawn into a PNG grid (out, default <run>/search/<query>.png)."""
-    import torch
-
     from pipeline.config import run_dir
     from pipeline.data.layouts import load_dataset
     from pipeline.inference.registry import DEFAULTS
@@ -143,8 +137,7 @@ def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=p
     head = text_head(cfg)
     gallery = load_embeddings([cfg], DEFAULTS, log=log).gallery
     device = pick_device()
-    with torch.random.fork_rng(devices=[]):
-        text = encode_texts(head.to(device), [query], device)
+    text = encode_texts(head.to(device), [query], device)
     found = nearest(text, np.asarray(gallery.array), k)
     paths = {it.image_id: it.path for it in load_dataset(cfg["data"], cfg).train}
     matches = [Match(gallery.ids[i], gallery.labels[i], float(s), paths[gallery.ids[i]])
