@@ -53,7 +53,7 @@ DDP = ["backbone=test_vit", "neck=linear", "optimizer=sgd", "scheduler=constant"
 def _train(tiny, runs, *extra):
     runs.mkdir(exist_ok=True)
     (runs / "m.yaml").write_text("# test config\n")
-    p = cli("train", runs / "m.yaml", *tiny_overrides(tiny, runs, *DDP), *extra)
+    p = cli("train", runs / "m.yaml", *tiny_overrides(tiny, runs, *DDP, "tensorboard=true"), *extra)  # rank 0 writes
     assert p.returncode == 0, p.stdout + p.stderr
     return p
 
