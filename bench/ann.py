@@ -105,7 +105,7 @@ def main(argv=None):
     from pipeline.config import load_config
     from pipeline.retrieval.metrics import map_at_k
     from pipeline.retrieval.rank import rank
-    from pipeline.retrieval.rank_modes import Search, build_index
+    from pipeline.retrieval.search import Search, build_index
 
     overrides = [f"{k}={v}" for k, v in (("ivf.nlist", args.nlist), ("hnsw.M", args.M),
                                           ("hnsw.ef_construction", args.ef_construction),

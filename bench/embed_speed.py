@@ -45,7 +45,7 @@ def bare(model, x, batch, device, amp):
     """images/s of model(x) over the in-memory batches of x, in the batches embed uses."""
     import torch
 
-    from pipeline.training.distributed import autocast
+    from pipeline.core.device import autocast
 
     with torch.no_grad(), autocast(device, amp):
         model(x[:batch]), model(x[len(x) // batch * batch:])  # warm-up: both batch shapes pick their kernels

@@ -207,7 +207,7 @@ def _step_setup(check, backbone, size, batch, classes=250):
     from pipeline.config import load_config
     from pipeline.model import heads
     from pipeline.model.embedder import build_model
-    from pipeline.training.optim import make_optimizer
+    from pipeline.training.optimizers import make_optimizer
 
     cfg = load_config("default", [f"backbone={backbone}", "pretrained=false", f"image_size={size}",
                                   f"batch_size={batch}"])
@@ -228,7 +228,7 @@ def piece_mfu(check, backbone="tf_efficientnet_lite0", size=96, batch=32):  # tr
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.training.distributed import autocast
+    from pipeline.core.device import autocast
 
     batch = batch if check.device == "cuda" else 8  # FLOPs per image do not depend on it
     cfg, step, opt, x, y = _step_setup(check, backbone, size, batch)

@@ -4,7 +4,7 @@ stdout.
 usage (from the repo root): python bench/rank.py [--queries 2000] [--gallery 45000] [--dim 4096] [--models 1]
                             [--classes 3116] [--max-memory BYTES] [--repeat 3] [--paper-scale]
 bare = a plain product of the same shapes with the GEMM rank used (--cpu-gemm: oneDNN via torch, which
-pipeline.retrieval.search picks on AVX-512 CPUs, or numpy's OpenBLAS, which faiss also uses); both bare products are
+pipeline.retrieval.knn picks on AVX-512 CPUs, or numpy's OpenBLAS, which faiss also uses); both bare products are
 reported.
 ratio_vs_bare = bare / rank (1.0 = ranking costs nothing beyond the matmul); ratio_vs_faiss = rank / faiss."""
 import argparse
@@ -61,7 +61,7 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu-gemm", choices=["auto", "onednn", "numpy"], default="auto",
-                   help="force rank's CPU matrix product (default: what pipeline.retrieval.search picks here)")
+                   help="force rank's CPU matrix product (default: what pipeline.retrieval.knn picks here)")
     p.add_argument("--paper-scale", action="store_true", help="Q=5,000, N=44,703, 6 models x 4,096 dims")
     args = p.parse_args(argv)
     if args.paper_scale:
@@ -70,12 +70,12 @@ def main(argv=None):
     import faiss
     import torch
 
-    import pipeline.retrieval.search as search_mod
+    import pipeline.retrieval.knn as knn_mod
+    from pipeline.retrieval.knn import gemm, gemm_backend
     from pipeline.retrieval.rank import rank
-    from pipeline.retrieval.search import gemm, gemm_backend
 
     if args.cpu_gemm != "auto":
-        search_mod._GEMM = args.cpu_gemm
+        knn_mod._GEMM = args.cpu_gemm
 
     rng = np.random.default_rng(0)
     qs = [_unit_rows(rng, args.queries, args.dim, np.float32) for _ in range(args.models)]

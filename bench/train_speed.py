@@ -73,11 +73,11 @@ def reference(cfg, device, n_images):
     import torch
     from timm.data import create_dataset, create_loader
 
+    from pipeline.core.device import autocast
     from pipeline.model import heads
     from pipeline.model.backbone import input_config
     from pipeline.model.embedder import build_model
-    from pipeline.training.distributed import autocast
-    from pipeline.training.optim import make_optimizer
+    from pipeline.training.optimizers import make_optimizer
 
     torch.manual_seed(0)
     ds = create_dataset("", root=str(Path(cfg["data"]) / "train_images"))
@@ -90,7 +90,7 @@ def reference(cfg, device, n_images):
     model.to(device, memory_format=fmt), head.to(device)
     step = heads.LossStep(model, head)
     opt = make_optimizer(cfg, model, head)
-    from pipeline.data.image_cache import default_workers
+    from pipeline.data.images import default_workers
 
     workers = default_workers() if cfg["num_workers"] < 0 else cfg["num_workers"]
     t0 = time.time()
@@ -194,7 +194,7 @@ def main():
         os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
     import torch
 
-    from pipeline.data.image_cache import default_workers
+    from pipeline.data.images import default_workers
 
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,36 +4,8 @@ import argparse
 import importlib
 import sys
 
-from pipeline.errors import UserError
-
-# stage name -> its module in pipeline/stages (their heavy imports happen in run(), so `--help` starts fast)
-STAGES = {
-    "weights": "pipeline.stages.weights",
-    "download": "pipeline.stages.download",
-    "make-data": "pipeline.stages.make_data",
-    "folds": "pipeline.stages.folds",
-    "cache-images": "pipeline.stages.cache_images",
-    "train": "pipeline.stages.train",
-    "embed": "pipeline.stages.embed",
-    "ensemble": "pipeline.stages.ensemble",
-    "ensemble-report": "pipeline.stages.ensemble_report",
-    "pseudo": "pipeline.stages.pseudo",
-    "show": "pipeline.stages.show",
-    "search-text": "pipeline.stages.search_text",
-    "evaluate": "pipeline.stages.evaluate",
-    "compare": "pipeline.stages.compare",
-    "score": "pipeline.stages.score",
-    "validate": "pipeline.stages.validate",
-    "kernel": "pipeline.stages.kernel",
-    "upload": "pipeline.stages.upload",
-    "status": "pipeline.stages.status",
-    "submit": "pipeline.stages.submit",
-    "demo": "pipeline.stages.demo",
-    "test": "pipeline.stages.test",
-}
-
-# The stages whose job is the network; every other stage runs with the hub offline (pipeline/network.py)
-NETWORK = {"weights", "download", "upload", "submit", "status"}
+from pipeline.core.errors import UserError
+from pipeline.stages import NETWORK, STAGES
 
 EPILOG = """typical flow (a competition from start to finish: README):
   ./run.sh weights m1 m2                      # online, once: the backbones' ImageNet weights into the caches
@@ -91,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not hasattr(args, "overrides"):
             parser.parse_args(argv)  # argparse's own one-line usage error and exit 2
         args.overrides = list(args.overrides) + extra
-    from pipeline.network import set_policy
+    from pipeline.core.network import set_policy
 
     set_policy(online=args.stage in NETWORK)
     try:
         return args._module.run(args) or 0
     except UserError as e:
-        from pipeline.training.distributed import report_error
+        from pipeline.core.distributed import report_error
 
         if not report_error(one_line(e)):  # a torchrun worker hands it to the launcher, which prints it once
             print(f"error: {one_line(e)}", file=sys.stderr)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     import argparse
@@ -112,7 +112,7 @@ def load_config(name: str | Path, overrides: Iterable[str] = (), **cli: object) 
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
-    from pipeline.io import write_text
+    from pipeline.core.io import write_text
 
     write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
@@ -161,7 +161,7 @@ def load_folds(name: str | Path, folds: str, overrides: Iterable[str] = (), **cl
 def parse_folds(text: str, folds_file: str | Path) -> list[int]:
     """The folds of a --folds value: 'all' (every fold of the folds file but -1, whose images always train), or
     folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file."""
-    from pipeline.io import read_table
+    from pipeline.core.io import read_table
 
     path = Path(folds_file)
     if not path.is_file():

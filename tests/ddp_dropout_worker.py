@@ -5,9 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.config import load_config  # noqa: E402
-from pipeline.training import distributed  # noqa: E402
-from pipeline.training.loop import train  # noqa: E402
+from pipeline.config import load_config
+from pipeline.core import distributed
+from pipeline.training.loop import train
 
 
 def main(root, overrides):

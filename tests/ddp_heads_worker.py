@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.model.heads import HEADS, LossStep, LossTransform  # noqa: E402
+from pipeline.model.heads import HEADS, LossStep, LossTransform
 
 NAMES = [*HEADS, "loss_transform", "loss_transform_embeddings"]
 BATCH = 8
@@ -27,7 +27,7 @@ def batch(name=""):
     """Images and labels; the clip head's labels are caption tokens, one distinct caption a row."""
     g = torch.Generator().manual_seed(0)
     if name == "clip":
-        from pipeline.text.clip import tokenize
+        from pipeline.model.clip import tokenize
 
         y = torch.from_numpy(tokenize([f"photo {i} of hotel {i // 2}" for i in range(BATCH)], 8))
     else:
@@ -45,7 +45,7 @@ def grads(module):
 
 
 def run(name):
-    from pipeline.training import distributed
+    from pipeline.core import distributed
 
     rank, world = distributed.rank(), distributed.world()
     module = step(name)
@@ -57,7 +57,7 @@ def run(name):
 
 
 def main(out):
-    from pipeline.training import distributed
+    from pipeline.core import distributed
 
     distributed.init()
     results = {name: run(name) for name in NAMES}  # each DDP wrapper unreachable before finish()

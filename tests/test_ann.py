@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.retrieval.rank import rank
-from pipeline.retrieval.rank_modes import Search, build_index
+from pipeline.retrieval.search import Search, build_index
 
 from conftest import tiny_overrides
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.experiments import ablate as ablate_module
-from pipeline.inference.registry import ABLATIONS, DEFAULTS
+from pipeline.inference.tricks import ABLATIONS, DEFAULTS
 
 from conftest import cli, tiny_overrides
 
@@ -48,9 +48,10 @@ def test_ablate_over_seeds_is_the_mean_and_std_of_each_seeds_ablation(tiny_data,
 def test_auto_chooses_on_half_a_confirms_on_half_b_and_kernel_takes_it(trained, tmp_path, few_rows, capsys,
                                                                       monkeypatch):
     from pipeline.cli import main
-    from pipeline.experiments.ensemble import load_best
+    from pipeline.experiments.subsets import load_best
+    from pipeline.inference.predict import oof_predictions
     from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.predict import load_fold_sets, oof_predictions
+    from pipeline.retrieval.runsets import load_fold_sets
 
     tiny, runs = trained
     cfgs = [load_config(str(runs / f"{n}.yaml"), tiny_overrides(tiny, runs, "epochs=1")) for n in "ab"]

@@ -1,6 +1,6 @@
-"""The bad-input catalogue (README "Bad input"): one test per row. Each input is either handled as a competitor
-would want (stated in CATALOGUE) or stopped with a one-line error naming the file / row / key and the fix, a
-non-zero exit and nothing written half-way. test_readme_table_matches keeps README and this file in step."""
+"""The bad-input catalogue (docs/kaggle.md, "Bad input"): one test per row. Each input is either handled as a
+competitor would want (stated in CATALOGUE) or stopped with a one-line error naming the file / row / key and the fix,
+a non-zero exit and nothing written half-way. test_docs_table_matches keeps docs/kaggle.md and this file in step."""
 import re
 import shutil
 
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 
-# id -> how it is handled (the README table's rows, in this order)
+# id -> how it is handled (the rows of docs/kaggle.md's table, in this order)
 CATALOGUE = {
     "corrupt_jpeg": "error naming the image, 'remove or replace it'; embeddings cache untouched",
     "zero_byte_image": "error naming the image",
@@ -74,7 +74,7 @@ def _read(path):
 
 
 def _error(fn, *needles):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     with pytest.raises(UserError) as e:
         fn()
@@ -355,9 +355,9 @@ def test_submission_with_wrong_ids(data, tmp_path):
     assert_one_line_error(p, "row 3", "'not_a_test_image.jpg'")
 
 
-def test_readme_table_matches():
-    """The README's "Bad input" table lists exactly CATALOGUE's rows, in order, and each has a test here."""
-    text = (ROOT / "README.md").read_text()
+def test_docs_table_matches():
+    """docs/kaggle.md's "Bad input" table lists exactly CATALOGUE's rows, in order, and each has a test here."""
+    text = (ROOT / "docs" / "kaggle.md").read_text()
     section = text.split("## Bad input", 1)[1].split("\n## ", 1)[0]
     ids = re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M)
     assert ids == list(CATALOGUE)

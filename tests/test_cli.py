@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from pipeline.cli import STAGES
+from pipeline.stages import STAGES
 
 from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.model.clip import clip_loss, tokenize
 from pipeline.model.heads import build_head
-from pipeline.text.clip import clip_loss, tokenize
-from pipeline.text.search import recall_metrics
+from pipeline.text.retrieval import recall_metrics
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 
@@ -52,7 +52,7 @@ def _cfg(*extra):
 
 
 def test_clip_head_is_the_loss_of_its_text_tower_and_learns_its_temperature():
-    from pipeline.training.optim import param_groups
+    from pipeline.training.optimizers import param_groups
 
     torch.manual_seed(0)
     head = build_head(_cfg("clip.learn_temperature=true"), 3)
@@ -182,7 +182,7 @@ def test_search_text_needs_a_clip_run(trained):
 
 
 def test_select_on_names_a_validation_metric_of_the_head():
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.training.validation import check
 
     check(load_config("default", TINY_TEXT + ["select_on=val_i2t_r10"]))

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from pipeline.config import CONFIG_DIR, load_config, save_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 # SPEC 2, Table 5: backbone, head, image size, batch, epochs
 TABLE5 = {

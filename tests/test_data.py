@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.errors import UserError
 from pipeline.data.folds import assign_folds, read_folds, write_folds
 from pipeline.data.images import read_image
 from pipeline.data.layouts import LAYOUTS, Item, load_dataset
-from pipeline.errors import UserError
 
 
 def _img(path, color=(200, 30, 40), size=(24, 32)):
@@ -165,7 +165,7 @@ def test_query_gallery_layout(tmp_path):
 
 
 def test_read_table_keeps_ids_as_strings_and_columns_in_place(tmp_path):
-    from pipeline.io import read_table
+    from pipeline.core.io import read_table
 
     (tmp_path / "t.csv").write_text("image_id,hotel_id\n007.jpg,0042,\nb.jpg,,\n\nNA,nan\n")
     rows = read_table(tmp_path / "t.csv", required=["image_id", "hotel_id"]).to_dict("records")

@@ -10,9 +10,9 @@ import time
 import pytest
 from test_upload import assert_no_credential, kaggle_env
 
+from pipeline.core.errors import UserError
 from pipeline.data.layouts import load_dataset
 from pipeline.data.synth import make_dataset
-from pipeline.errors import UserError
 from pipeline.kaggle.download import present
 
 from conftest import assert_one_line_error, cli

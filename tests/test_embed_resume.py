@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 from conftest import cli, tiny_overrides
 
@@ -83,7 +83,7 @@ def test_an_interrupted_embed_resumes_from_its_chunks_byte_identically(trained, 
     assert lines[0].startswith(f"resuming a gallery: 1 of {-(-n // 16)} chunks kept")
     done = [line for line in lines if line.startswith("embedded a gallery ") and "/" in line]
     assert done == [f"embedded a gallery {min(s + 16, n)}/{n}" for s in range(16, n, 16)]  # only the missing ones
-    # progress off a terminal (pipeline/progress.py): its last line counts the kept chunk too
+    # progress off a terminal (pipeline/core/progress.py): its last line counts the kept chunk too
     assert any(re.fullmatch(rf"embedding a gallery: {n}/{n} images \(100%\), [\d.]+ img/s, done in [\d.]+s", line)
                for line in lines), lines
     assert {n: (parts.parent / n).read_bytes() for n in FILES} == reference
@@ -91,7 +91,7 @@ def test_an_interrupted_embed_resumes_from_its_chunks_byte_identically(trained, 
 
 
 def test_kept_chunks_are_reused_and_those_of_another_key_are_not(trained, reference, tmp_path):
-    from pipeline.io import save_npy
+    from pipeline.core.io import save_npy
 
     cfg = _cfg(trained, tmp_path, *CHUNKED)
     parts = _interrupt(cfg)

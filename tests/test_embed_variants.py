@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 
@@ -21,9 +21,9 @@ DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test", "centers") for
 def trained(tiny_data, tmp_path_factory):
     """(config, loaded model, checkpoint state, {split: items}) of a tiny run trained for one epoch."""
     from pipeline.config import load_config, run_dir
+    from pipeline.core import checkpoint
     from pipeline.data.folds import split
     from pipeline.model.embedder import build_model
-    from pipeline.training import checkpoint
 
     runs = tmp_path_factory.mktemp("runs")
     cfg_path = runs / "v.yaml"
@@ -44,9 +44,10 @@ def trained(tiny_data, tmp_path_factory):
 
 
 def _embed(t, **kw):
-    from pipeline.retrieval.embeddings import Variant, ensure_embeddings
+    from pipeline.retrieval.embeddings import Variant
+    from pipeline.retrieval.runsets import prepare_run
 
-    return ensure_embeddings(t["cfg"], Variant(**kw), log=lambda *a: None)
+    return prepare_run(t["cfg"], Variant(**kw), log=lambda *a: None)
 
 
 @torch.no_grad()
@@ -63,9 +64,9 @@ def _mtimes(d):
 
 def test_defaults_write_todays_files_and_recompute_nothing(trained):
     from pipeline.config import run_dir
+    from pipeline.core import checkpoint
     from pipeline.data.transforms import build_transform, describe
     from pipeline.retrieval.embeddings import cache_key, load_split, made_by
-    from pipeline.training import checkpoint
 
     r = _embed(trained)
     d = r.dir

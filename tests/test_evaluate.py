@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.experiments.evaluate import evaluate_runs, parse_ks, parse_metrics
 from pipeline.experiments.zero_shot import zero_shot_row
+from pipeline.retrieval.knn import nearest
 from pipeline.retrieval.metrics import class_map5_leave_one_out, map_at_k
-from pipeline.retrieval.search import nearest
 
 from conftest import assert_one_line_error, cli, md_lines, tiny_overrides
 

@@ -48,8 +48,8 @@ def _poison_head(monkeypatch, bad_calls, error=None):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     from pipeline.config import run_dir
-    from pipeline.errors import UserError
-    from pipeline.training import checkpoint
+    from pipeline.core import checkpoint
+    from pipeline.core.errors import UserError
     from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "save_every_steps=1")
@@ -63,7 +63,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
 
 def test_nan_loss_skip_counts_and_finishes(tiny_data, tmp_path, monkeypatch):
     from pipeline.config import run_dir
-    from pipeline.training import checkpoint
+    from pipeline.core import checkpoint
     from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "nonfinite_loss=skip")
@@ -77,7 +77,7 @@ def test_nan_loss_skip_counts_and_finishes(tiny_data, tmp_path, monkeypatch):
 
 
 def test_cuda_out_of_memory_suggests_accumulation(tiny_data, tmp_path, monkeypatch):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.training.loop import train
 
     cfg = _cfg(tiny_data, tmp_path, "accum_steps=1")

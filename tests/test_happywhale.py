@@ -31,7 +31,7 @@ def _as_happywhale(src, dst):
 
 def test_happywhale_competition_end_to_end(tiny_data, tmp_path):
     from pipeline.cli import main
-    from pipeline.kaggle.submission import score_submission
+    from pipeline.retrieval.submission import score_submission
 
     data = tmp_path / "happywhale"
     order, truth, individuals = _as_happywhale(tiny_data / "data", data)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.model.heads import HEADS, ArcFace, CosFace, LossTransform, SubCenterArcFace, build_head, dynamic_margins
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -55,7 +55,7 @@ def test_head_trains_tiny_model(name, wrapped):
     assert isinstance(head, LossTransform) == wrapped
     labels = torch.arange(4).repeat_interleave(4)  # 4 classes x 4 images
     if name == "clip":  # an image-text head trains on caption tokens: one caption per image (replicas share it)
-        from pipeline.text.clip import tokenize
+        from pipeline.model.clip import tokenize
 
         labels = torch.from_numpy(tokenize([f"photo {i // (2 if wrapped else 1)} of hotel {i // 4}"
                                             for i in range(16)], 8))

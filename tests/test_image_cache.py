@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.core.errors import UserError
 from pipeline.data import image_cache
 from pipeline.data.image_cache import CacheSpec, ImageReader, build_cache
 from pipeline.data.images import read_image
 from pipeline.data.layouts import Item
-from pipeline.errors import UserError
 
 from conftest import TINY, assert_one_line_error, cli, tiny_overrides
 

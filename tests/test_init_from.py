@@ -5,12 +5,12 @@ import torch
 import yaml
 
 from pipeline.config import load_config
+from pipeline.core import checkpoint
+from pipeline.core.errors import UserError
+from pipeline.core.io import read_table
 from pipeline.data.layouts import load_dataset
-from pipeline.errors import UserError
-from pipeline.io import read_table
 from pipeline.model.embedder import build_model
 from pipeline.model.heads import build_head
-from pipeline.training import checkpoint
 
 from conftest import tiny_overrides
 

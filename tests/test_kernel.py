@@ -79,8 +79,8 @@ def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
 
 
 def test_guard_refuses_credentials(tmp_path, monkeypatch):
-    from pipeline.errors import UserError
-    from pipeline.kaggle import guard
+    from pipeline.core import guard
+    from pipeline.core.errors import UserError
 
     monkeypatch.setenv("KAGGLE_KEY", "s3cr3t-value-0123456789")
     secrets = guard.local_secrets()
@@ -102,7 +102,7 @@ def test_guard_refuses_credentials(tmp_path, monkeypatch):
 
 def test_build_refuses_a_credential_and_writes_nothing(trained, tmp_path, monkeypatch):
     from pipeline.config import load_config
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.kernel.package import build
 
     tiny, runs = trained

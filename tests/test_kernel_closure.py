@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
 from pipeline.kernel.wheels import BASELINE, closure, kernel_closure, read_baseline, target_environment
 

@@ -3,8 +3,8 @@
 import pytest
 
 from pipeline.config import load_config
+from pipeline.core.errors import UserError
 from pipeline.data.layouts import CSV_DEFAULTS, load_dataset
-from pipeline.errors import UserError
 
 HW = {"layout": "csv", "csv": {"label_column": "individual_id", "train_dir": "train_images"}}
 

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
-from pipeline.inference.logits import centers_from_checkpoint, load_centers, logit_knn_rank, save_centers
+from pipeline.core.errors import UserError
+from pipeline.inference.logits import logit_knn_rank
 from pipeline.model.heads import HEADS, LossTransform
+from pipeline.retrieval.centers import centers_from_checkpoint, load_centers, save_centers
 from pipeline.retrieval.rank import rank
 
 
@@ -110,7 +111,7 @@ def test_pair_heads_have_no_centers(name):
 
 
 def test_centers_from_checkpoints_round_trip(trained, tmp_path):
-    from pipeline.training.checkpoint import load
+    from pipeline.core.checkpoint import load
 
     _, runs = trained
     for name, key in (("a", "weight"), ("b", "loss.W")):

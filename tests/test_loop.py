@@ -14,9 +14,9 @@ from safetensors.torch import save
 from test_upload import USER, assert_no_credential, kaggle_env
 
 from pipeline.config import load_config
+from pipeline.core.io import read_table
 from pipeline.data.layouts import load_dataset
 from pipeline.data.synth import make_dataset
-from pipeline.io import read_table
 from pipeline.model.embedder import build_model
 
 from conftest import PYPATH, cli

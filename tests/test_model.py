@@ -7,10 +7,11 @@ import torch
 from torch.nn.utils.parametrize import is_parametrized
 
 from pipeline.config import load_config
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.model.backbone import input_config
-from pipeline.model.embedder import NECKS, build_model
+from pipeline.model.embedder import build_model
 from pipeline.model.heads import HEADS
+from pipeline.model.necks import NECKS
 from pipeline.model.weights import packaged_file, read_state_dict
 
 

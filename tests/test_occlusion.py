@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import CONFIG_DIR, _read_yaml
+from pipeline.core.errors import UserError
 from pipeline.data import transforms as T
 from pipeline.data.images import read_image, read_masks, red_mask
-from pipeline.errors import UserError
 
 GREY = (90, 120, 150)
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.core.errors import UserError
 from pipeline.data.folds import split
-from pipeline.errors import UserError
 from pipeline.model.embedder import build_model
 from pipeline.model.heads import build_head
-from pipeline.training.optim import SCHEDULERS, Plateau, lr_factor, make_ema, make_optimizer, param_groups
+from pipeline.training.optimizers import make_ema, make_optimizer, param_groups
+from pipeline.training.schedulers import SCHEDULERS, Plateau, lr_factor
 
 from conftest import cli, tiny_overrides
 

@@ -1,4 +1,4 @@
-"""Query orientation (inference/orientation.py, retrieval/forward.py rotation= / orient=): rotation TTA's merge
+"""Query orientation (retrieval/orientation.py, retrieval/forward.py rotation= / orient=): rotation TTA's merge
 against a dense hand computation, and the self-supervised rotation head, trained for real on images whose only
 orientation cue is a bright band at the top, turning rotated views back upright exactly."""
 import cv2
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 from conftest import TINY
 
@@ -25,7 +25,7 @@ def _dense_top(S, k):
 
 @pytest.mark.parametrize("classes", [12, 3])
 def test_merge_rotations_is_the_top_k_of_the_per_class_max(classes):
-    from pipeline.inference.orientation import merge_rotations
+    from pipeline.retrieval.orientation import merge_rotations
 
     rng = np.random.default_rng(classes)
     S = (rng.integers(0, 6, (4, 30, classes)) / 5).astype(np.float32)  # few levels: many ties across classes
@@ -71,8 +71,8 @@ def one_thread():
 def oriented(tmp_path_factory):
     """A tiny random-init timm model, band images, and the run's orienter trained by ensure_orienter."""
     from pipeline.config import load_config
-    from pipeline.inference.orientation import ensure_orienter
     from pipeline.model.embedder import build_model
+    from pipeline.retrieval.orientation import ensure_orienter
 
     cfg = load_config("default", TINY)
     torch.manual_seed(0)
@@ -134,7 +134,7 @@ def test_rotation_in_embed_multicrop_turns_each_crop(oriented):
 
 
 def test_ensure_orienter_reuses_its_head_for_the_same_checkpoint_and_retrains_for_another(oriented):
-    from pipeline.inference.orientation import FILE, ensure_orienter
+    from pipeline.retrieval.orientation import FILE, ensure_orienter
 
     cfg, model, items, run = oriented["cfg"], oriented["model"], oriented["items"], oriented["root"] / "run"
     path = run / FILE

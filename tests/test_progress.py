@@ -1,6 +1,6 @@
-"""pipeline/progress.py off a terminal: at most one line per period with count, share, rate and eta, then one final
+"""pipeline/core/progress.py off a terminal: at most one line per period with count, share, rate and eta, then one final
 line; a resume's done units are left out of the rate; silent when disabled or on other ranks."""
-from pipeline.progress import Progress, duration
+from pipeline.core.progress import Progress, duration
 
 
 class Clock:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
+from pipeline.core.errors import UserError
+from pipeline.core.io import read_table
 from pipeline.data.folds import PseudoItem, labelled, read_pseudo, split, write_folds
 from pipeline.data.layouts import load_dataset
-from pipeline.errors import UserError
 from pipeline.experiments.pseudo import GRID, pseudo_labels
-from pipeline.io import read_table
 
 from conftest import tiny_overrides
 
@@ -21,8 +21,8 @@ def _cfgs(tiny, runs):
 
 def _by_hand(cfgs):
     """(test ids, top-1 classes, top-1 scores, margins) of the two runs' summed cosines / 2, per-class max."""
-    from pipeline.inference.registry import DEFAULTS
-    from pipeline.retrieval.predict import load_embeddings
+    from pipeline.inference.tricks import DEFAULTS
+    from pipeline.retrieval.runsets import load_embeddings
 
     e = load_embeddings(cfgs, DEFAULTS, log=lambda *a: None)
     sims = sum(np.asarray(q, np.float64) @ np.asarray(g, np.float64).T

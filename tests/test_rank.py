@@ -3,9 +3,9 @@ weights and per-class aggregation (max, or sum of the top agg_k)."""
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.retrieval import knn as knn_mod
 from pipeline.retrieval import rank as rank_mod
-from pipeline.retrieval import search as search_mod
 from pipeline.retrieval.rank import rank
 
 
@@ -56,7 +56,7 @@ def gemm(request, monkeypatch):
 
         if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
             pytest.skip("this torch build has no oneDNN linear op")
-    monkeypatch.setattr(search_mod, "_GEMM", request.param)
+    monkeypatch.setattr(knn_mod, "_GEMM", request.param)
     return request.param
 
 
@@ -177,7 +177,7 @@ def test_torch_path_logic_on_cpu_and_oom_fallback(monkeypatch, agg, agg_k, oom_b
     qs, gs, labels = _data(rng, 21, 120, [16, 8], 13, one_row_classes=3)
     labels[40:70] = 2  # one long class run next to short ones
     want = brute_force_rank(qs, gs, labels, k=5, agg=agg, agg_k=agg_k)
-    monkeypatch.setattr(rank_mod, "_pick_device", lambda d: torch.device("cpu"))
+    monkeypatch.setattr(rank_mod, "_torch_device", lambda d: torch.device("cpu"))
     for mem in (1, 3_000, 30_000, 1 << 30):
         got = rank(qs, gs, labels, k=5, max_memory=mem, log=lambda m: None, agg=agg, agg_k=agg_k)
         np.testing.assert_allclose(got[1], want[1], atol=2e-3)
@@ -236,7 +236,7 @@ def test_extra_memory_stays_within_budget(dims, agg, agg_k, monkeypatch):
     traced numpy buffer; oneDNN's output has the same tile shape but is torch memory, which tracemalloc misses."""
     import tracemalloc
 
-    monkeypatch.setattr(search_mod, "_GEMM", "numpy")
+    monkeypatch.setattr(knn_mod, "_GEMM", "numpy")
     rng = np.random.default_rng(2)
     Q, N = 400, 3000
     qs, gs, labels = _data(rng, Q, N, dims, 50)

@@ -13,7 +13,7 @@ from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
 from pipeline.model.heads import build_head
 from pipeline.text.captions import text_data
-from pipeline.training.optim import make_optimizer
+from pipeline.training.optimizers import make_optimizer
 
 # recipe -> a small image size its architecture accepts (patch 14 / patch 8 grids, Swin windows)
 RECIPES = {

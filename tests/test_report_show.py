@@ -45,8 +45,8 @@ def _brute_force_map5(x):
 
 
 def test_ensemble_report_scores_every_subset(trained):
+    from pipeline.inference.predict import map5
     from pipeline.retrieval.embeddings import EmbeddingSet
-    from pipeline.retrieval.predict import map5
 
     _, runs = trained
     p = cli("ensemble-report", runs / "a.yaml", runs / "b.yaml", "--out", "ab", "--overrides", *_overrides(trained))
@@ -97,10 +97,11 @@ def test_ensemble_report_scores_every_subset(trained):
 def test_show_writes_grid_of_best_matches(trained, tmp_path):
     import matplotlib.image
 
-    from pipeline.experiments.show import best_matches, pick_queries, show
+    from pipeline.experiments.show import show
+    from pipeline.inference.predict import predict
+    from pipeline.reports.pictures import best_matches, pick_queries
     from pipeline.reports.plots import GRID_CELL_INCHES, GRID_DPI
     from pipeline.retrieval.embeddings import EmbeddingSet
-    from pipeline.retrieval.predict import predict
 
     _, runs = trained
     p = cli("show", runs / "a.yaml", runs / "b.yaml", "--n", "3", "--seed", "0", "--overrides", *_overrides(trained))
@@ -125,7 +126,7 @@ def test_show_writes_grid_of_best_matches(trained, tmp_path):
             rows = np.flatnonzero(labels == c)
             assert gid == x["g_ids"][rows[np.argmax(sims[i, rows])]]
             assert s == pytest.approx(per_class[c], abs=1e-4)
-    # its classes are the ensemble's ranking (retrieval.predict) of those queries
+    # its classes are the ensemble's ranking (inference.predict) of those queries
     assert res["classes"] == predict([q[picked] for q in x["q"]], EmbeddingSet(x["g"], x["g_ids"], x["g_labels"]),
                                      x["classes"], log=lambda *a: None)
 
@@ -143,7 +144,7 @@ def test_show_writes_grid_of_best_matches(trained, tmp_path):
 
 
 def test_first_n_without_seed():
-    from pipeline.experiments.show import pick_queries
+    from pipeline.reports.pictures import pick_queries
 
     assert pick_queries(10, 3).tolist() == [0, 1, 2]
     assert pick_queries(2, 5).tolist() == [0, 1]

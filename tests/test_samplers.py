@@ -3,8 +3,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from pipeline.core.errors import UserError
 from pipeline.data.samplers import SAMPLERS, build_sampler
-from pipeline.errors import UserError
 
 # unbalanced on purpose: class c has c + 1 images (1..12), 78 items, shuffled so classes are not contiguous
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(12), np.arange(1, 13))).tolist()

@@ -25,10 +25,10 @@ def _reference_val_map5(trained, names, flip, tricks):
     """Independently: the flip-TTA embeddings read from the run folders (files named as retrieval/embeddings.py
     documents), the validation gallery built here, tricks.predict, then Kaggle MAP@5."""
     from pipeline.data.layouts import load_dataset
+    from pipeline.inference.reranking import predict
     from pipeline.retrieval.embeddings import load_split
     from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.predict import encode
-    from pipeline.retrieval.tricks import predict
+    from pipeline.retrieval.rank import encode
 
     cfgs = _cfgs(trained, names)
     sfx = ".flip" if flip else ""
@@ -63,7 +63,7 @@ def test_ensemble_tricks_reach_embeddings_and_ranking(trained):
 
 
 def test_evaluate_ablate_writes_one_row_per_trick(trained):
-    from pipeline.inference.registry import ABLATIONS
+    from pipeline.inference.tricks import ABLATIONS
 
     names = [str(trained[1] / f"{n}.yaml") for n in ("a", "b")]
     p = cli("evaluate", *names, "--ablate", "--out", "abl", *_ov(trained))
@@ -117,18 +117,18 @@ def test_ensemble_report_takes_the_tricks(trained):
 def _trick_parser():
     import argparse
 
-    from pipeline.inference.registry import add_trick_arguments
+    from pipeline.inference.tricks import add_trick_arguments
 
     p = argparse.ArgumentParser()
     add_trick_arguments(p)
     return p
 
 
-@pytest.mark.parametrize("name", sorted(__import__("pipeline.inference.registry", fromlist=["TRICKS"]).TRICKS))
+@pytest.mark.parametrize("name", sorted(__import__("pipeline.inference.tricks", fromlist=["TRICKS"]).TRICKS))
 def test_trick_table_entry(name):
     """Every TRICKS entry: its flags parse to its defaults, its ablation rows change only its own keys, its values
     survive JSON, and it acts at a known stage."""
-    from pipeline.inference.registry import DEFAULTS, TRICKS, describe, tricks_from_args, tricks_from_json
+    from pipeline.inference.tricks import DEFAULTS, TRICKS, describe, tricks_from_args, tricks_from_json
 
     trick = TRICKS[name]
     assert trick.stage in ("embedding", "ranking")
@@ -146,8 +146,8 @@ def test_trick_table_entry(name):
                                           (["--whiten"], "--whiten needs --pca"),
                                           (["--weights", "1"], "--weights '1'")])
 def test_trick_table_checks_flags(argv, needle):
-    from pipeline.errors import UserError
-    from pipeline.inference.registry import tricks_from_args
+    from pipeline.core.errors import UserError
+    from pipeline.inference.tricks import tricks_from_args
 
     with pytest.raises(UserError, match=re.escape(needle)):
         tricks_from_args(_trick_parser().parse_args(argv), 2)

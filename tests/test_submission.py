@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.kaggle.submission import read_truth, score_submission, validate_submission, write_submission
+from pipeline.core.errors import UserError
+from pipeline.retrieval.submission import read_truth, score_submission, validate_submission, write_submission
 
 from conftest import assert_one_line_error, cli
 

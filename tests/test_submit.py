@@ -8,7 +8,7 @@ import json
 import pytest
 from test_upload import USER, assert_no_credential, calls, kaggle_env
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.kaggle.client import PUSHED_JSON, write_record
 from pipeline.kaggle.submit import submit
 from pipeline.kernel.spec import Package

@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.core.errors import UserError
 from pipeline.data.synth import MARKER, make_dataset
-from pipeline.errors import UserError
 
 from conftest import assert_one_line_error, cli
 

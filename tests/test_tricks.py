@@ -1,11 +1,12 @@
-"""pipeline.retrieval.tricks.predict must equal an independent brute-force float64 reference (dense matrices, explicit
-loops and sorts, ties -> smaller class code / row index) for every trick, combination and memory budget."""
+"""pipeline.inference.reranking.rank_with_tricks must equal an independent brute-force float64 reference (dense
+matrices, explicit loops and sorts, ties -> smaller class code / row index) for every trick, combination and
+memory budget."""
 
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.retrieval import tricks
+from pipeline.core.errors import UserError
+from pipeline.inference import reranking
 from pipeline.retrieval.rank import rank
 
 
@@ -121,15 +122,15 @@ CASES = {
 def test_predict_matches_reference(name, seed):
     qs, gs, codes = _data(seed)
     kw = CASES[name]
-    _same(tricks.predict(qs, gs, codes, k=5, device="cpu", **kw), ref_predict(qs, gs, codes, k=5, **kw))
+    _same(reranking.rank_with_tricks(qs, gs, codes, k=5, device="cpu", **kw), ref_predict(qs, gs, codes, k=5, **kw))
 
 
 @pytest.mark.parametrize("name", ["pca_dba_qe", "dba_qe", "pca_whiten"])
 @pytest.mark.parametrize("budget", [1, 700, 5000])
 def test_tiny_budgets_identical(name, budget):
     qs, gs, codes = _data(3)
-    want = tricks.predict(qs, gs, codes, device="cpu", **CASES[name])
-    got = tricks.predict(qs, gs, codes, device="cpu", max_memory=budget, **CASES[name])
+    want = reranking.rank_with_tricks(qs, gs, codes, device="cpu", **CASES[name])
+    got = reranking.rank_with_tricks(qs, gs, codes, device="cpu", max_memory=budget, **CASES[name])
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_allclose(got[1], want[1], rtol=0, atol=1e-5)
 
@@ -137,14 +138,14 @@ def test_tiny_budgets_identical(name, budget):
 @pytest.mark.parametrize("kw", [dict(), dict(dba=(5, 3.0), qe=(2, 3.0)), dict(pca_dim=12, qe=(3, 3.0))])
 def test_agg_sum_matches_reference(kw):
     qs, gs, codes = _data(4)
-    _same(tricks.predict(qs, gs, codes, agg="sum", agg_k=3, device="cpu", **kw),
+    _same(reranking.rank_with_tricks(qs, gs, codes, agg="sum", agg_k=3, device="cpu", **kw),
           ref_predict(qs, gs, codes, agg="sum", agg_k=3, **kw))
 
 
 def test_all_off_is_rank_exactly():
     qs, gs, codes = _data(5)
     for w in (None, [0.25, 2.0]):
-        got = tricks.predict(qs, gs, codes, k=7, weights=w, device="cpu", max_memory=4096)
+        got = reranking.rank_with_tricks(qs, gs, codes, k=7, weights=w, device="cpu", max_memory=4096)
         want = rank(qs, gs, codes, k=7, weights=w, device="cpu", max_memory=4096)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
@@ -156,15 +157,15 @@ def test_full_rank_pca_preserves_centred_ranking(N, full):
     Q, G = ref_combine(qs, gs, None)
     mean = G.mean(0)
     want = ref_rank(_unit(Q - mean), _unit(G - mean), codes, 5)
-    got = tricks.predict(qs, gs, codes, pca_dim=full, device="cpu")
+    got = reranking.rank_with_tricks(qs, gs, codes, pca_dim=full, device="cpu")
     np.testing.assert_array_equal(got[0], want[0])
     with pytest.raises(UserError, match=f"dim {full + 1} .*<= {full}"):
-        tricks.predict(qs, gs, codes, pca_dim=full + 1, device="cpu")
+        reranking.rank_with_tricks(qs, gs, codes, pca_dim=full + 1, device="cpu")
 
 
 def test_combine_dot_is_weighted_cosine_sum():
     qs, gs, _ = _data(7)
-    q, g = tricks.combine(qs, gs, [0.5, 3.0])
+    q, g = reranking.combine(qs, gs, [0.5, 3.0])
     want = sum(w * (a.astype(np.float64) @ b.astype(np.float64).T) for w, a, b in zip([0.5, 3.0], qs, gs))
     np.testing.assert_allclose(q @ g.T, want, atol=1e-5)
     assert q.dtype == g.dtype == np.float32 and q.shape == (20, 24)
@@ -173,14 +174,14 @@ def test_combine_dot_is_weighted_cosine_sum():
 def test_trick_functions_direct():
     qs, gs, codes = _data(8)
     Q, G = ref_combine(qs, gs, None)
-    Gp, Qp = tricks.pca(G.astype(np.float32), Q.astype(np.float32), 12, whiten=True, max_memory=100)
+    Gp, Qp = reranking.pca(G.astype(np.float32), Q.astype(np.float32), 12, whiten=True, max_memory=100)
     rG, rQ = ref_pca(G, Q, 12, True)
     np.testing.assert_allclose(Qp @ Gp.T, rQ @ rG.T, atol=1e-5)  # eigenvector signs cancel in the products
-    D = tricks.dba(G.astype(np.float32), codes, 5, 3.0, max_memory=1)
+    D = reranking.dba(G.astype(np.float32), codes, 5, 3.0, max_memory=1)
     np.testing.assert_allclose(D, ref_dba(G, codes, 5, 3.0), atol=1e-5)
     top1 = np.array([codes[i % len(codes)] for i in range(len(Q))])
     top1[0] = -1  # no prediction: only normalised
-    E = tricks.qe(Q.astype(np.float32), G.astype(np.float32), codes, 3, 2.0, top1[:, None], max_memory=1)
+    E = reranking.qe(Q.astype(np.float32), G.astype(np.float32), codes, 3, 2.0, top1[:, None], max_memory=1)
     want = ref_qe(Q, G, codes, 3, 2.0, top1)
     want[0] = _unit(Q[:1])[0]
     np.testing.assert_allclose(E, want, atol=1e-5)
@@ -195,18 +196,18 @@ def test_trick_functions_direct():
 def test_bad_inputs(kw, needle):
     qs, gs, codes = _data(9)
     with pytest.raises(UserError, match=needle) as e:
-        tricks.predict(qs, gs, codes, device="cpu", **kw)
+        reranking.rank_with_tricks(qs, gs, codes, device="cpu", **kw)
     assert "\n" not in str(e.value)
 
 
 def test_bad_inputs_direct():
     qs, gs, codes = _data(9)
-    q, g = tricks.combine(qs, gs)
+    q, g = reranking.combine(qs, gs)
     with pytest.raises(UserError, match="dim 30"):
-        tricks.pca(g, q, 30)
+        reranking.pca(g, q, 30)
     with pytest.raises(UserError, match="k must"):
-        tricks.dba(g, codes, -1, 3.0)
+        reranking.dba(g, codes, -1, 3.0)
     with pytest.raises(UserError, match="alpha must"):
-        tricks.qe(q, g, codes, 2, -1.0, np.zeros(len(q), np.int64))
+        reranking.qe(q, g, codes, 2, -1.0, np.zeros(len(q), np.int64))
     with pytest.raises(UserError, match="codes"):
-        tricks.dba(g, codes[:-1], 2, 3.0)
+        reranking.dba(g, codes[:-1], 2, 3.0)

@@ -112,7 +112,7 @@ def test_a_last_pt_from_before_the_scaler_and_rank_streams_still_resumes_exactly
 
 
 def test_the_amp_scaler_state_round_trips_through_last_pt(tmp_path):
-    from pipeline.training import checkpoint
+    from pipeline.core import checkpoint
 
     # an enabled scaler on the CPU (torch allows it): one overflowing step halves the scale, good steps count up
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=5)
@@ -139,7 +139,7 @@ def test_the_amp_scaler_state_round_trips_through_last_pt(tmp_path):
 
 
 def test_rng_streams_restore_per_rank_and_old_files_are_one_process():
-    from pipeline.training import checkpoint
+    from pipeline.core import checkpoint
 
     torch.manual_seed(0)
     saved = [checkpoint.rng_state("cpu"), None]
@@ -155,7 +155,7 @@ def test_rng_streams_restore_per_rank_and_old_files_are_one_process():
 @pytest.mark.parametrize("bad, needle", [("val_every=0", "val_every=0: give a whole number >= 1"),
                                          ("val_gallery=-1", "val_gallery=-1: give a whole number >= 0")])
 def test_bad_validation_keys_are_one_line_errors(tiny_data, tmp_path, bad, needle):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     with pytest.raises(UserError, match=re.escape(needle)):
         _train(_cfg(tiny_data, tmp_path, bad))

@@ -10,9 +10,9 @@ import timm
 import torch
 from hub_standin import hub_env, refused_endpoint
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.core.network import HUB_TIMEOUTS, set_policy
 from pipeline.model.weights import convert_by_structure, load_backbone_weights, packaged_file, read_state_dict
-from pipeline.network import HUB_TIMEOUTS, set_policy
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 

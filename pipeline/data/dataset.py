@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.data.image_cache import ImageReader, default_workers
+from pipeline.data.image_cache import ImageReader
+from pipeline.data.images import default_workers
 from pipeline.data.transforms import apply
 
 if TYPE_CHECKING:

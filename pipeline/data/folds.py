@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core.errors import UserError
+from pipeline.core.io import read_table, write_table
 from pipeline.data.layouts import Dataset, Item, load_dataset
-from pipeline.errors import UserError
-from pipeline.io import read_table, write_table
 
 PSEUDO_COLUMNS = ["image_id", "label", "margin", "score"]  # what ./run.sh pseudo writes; split reads the first two
 

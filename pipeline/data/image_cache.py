@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.data.images import read_image
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.data.images import default_workers, read_image
 
 VERSION = 1  # bump when what is stored changes (decode, resize)
 FORMATS = ("memmap", "jpeg")
@@ -80,7 +80,7 @@ def _prepare(path, side, fmt, target):
     img = read_image(path, side)
     if fmt == "memmap":
         return img
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
@@ -113,7 +113,7 @@ class _Store:
     def save_index(self):
         import pandas as pd
 
-        from pipeline.io import write_table
+        from pipeline.core.io import write_table
 
         rows = [(p, *e) for p, e in self.entries.items()]
         write_table(self.index_path, pd.DataFrame(rows, columns=COLUMNS))
@@ -174,11 +174,6 @@ def _record(store, paths, stats, out):
     store.save_index()
 
 
-def default_workers() -> int:
-    """Worker processes for image decoding: the CPUs this process may use, at most 8."""
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
 class ImageReader:
     """item -> RGB uint8 HWC: from the cache where its entry is fresh, else decoded from the source (reduced to
     short_side when > 0). Picklable: loader workers get a copy and open the memmap themselves."""
@@ -217,7 +212,7 @@ def image_reader(cfg: dict, image_size: int, splits: dict | None = None, log=pri
     """The reader train and embed use: with image_cache, the cache of this image size (the given splits' missing
     or stale images cached first: by rank 0 under torchrun, the others wait); else direct decoding, reduced when
     image_scale > 0."""
-    from pipeline.training import distributed
+    from pipeline.core import distributed
 
     side = short_side(cfg, image_size)
     if not cfg["image_cache"]:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 _CAPTURE = None  # per-process temp file that takes libjpeg/libpng's stderr messages during a decode
 
@@ -100,7 +100,6 @@ def read_masks(folder: str | Path, max_side: int = 128) -> list[Mask]:
     if key not in _MASKS:
         from joblib import Parallel, delayed
 
-        from pipeline.data.image_cache import default_workers
 
         workers = default_workers() if len(paths) > 500 else 1  # 300 masks read in well under a second serially
         masks = Parallel(n_jobs=workers, batch_size=64)(delayed(_read_mask)(p, max_side) for p in paths)
@@ -128,3 +127,8 @@ def _read_mask(path, max_side):
         size = (max(1, round(region.shape[1] * f)), max(1, round(region.shape[0] * f)))
         region = cv2.resize(region.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
     return Mask(path.name, (y0 / h, y1 / h, x0 / w, x1 / w), region)
+
+
+def default_workers() -> int:
+    """Worker processes for image decoding: the CPUs this process may use, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))

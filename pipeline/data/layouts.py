@@ -9,8 +9,8 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from pipeline.errors import UserError
-from pipeline.io import read_table
+from pipeline.core.errors import UserError
+from pipeline.core.io import read_table
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # default.yaml's csv: section (a test keeps the two equal); repeated here because the kernel's code dataset ships

@@ -11,7 +11,7 @@ from typing import Self
 import numpy as np
 from torch.utils.data import Sampler
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 class _EpochSampler(Sampler):

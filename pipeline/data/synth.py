@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 VERSION = 1
 MARKER = ".synth.json"
@@ -435,7 +435,7 @@ def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=
         (root / sub).mkdir()
     from joblib import Parallel, delayed
 
-    from pipeline.data.image_cache import default_workers
+    from pipeline.data.images import default_workers
 
     # each hotel draws from its own stream: hotels are written in parallel, the bytes are those of one process
     starts_train, starts_test = np.concatenate([[0], np.cumsum(n_train)]), np.concatenate([[0], np.cumsum(n_test)])

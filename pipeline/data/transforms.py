@@ -9,8 +9,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from pipeline.core.errors import UserError
 from pipeline.data.images import read_masks, red_mask
-from pipeline.errors import UserError
 
 RED = (255, 0, 0)
 MASK_SOURCES = ("train_masks", "coarse_dropout")

@@ -1,11 +1,12 @@
 """Inference-trick ablation: the validation MAP@5 of the runs' ensemble with the baseline tricks, then with each
-ablation row of the trick table (inference/registry.py: TRICKS) alone on top; ablate.md/.csv/.json/.png."""
+ablation row of the trick table (inference/tricks.py: TRICKS) alone on top; ablate.md/.csv/.json/.png."""
 import time
 from pathlib import Path
 
-from pipeline.inference.registry import ABLATIONS, describe
+from pipeline.inference.predict import val_map5
+from pipeline.inference.tricks import ABLATIONS, describe
 from pipeline.retrieval.embeddings import Variant
-from pipeline.retrieval.predict import load_embeddings, val_map5
+from pipeline.retrieval.runsets import load_embeddings
 
 
 def pca_dim(inputs) -> int:
@@ -61,7 +62,7 @@ def ablate_seeds(cfgs: list, tricks: dict, seeds: int, compare_out: str | None, 
     import pandas as pd
 
     from pipeline.config import config_names, run_dir
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.reports.tables import write_tables
 
     names = config_names(cfgs)
@@ -112,12 +113,13 @@ def auto_choose(cfgs: list, tricks: dict, out_dir: Path, seed: int = 0, log=prin
     import pandas as pd
 
     from pipeline.config import config_names
+    from pipeline.core.errors import UserError
     from pipeline.data.layouts import load_dataset
-    from pipeline.errors import UserError
-    from pipeline.experiments.ensemble import BEST_JSON, subsets, write_best
+    from pipeline.experiments.subsets import BEST_JSON, subsets, write_best
+    from pipeline.inference.predict import oof_predictions
     from pipeline.reports.tables import write_tables
     from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.predict import load_fold_sets, oof_predictions
+    from pipeline.retrieval.runsets import load_fold_sets
 
     names, classes, mem = config_names(cfgs), load_dataset(cfgs[0]["data"], cfgs[0]).classes, cfgs[0]["max_memory"]
     loaded, quiet = {}, (lambda *a: None)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.io import read_table
+from pipeline.core.io import read_table
 
 
 def _finished(run, cfg):
@@ -26,7 +26,7 @@ def _finished(run, cfg):
 def _train_stats(run):
     """Training seconds and images/s (metrics.csv), and the trained parameters in millions (model and head: a clip
     run's text tower included; best.pt read with weights_only)."""
-    from pipeline.training.checkpoint import load
+    from pipeline.core.checkpoint import load
 
     rows = read_table(run / "metrics.csv")
     state = load(run / "best.pt")

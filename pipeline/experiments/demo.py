@@ -18,14 +18,14 @@ def random_init_map5(cfg: dict) -> float:
     """Val MAP@5 of the first model's architecture with random weights: the floor training must clear."""
     import torch
 
+    from pipeline.core.device import pick_device
     from pipeline.data.folds import labelled, split
     from pipeline.data.transforms import build_transform
+    from pipeline.inference.predict import map5
     from pipeline.model.backbone import input_config
     from pipeline.model.embedder import build_model
     from pipeline.retrieval.embeddings import item_set
     from pipeline.retrieval.forward import embed_items
-    from pipeline.retrieval.predict import map5
-    from pipeline.training.distributed import pick_device
 
     _, train_items, val_items, classes = split(cfg)
     torch.manual_seed(cfg["seed"])
@@ -44,12 +44,12 @@ def demo(hotels: int | None = None, seed: int = 0, models: Sequence[str] = DEMO_
     """Run the demo; returns the report (also in runs/demo/report.json). round2: thresholds at which the first
     model is trained again with the ensemble's pseudo-labels added (its test MAP@5 against round 1's)."""
     from pipeline.config import load_config
+    from pipeline.core.io import write_text
     from pipeline.data.folds import write_folds
     from pipeline.data.layouts import load_dataset
     from pipeline.data.synth import make_dataset
     from pipeline.experiments.ensemble import ensemble
     from pipeline.experiments.pseudo import pseudo_labels
-    from pipeline.io import write_text
     from pipeline.reports.tables import markdown
     from pipeline.training.loop import train
 

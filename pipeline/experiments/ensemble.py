@@ -1,20 +1,26 @@
 """Equal-weight ensembles of trained runs: the summed cosine similarities of the models, per-class max over the
 gallery, top 5 classes. `ensemble` scores each model and their ensemble on the validation fold and writes the test
 submission; `ensemble_report` scores every subset of the models (the 7th-place paper's Table 2)."""
-import itertools
 import json
-import math
 import time
 from pathlib import Path
 
-from pipeline.config import config_from_dict, config_names, fold_text
-from pipeline.errors import UserError
-from pipeline.inference.registry import DEFAULTS, describe
-from pipeline.progress import Progress
-from pipeline.retrieval.predict import every_run_tricks, load_fold_sets, oof_map5, predict
-
-MAX_SUBSETS = 4096
-BEST_JSON, BEST_VERSION = "best.json", 1  # ensemble-report's best subset, for kernel --from-report
+from pipeline.config import config_names, fold_text
+from pipeline.core.errors import UserError
+from pipeline.core.progress import Progress
+from pipeline.experiments.subsets import (
+    BEST_JSON,
+    MAX_SUBSETS,
+    count_subsets,
+    load_best,
+    mark_best,
+    subsets,
+    write_best,
+    write_subset_report,
+)
+from pipeline.inference.predict import oof_map5, predict
+from pipeline.inference.tricks import DEFAULTS, describe
+from pipeline.retrieval.runsets import every_run_tricks, load_fold_sets
 
 
 def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | None = None) -> dict:
@@ -25,12 +31,12 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     with every fold model."""
     import pandas as pd
 
+    from pipeline.core.io import read_table, write_text
     from pipeline.data.layouts import load_dataset
-    from pipeline.io import read_table, write_text
-    from pipeline.kaggle.submission import read_truth, write_submission
     from pipeline.reports.tables import markdown
     from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.rank_modes import Search
+    from pipeline.retrieval.search import Search
+    from pipeline.retrieval.submission import read_truth, write_submission
 
     tricks = tricks or dict(DEFAULTS)
     search = Search.of(cfgs[0])  # how the test images are ranked (validation scores stay exact); checked first
@@ -91,28 +97,6 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     return report
 
 
-def subsets(n: int, max_size: int | None = None) -> list:
-    """Index tuples of every non-empty subset of range(n) with at most max_size members: by size, then in order."""
-    top = n if max_size is None else min(max_size, n)
-    return [s for k in range(1, top + 1) for s in itertools.combinations(range(n), k)]
-
-
-def count_subsets(n: int, max_size: int | None = None) -> int:
-    top = n if max_size is None else min(max_size, n)
-    return sum(math.comb(n, k) for k in range(1, top + 1))
-
-
-def mark_best(rows: list) -> list:
-    """Sets row['best_of_size']: True on the highest val MAP@5 of each subset size (the first listed on a tie)."""
-    best = {}
-    for i, r in enumerate(rows):
-        if r["size"] not in best or r["val_map5"] > rows[best[r["size"]]]["val_map5"]:
-            best[r["size"]] = i
-    for i, r in enumerate(rows):
-        r["best_of_size"] = best[r["size"]] == i
-    return rows
-
-
 def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | None = None, log=print,
                     tricks: dict | None = None, auto: bool = False) -> list:
     """Val MAP@5 of every subset's equal-weight ensemble (each model's embeddings loaded once; runs of the configs on
@@ -158,75 +142,11 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
     return rows
 
 
-def write_best(rows: list, path: Path, cfgs: list, tricks: dict) -> dict:
-    """best.json: the best subset (highest score, the smaller on a tie) with what rebuilds it: each of its configs
-    resolved, the folds, checkpoint and data, and the tricks (--weights cut to the subset)."""
-    from pipeline.io import write_text
-
-    best = max(rows, key=lambda r: r["val_map5"])  # the first of the best: rows go by size
-    configs = config_names(cfgs)
-    chosen = [configs.index(m) for m in best["models"]]
-    w = tricks["weights"]
-    first = {c["name"]: c for c in reversed(cfgs)}  # each config's first run: its resolved config
-    record = {"version": BEST_VERSION, "models": best["models"], "val_map5": best["val_map5"],
-              "folds": list(dict.fromkeys(c["fold"] for c in cfgs)), "checkpoint": cfgs[0]["checkpoint"],
-              "data": str(cfgs[0]["data"]), "tricks": dict(tricks, weights=w and [w[i] for i in chosen]),
-              "configs": [{k: v for k, v in first[configs[i]].items() if k != "fold"} for i in chosen]}
-    write_text(path, json.dumps(record, indent=1))
-    return record
-
-
-def load_best(report: str | Path, log=print) -> tuple:
-    """(runs, tricks) of an ensemble-report's best subset: each of its configs on each of its folds, in the
-    report's order. report: the report's folder (runs/ensembles/<out>) or a file in it."""
-    from pipeline.inference.registry import tricks_from_json
-
-    p = Path(report)
-    path = p.with_name(BEST_JSON) if p.is_file() else p / BEST_JSON
-    if not path.is_file():
-        raise UserError(f"{path} not found: --from-report takes the folder of an ensemble-report of this version "
-                        "(runs/ensembles/<out>; rerun ./run.sh ensemble-report ... --out NAME)")
-    try:
-        best = json.loads(path.read_text())
-    except ValueError:
-        best = None
-    if not isinstance(best, dict) or best.get("version") != BEST_VERSION:
-        version = best.get("version") if isinstance(best, dict) else None
-        raise UserError(f"{path}: not a best.json of this ensemble-report (version {version!r}, this one writes "
-                        f"{BEST_VERSION}): rerun ./run.sh ensemble-report")
-    try:
-        if set(best["tricks"]) != set(DEFAULTS):
-            raise KeyError("tricks")
-        cfgs = [dict(config_from_dict(c, str(path)), fold=int(k)) for c in best["configs"] for k in best["folds"]]
-        tricks, models, score = tricks_from_json(best["tricks"]), best["models"], float(best["val_map5"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path}: its {e} entry is missing or malformed: rerun ./run.sh ensemble-report") from None
-    log(f"{path}: best subset {' + '.join(models)} (MAP@5 {score:.4f}), folds {fold_text(best['folds'])}, "
-        f"checkpoint {best['checkpoint']}, tricks: {describe(tricks)}")
-    return cfgs, tricks
-
-
-def write_subset_report(rows: list, out_dir: Path, info: dict, log=print) -> None:
-    import pandas as pd
-
-    from pipeline.reports.plots import subset_scores
-    from pipeline.reports.tables import write_tables
-
-    frame = pd.DataFrame(rows, columns=["size", "models", "val_map5", "best_of_size"])
-    shown = pd.DataFrame({"size": frame["size"].astype(str), "models": [" + ".join(m) for m in frame["models"]],
-                          "val MAP@5": [f"**{v:.4f}**" if b else f"{v:.4f}"
-                                        for v, b in zip(frame["val_map5"], frame["best_of_size"])],
-                          "best of size": ["✓" if b else "" for b in frame["best_of_size"]]})
-    table = write_tables(out_dir, "report", frame, shown=shown, info=info, log=lambda *a: None)
-    subset_scores(rows, out_dir / "report.png")
-    log(table + f"wrote {out_dir / 'report.md'}, report.csv, report.json, report.png")
-
-
 def kernel_runs(args) -> tuple:
     """(runs, tricks) a kernel packages, from the kernel stage's flags: --models with the run-set and trick flags,
     or --from-report alone (the report fixes the runs, data and tricks, so any of those flags is a UserError)."""
     from pipeline.config import load_run_set
-    from pipeline.inference.registry import tricks_from_args
+    from pipeline.inference.tricks import tricks_from_args
 
     if args.from_report:
         given = [flag for flag, value in (("--data", args.data), ("--fold", args.fold), ("--folds", args.folds),

@@ -2,18 +2,14 @@
 class-level MAP@5 and the instance metrics mAP@k, acc@1, precision@k, recall@k (retrieval/metrics.py). Queries are
 the validation images and the gallery the training images without them (as `ensemble` scores), or with
 leave-one-out the validation images against each other, or labelled test images against every training image."""
-from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.config import config_names, fold_text, run_names
-from pipeline.errors import UserError
-from pipeline.inference.registry import DEFAULTS, RANKING_TRICKS
-from pipeline.retrieval.embeddings import EmbeddingSet
+from pipeline.core.errors import UserError
+from pipeline.experiments.scoring import need_queries, score, searched_gallery
+from pipeline.inference.tricks import DEFAULTS, RANKING_TRICKS
 
 METRICS = ("map@5", "map@k", "acc@1", "precision@k", "recall@k", "text")
-_INSTANCE = {"map@k": "mAP@k", "acc@1": "acc@1", "precision@k": "precision@k", "recall@k": "recall@k"}
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -81,44 +77,14 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
                                  "fold": base["fold"], "data": str(base["data"]), "tricks": tricks}, log)
 
 
-def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: list, ks: list,
-          leave_one_out: bool = False, max_memory: int = 2 << 30, log=print, tricks: dict | None = None,
-          search=None, centers=None) -> dict:
-    """{column: value} of the metrics for one model's queries against a gallery (columns in the order of
-    `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default); search: its rank()'s
-    search (the config's, retrieval/rank_modes.py; None: exact)."""
-    from pipeline.retrieval.metrics import class_map5_leave_one_out, instance_metrics
-    from pipeline.retrieval.predict import map5
-    from pipeline.retrieval.search import nearest
-
-    q = np.asarray(queries.array)
-    row, rel = {}, None
-    for m in metrics:
-        if m == "text":  # image-text rows of clip runs: text/search.text_rows
-            continue
-        if m == "map@5":
-            row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else
-                      map5(queries, gallery, classes, tricks or DEFAULTS, max_memory, log, search=search,
-                           centers=centers))
-            continue
-        if rel is None:
-            own = np.arange(len(q)) if leave_one_out else None  # the queries are the gallery: skip itself
-            idx = nearest(q, gallery.array, max(ks), max_memory, exclude=own).indices
-            rel = np.asarray(gallery.labels, object)[idx] == np.asarray(queries.labels, object)[:, None]
-            counts = Counter(gallery.labels)
-            n_rel = [counts[x] - int(leave_one_out) for x in queries.labels]
-        row.update(instance_metrics(rel, n_rel, ks, [_INSTANCE[m]]))
-    return row
-
-
 def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = False, zero_shot: str | None = None,
                   log=print, queries: str = "val", tricks: dict | None = None) -> list:
     """One row {'model': name, column: value ...} per trained run, from its (cached) embeddings; with zero_shot
     (a timm backbone name), first the zero-shot row of that backbone on cfgs[0]'s data and fold (no tricks)."""
     from pipeline.data.layouts import load_dataset
     from pipeline.experiments.zero_shot import zero_shot_row
-    from pipeline.retrieval.predict import load_embeddings
-    from pipeline.retrieval.rank_modes import Search
+    from pipeline.retrieval.runsets import load_embeddings
+    from pipeline.retrieval.search import Search
 
     tricks = dict(tricks or DEFAULTS, weights=None)
     searches = [Search.of(cfg) for cfg in cfgs]  # a bad search key fails before any embedding
@@ -126,7 +92,7 @@ def evaluate_runs(cfgs: list, metrics: list, ks: list, leave_one_out: bool = Fal
     for cfg, name, search in zip(cfgs, run_names(cfgs), searches):
         text = {}
         if "text" in metrics and cfg["head"] == "clip":
-            from pipeline.text.search import text_rows
+            from pipeline.text.retrieval import text_rows
 
             reference, text = text_rows(cfg, name, ks, log)
             rows.append(reference)  # the untrained model, right before the run's row
@@ -148,7 +114,8 @@ def oof_rows(cfgs: list, tricks: dict, log=print) -> list:
     """Per config: a row per fold (the fold's run: its validation images against its gallery without them, as
     `ensemble` scores) and the out-of-fold row, MAP@5 pooled over every validated image ('queries': their count)."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.retrieval.predict import load_fold_sets, oof_map5
+    from pipeline.inference.predict import oof_map5
+    from pipeline.retrieval.runsets import load_fold_sets
 
     tricks, rows = dict(tricks, weights=None), []
     for name in config_names(cfgs):
@@ -161,27 +128,6 @@ def oof_rows(cfgs: list, tricks: dict, log=print) -> list:
         rows.append({"model": f"{name} out-of-fold", "map@5": pooled, "queries": sum(n for _, n in per_fold.values())})
         log(f"evaluated {name} out of fold: {rows[-1]['queries']} validated images over {len(per_fold)} fold(s)")
     return rows
-
-
-def searched_gallery(gallery: EmbeddingSet | None, queries: EmbeddingSet, leave_one_out: bool,
-                     split: str) -> EmbeddingSet:
-    """The gallery the queries search: the queries themselves (leave-one-out), every training image for test
-    queries (they are not training images), else the training images without the validation rows, so a query
-    never finds itself (as ensemble scores)."""
-    if leave_one_out:
-        return queries
-    return gallery if split == "test" else gallery.without(queries.ids)
-
-
-def need_queries(cfg: dict, split: str, ids: list, labels: list) -> None:
-    """A UserError when the queries of a split are missing (val) or missing or unlabelled (test)."""
-    from pipeline.retrieval.predict import need_val
-
-    if split == "val":
-        need_val(ids, cfg)
-    if split == "test" and (not ids or not all(labels)):
-        raise UserError(f"--queries test: the test images of {cfg['data']} are missing or unlabelled; it needs "
-                        "labelled queries (layout query_gallery: query/<class>/<image>)")
 
 
 def write_report(rows: list, out_dir: Path, info: dict, log=print) -> None:

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.core.errors import UserError
 from pipeline.data.folds import PSEUDO_COLUMNS
-from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,10 +34,11 @@ def margins(cfgs: list, log=print) -> tuple:
     """(test ids, top-1 labels, top-1 scores, margins) of the equal-weight ensemble of the runs, on the mean-cosine
     scale; a gallery of one class has margin inf."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.inference.registry import DEFAULTS
-    from pipeline.retrieval.predict import encode, load_fold_sets
-    from pipeline.retrieval.rank_modes import Search
-    from pipeline.retrieval.tricks import predict
+    from pipeline.inference.reranking import predict
+    from pipeline.inference.tricks import DEFAULTS
+    from pipeline.retrieval.rank import encode
+    from pipeline.retrieval.runsets import load_fold_sets
+    from pipeline.retrieval.search import Search
 
     search = Search.of(cfgs[0])
     ds = load_dataset(cfgs[0]["data"], cfgs[0])
@@ -60,7 +61,7 @@ def pseudo_labels(cfgs: list, threshold: float, out: str | Path | None = None, t
     import pandas as pd
 
     from pipeline.config import config_names, fold_text, run_names
-    from pipeline.io import write_table, write_text
+    from pipeline.core.io import write_table, write_text
 
     if not cfgs:
         raise UserError("no configs given: ./run.sh pseudo m1 m2 ... --threshold 0.05")
@@ -95,9 +96,9 @@ def _quality(path, ids, labels, margin, threshold, truth_path, log):
     """(precision of the kept labels or None, the per-threshold table), the table written beside path."""
     import pandas as pd
 
-    from pipeline.io import read_table
-    from pipeline.kaggle.submission import read_truth
+    from pipeline.core.io import read_table
     from pipeline.reports.tables import write_tables
+    from pipeline.retrieval.submission import read_truth
 
     truth = read_truth(truth_path, *read_table(truth_path).columns[:2])
     missing = [i for i in ids if i not in truth]

@@ -14,13 +14,13 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
     L2-normalised, scored like a trained run. Features are cached in runs/zero-shot/<backbone>/<size>/."""
     import torch
 
+    from pipeline.core.device import pick_device
     from pipeline.data.folds import split
     from pipeline.data.transforms import build_transform
-    from pipeline.experiments.evaluate import need_queries, score, searched_gallery
+    from pipeline.experiments.scoring import need_queries, score, searched_gallery
     from pipeline.model.backbone import create_backbone, input_config
     from pipeline.model.embedder import GeM, PixelNorm
     from pipeline.retrieval.embeddings import item_set
-    from pipeline.training.distributed import pick_device
 
     zcfg = dict(cfg, backbone=backbone,  # a weights file belongs to the config's own backbone
                 pretrained_file=cfg["pretrained_file"] if backbone == cfg["backbone"] else "")
@@ -59,8 +59,8 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
 def _embed_cached(model, items, tfm, cfg, device, ident, size, path, log):
     """The embeddings cache for the zero-shot features: recomputed only when the key (weights, image list, transform,
     size) in the .json beside the .npy changes."""
+    from pipeline.core.io import save_npy, write_text
     from pipeline.data.transforms import describe
-    from pipeline.io import save_npy, write_text
     from pipeline.retrieval.embeddings import cache_key, made_by
     from pipeline.retrieval.forward import EMBEDDING_DTYPE, embed_items
 

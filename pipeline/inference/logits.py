@@ -9,70 +9,17 @@ without gallery rows has no kNN part to mix (and rank() never returns it), and o
 alpha sweep comparing scores rather than class sets. Both parts are cosine sums over the same models and weights,
 so they share a scale and alpha needs no normalisation."""
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
-from pipeline.io import read_table, save_npy, write_table, write_text
+from pipeline.core.errors import UserError
+from pipeline.retrieval.knn import gemm, top_columns
 from pipeline.retrieval.rank import rank
-from pipeline.retrieval.rank_modes import Search, build_index
-from pipeline.retrieval.search import gemm, top_columns
+from pipeline.retrieval.search import Search, build_index
 
 # bytes per (query, class) cell outside rank()'s own budget: rank's (Q, C) codes and scores (k = C) and its final
 # sort (topk, lexsort, take_along_axis: ~40), here the dense kNN, the logit sum, one model's sub-center part, the mix
 _CELL_BYTES = 64
-
-
-@dataclass(frozen=True)
-class ClassCenters:
-    """A classifier head's class weights: labels[c] (the checkpoint's class order) and array (C, K, D) float16 or
-    float32, unit rows (K sub-centers per class)."""
-    labels: list[str]
-    array: np.ndarray
-
-
-def centers_from_checkpoint(state: dict) -> ClassCenters | None:
-    """The class centers of a loaded checkpoint (pipeline.training.checkpoint.load): its head rebuilt from its
-    config and state; None for pair losses (supcon, triplet), which have no class weights."""
-    from pipeline.model.heads import build_head
-
-    classes = [str(c) for c in state["classes"]]
-    # class sizes only set margins, which are buffers the state overwrites and which centers do not use
-    head = build_head(state["config"], len(classes), [1] * len(classes))
-    head.load_state_dict(state["head"])
-    centers = getattr(head, "class_centers", None)
-    if centers is None:
-        return None
-    return ClassCenters(classes, centers().numpy())
-
-
-def _paths(path_stem) -> tuple[Path, Path]:
-    stem = str(path_stem)  # not with_suffix: a stem may hold dots (a hash, a version)
-    return Path(stem + ".npy"), Path(stem + ".csv")
-
-
-def save_centers(path_stem, centers: ClassCenters) -> None:
-    """<stem>.npy (the array) and <stem>.csv (column label, one row per class), each written atomically."""
-    import pandas as pd
-
-    npy, csv = _paths(path_stem)
-    save_npy(npy, centers.array)
-    write_table(csv, pd.DataFrame({"label": list(centers.labels)}))
-
-
-def load_centers(path_stem) -> ClassCenters:
-    npy, csv = _paths(path_stem)
-    if not npy.is_file():
-        raise UserError(f"{npy}: class centers not found (they are cached beside the run's embeddings: embed again)")
-    labels = read_table(csv, ["label"])["label"].tolist()
-    array = np.load(npy, mmap_mode="r")  # a few MB to ~100 MB per model at Hotel-ID scale: read on use
-    if array.ndim != 3 or array.shape[0] != len(labels):
-        raise UserError(f"{npy}: centers of shape {array.shape} for the {len(labels)} labels of {csv} (expected "
-                        f"({len(labels)}, K, D)): delete both files and embed again")
-    return ClassCenters(labels, array)
 
 
 def check_alpha(alpha) -> float:
@@ -175,18 +122,3 @@ def _center_parts(qs, cs, ccs, uniq):
         rows = None if keep.all() and cc.size == uniq.size and bool(np.all(pos == np.arange(uniq.size))) else pos[keep]
         parts.append((rows, [np.ascontiguousarray(c[keep, j], np.float32) for j in range(c.shape[1])]))
     return parts, valid
-
-
-def ensure_centers(out: Path, stem: str, manifest: dict, ck_hash: str, state: Callable[[], dict]) -> None:
-    """A run's class centers saved as <out>/<stem>.npy/.csv beside its embeddings, once per checkpoint (its content
-    hash, recorded in the embeddings' manifest.json); state() gives the loaded checkpoint. A pair head (supcon,
-    triplet) has none: its manifest entry says so."""
-    import json
-
-    if manifest.get(stem, {}).get("key") == ck_hash:
-        return
-    centers = centers_from_checkpoint(state())
-    if centers is not None:
-        save_centers(out / stem, centers)
-    manifest[stem] = {"key": ck_hash, "classes": len(centers.labels) if centers else 0}
-    write_text(out / "manifest.json", json.dumps(manifest, indent=1))

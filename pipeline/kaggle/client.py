@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
-from pipeline.io import write_text
-from pipeline.network import reach
+from pipeline.core.errors import UserError
+from pipeline.core.io import write_text
+from pipeline.core.network import reach
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -26,7 +26,7 @@ PUSHED_JSON, SUBMITTED_JSON = "pushed.json", "submitted.json"
 def _credentials_present():
     if os.environ.get("KAGGLE_API_TOKEN") or (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
         return True
-    from pipeline.kaggle.guard import kaggle_config_dirs
+    from pipeline.core.guard import kaggle_config_dirs
 
     names = ("kaggle.json", "access_token", "access_token.txt")
     return any((d / n).is_file() for d in kaggle_config_dirs() for n in names)
@@ -62,7 +62,7 @@ def client(what: str) -> "KaggleApi":
 
 def scrub(text: str) -> str:
     """text on one line with any local credential value masked (for messages built from client errors)."""
-    from pipeline.kaggle.guard import local_secrets
+    from pipeline.core.guard import local_secrets
 
     for s in local_secrets():
         text = text.replace(s.decode(), "***")

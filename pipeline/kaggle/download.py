@@ -10,8 +10,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.io import write_text
+from pipeline.core.errors import UserError
+from pipeline.core.io import write_text
 from pipeline.kaggle.client import call, client, now
 
 MARKER = ".download.json"

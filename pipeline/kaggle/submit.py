@@ -3,7 +3,7 @@ numeric version, SPEC §6), once Kaggle says that run completed; the submission'
 `./run.sh status` polls for the score."""
 from collections.abc import Callable
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.kaggle.client import (
     PUSHED_JSON,
     SUBMITTED_JSON,

@@ -3,7 +3,7 @@ checked against Kaggle's own file list of it (names and sizes; the client skips 
 still makes the version, SPEC §6), and only then the kernel pushed; its version number goes to pushed.json."""
 from collections.abc import Callable
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.kaggle.client import PUSHED_JSON, call, client, now, poll, scrub, write_record
 from pipeline.kernel.spec import DATASET_METADATA, DATASETS, PARTS, VERIFIED_JSON, load_package
 
@@ -92,7 +92,7 @@ def _verify(api, package, part, name, log, interval, timeout):
 def upload(name: str, dry_run: bool = False, unverified: bool = False, log: Callable[[str], object] = print,
            interval: float = READY_INTERVAL, timeout: float = READY_TIMEOUT) -> str | None:
     """Upload kernels/<name> (datasets, verified, then the kernel); the kernel's address, None for a dry run."""
-    from pipeline.kaggle import guard
+    from pipeline.core import guard
 
     pkg, package = load_package(name)
     guard.check_tree(pkg)  # again: the folder may have been edited since it was built

@@ -1,5 +1,5 @@
 """Inference inside a Kaggle kernel: embed the test images with every packaged model and rank them against the
-cached gallery embeddings with the same code as `./run.sh ensemble` (retrieval/predict.py), then write and
+cached gallery embeddings with the same code as `./run.sh ensemble` (inference/predict.py), then write and
 validate submission.csv. Reads only the models dataset (kernel/spec.py) and the competition folder."""
 import json
 import time
@@ -14,17 +14,17 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     import yaml
     from safetensors.torch import load_file
 
+    from pipeline.core.device import pick_device
+    from pipeline.core.progress import Progress
     from pipeline.data.image_cache import ImageReader, short_side
     from pipeline.data.layouts import load_dataset
-    from pipeline.inference.logits import load_centers
-    from pipeline.inference.orientation import ensure_orienter
-    from pipeline.inference.registry import describe
-    from pipeline.kaggle.submission import write_submission
-    from pipeline.progress import Progress
-    from pipeline.retrieval.embeddings import CENTERS, EmbeddingSet, Variant, embed_with, load_model, load_split
-    from pipeline.retrieval.predict import predict
-    from pipeline.retrieval.rank_modes import Search
-    from pipeline.training.distributed import pick_device
+    from pipeline.inference.predict import predict
+    from pipeline.inference.tricks import describe
+    from pipeline.retrieval.centers import CENTERS, load_centers
+    from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
+    from pipeline.retrieval.orientation import load_orienter
+    from pipeline.retrieval.search import Search
+    from pipeline.retrieval.submission import write_submission
 
     t0 = time.time() if t0 is None else t0
     models_dir, data_dir = Path(models_dir), Path(data_dir)
@@ -52,8 +52,9 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         # image_scale as the gallery was embedded with; no image cache here: each test photo is read once
         reader = ImageReader(short_side(cfg, meta["image_size"]))
         # packaged for this checkpoint, so it is loaded, never trained here
-        orient = ensure_orienter(cfg, model, [], reader, device, mdir, meta["checkpoint_sha256"], log) \
-            if variant.upright else None
+        orient = load_orienter(model, mdir, meta["checkpoint_sha256"], device, log) if variant.upright else None
+        if variant.upright and orient is None:
+            raise SystemExit(f"kernel: {mdir} has no rotation classifier for its checkpoint: package it again")
         # Kaggle's log is no terminal: a line every 30 s and a last one
         bar = Progress(len(items) * len(views), f"kernel: embedding {name} test"
                        + (f" ({len(views)} turns)" if len(views) > 1 else ""), log=log)

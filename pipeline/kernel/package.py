@@ -1,6 +1,6 @@
 """Build an offline Kaggle kernel package from trained runs (layout: kernel/spec.py): a models dataset, a code
 dataset (the pipeline packages inference needs + wheels) and the kernel, written whole or not at all, refusing any
-file that holds a Kaggle credential (kaggle/guard.py); then run it offline here (kernel/check.py)."""
+file that holds a Kaggle credential (core/guard.py); then run it offline here (kernel/check.py)."""
 import errno
 import json
 import os
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import run_names
-from pipeline.errors import UserError
-from pipeline.inference.registry import DEFAULTS
+from pipeline.core.errors import UserError
+from pipeline.inference.tricks import DEFAULTS
 from pipeline.kernel import spec
 from pipeline.kernel.spec import KERNELS_DIR, Package
 from pipeline.retrieval.embeddings import Variant
@@ -38,7 +38,7 @@ def default_owner() -> str | None:
     user = os.environ.get("KAGGLE_USERNAME")
     if user:
         return user
-    from pipeline.kaggle.guard import kaggle_json
+    from pipeline.core.guard import kaggle_json
 
     return next(kaggle_json("username"), None)
 
@@ -48,8 +48,8 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
           wheels: Sequence[str] = WHEELS, verify_it: bool = True, log: Callable[[str], object] = print) -> Path:
     """Write kernels/<name>/ (atomically) and, with verify_it, run it offline on the configs' data. Returns the
     package folder."""
-    from pipeline.kaggle import guard
-    from pipeline.retrieval.embeddings import ensure_embeddings
+    from pipeline.core import guard
+    from pipeline.retrieval.runsets import prepare_run
 
     check_name(name)
     if not cfgs:
@@ -62,7 +62,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     if cfgs[0]["search"] != "exact" and "faiss-cpu" not in wheels:  # the kernel ranks as the first run's config
         wheels = (*wheels, "faiss-cpu")
     names = run_names(cfgs)  # m1, or m1/fold0 ... for fold models
-    runs = [ensure_embeddings(c, Variant.of(tricks), log=log) for c in cfgs]
+    runs = [prepare_run(c, Variant.of(tricks), log=log) for c in cfgs]
     slugs = {"kernel": name, "models": f"{name}-models", "code": f"{name}-code"}
     KERNELS_DIR.mkdir(exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=KERNELS_DIR))
@@ -105,8 +105,8 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
     from safetensors.torch import save_file
 
     from pipeline.config import run_dir
-    from pipeline.retrieval.predict import every_run_tricks
-    from pipeline.training import checkpoint
+    from pipeline.core import checkpoint
+    from pipeline.retrieval.runsets import every_run_tricks
 
     folders = [n.replace("/", "-") for n in run_names(cfgs)]  # m1, or m1-fold0 ... for fold models
     for cfg, run, folder in zip(cfgs, runs, folders):
@@ -139,8 +139,8 @@ def _trick_files(run, cfg, mdir, tricks):
     """What the tricks need beside the weights: the class centers (knn_alpha < 1), the rotation classifier
     (upright: trained here now if the run has none yet)."""
     from pipeline.config import run_dir
-    from pipeline.inference.orientation import FILE as ORIENTER
-    from pipeline.retrieval.embeddings import CENTERS
+    from pipeline.retrieval.centers import CENTERS
+    from pipeline.retrieval.orientation import FILE as ORIENTER
 
     if tricks["knn_alpha"] < 1:
         if not (run.dir / f"{CENTERS}.npy").is_file():
@@ -149,7 +149,7 @@ def _trick_files(run, cfg, mdir, tricks):
         for suffix in (".npy", ".csv"):
             shutil.copyfile(run.dir / f"{CENTERS}{suffix}", mdir / f"{CENTERS}{suffix}")
     if tricks["upright"]:
-        shutil.copyfile(run_dir(cfg) / ORIENTER, mdir / ORIENTER)  # made by ensure_embeddings' upright variant
+        shutil.copyfile(run_dir(cfg) / ORIENTER, mdir / ORIENTER)  # trained by prepare_run for the upright variant
 
 
 def _dataset_metadata(root, owner, slug, title):

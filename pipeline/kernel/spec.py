@@ -10,7 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline import FLOORS
+from pipeline.core.errors import UserError
 
 KERNELS_DIR = Path("kernels")
 DATASETS = ("models", "code")  # uploaded before the kernel that mounts them
@@ -21,12 +22,11 @@ REQUIREMENTS = "requirements-kernel.txt"
 # the files of one model in the models dataset, beside its cached gallery embeddings (<stem>.npy, <stem>.csv)
 WEIGHTS, CONFIG, TRAIN_CONFIG, META, MANIFEST = ("model.safetensors", "config.yaml", "train_config.yaml",
                                                  "meta.json", "manifest.json")
-# what of the pipeline the kernel runs (kernel/infer.py's imports, transitively; from training the device and process
-# helpers and checkpoint.py, which loads the rotation classifier): folders whole, single modules by path. The offline
-# check proves it is enough.
-CODE = ("__init__.py", "errors.py", "io.py", "config.py", "progress.py", "data", "model", "retrieval", "inference",
-        "kernel", "kaggle/__init__.py", "kaggle/submission.py", "training/__init__.py", "training/distributed.py",
-        "training/checkpoint.py")
+# what of the pipeline the kernel runs: whole floors, every one up to inference (kernel/infer.py's imports stand on
+# them) and the kernel floor itself; not reports, text, training, experiments, kaggle or the stages. A floor is a
+# folder, or a module beside its data (config.py and configs/). The offline check proves it is enough.
+CODE = ("__init__.py", *(f for floor in FLOORS[:FLOORS.index("inference") + 1] + ("kernel",)
+                         for f in ((f"{floor}.py", f"{floor}s") if floor == "config" else (floor,))))
 
 
 @dataclass
@@ -43,7 +43,7 @@ class KernelSpec:
 
     @classmethod
     def read(cls, models_dir: Path) -> "KernelSpec":
-        from pipeline.inference.registry import tricks_from_json
+        from pipeline.inference.tricks import tricks_from_json
 
         spec = _record(cls, Path(models_dir) / KERNEL_JSON)
         spec.tricks = tricks_from_json(spec.tricks)

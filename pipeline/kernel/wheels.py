@@ -14,7 +14,7 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 BASELINE = Path(__file__).with_name("kaggle_baseline.txt")
 # the installer the kernel calls: on Kaggle it is part of every Python image, here it joins the check venv's

@@ -2,7 +2,7 @@
 file, timm's caches or a package on disk (model/weights.py), and the input size and normalisation it expects."""
 from typing import TYPE_CHECKING
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch

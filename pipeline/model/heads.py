@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.text.clip import ClipHead
-from pipeline.training.distributed import gather_batch
+from pipeline.core.distributed import gather_batch
+from pipeline.model.clip import ClipHead
 
 
 def _f(x):
@@ -27,33 +27,6 @@ def _centers(weight: torch.Tensor, k: int) -> torch.Tensor:
     """Weight rows (C * k, D), row c*k + j for sub-center j of class c, as (C, k, D) float32 unit rows, detached."""
     w = F.normalize(weight.detach().float())
     return w.reshape(w.shape[0] // k, k, w.shape[1])
-
-
-class ArcFace(nn.Module):
-    """Additive angular margin m (radians) as a prediction layer + cross-entropy, with the hard-margin rule of
-    SPEC 2: target logit cos(theta + m) where cos(theta) > cos(pi - m), else cos(theta) - sin(pi - m) * m."""
-
-    def __init__(self, embedding_dim, num_classes, class_counts=None, s=30.0, m=0.2):
-        super().__init__()
-        self.scale, self.m = s, m
-        self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
-        nn.init.xavier_uniform_(self.weight)
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.th, self.mm = math.cos(math.pi - m), math.sin(math.pi - m) * m
-
-    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(_f(embeddings)), F.normalize(_f(self.weight)))
-
-    def class_centers(self) -> torch.Tensor:
-        return _centers(self.weight, 1)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        cosine = self.logits(embeddings)
-        sine = torch.sqrt((1.0 - cosine * cosine).clamp(min=1e-7))
-        phi = cosine * self.cos_m - sine * self.sin_m
-        phi = torch.where(cosine > self.th, phi, cosine - self.mm)
-        one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
-        return F.cross_entropy(self.scale * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
 
 
 class CosFace(nn.Module):
@@ -101,6 +74,7 @@ class SubCenterArcFace(nn.Module):
     the max over its sub-centers, so noisy/multi-modal classes need not pull onto one center. Margins (radians)
     per class: dynamic_margins(class_counts, m_min, m_max) when `dynamic`, else m for all; the same hard-margin
     rule as ArcFace, per class. Without class_counts, dynamic margins are all m_max (as for equal sizes)."""
+    saves_margins = True  # in its state_dict: a checkpoint's margins stand whatever class sizes rebuild the head
 
     def __init__(self, embedding_dim, num_classes, class_counts=None, s=30.0, k=3, dynamic=True,
                  m_min=0.05, m_max=0.5, m=0.2):
@@ -114,12 +88,10 @@ class SubCenterArcFace(nn.Module):
             margins = torch.full((num_classes,), float(m), dtype=torch.float64)
         if margins.numel() != num_classes:
             raise ValueError(f"class_counts has {margins.numel()} entries for {num_classes} classes")
-        # buffers: they follow .to(device)/.double() and are saved with the head's state_dict
-        self.register_buffer("margins", margins.float())
-        self.register_buffer("cos_m", torch.cos(margins).float())
-        self.register_buffer("sin_m", torch.sin(margins).float())
-        self.register_buffer("th", torch.cos(math.pi - margins).float())
-        self.register_buffer("mm", (torch.sin(math.pi - margins) * margins).float())
+        # buffers: they follow .to(device)/.double() (and are saved with the head's state_dict if saves_margins)
+        for name, value in (("margins", margins), ("cos_m", torch.cos(margins)), ("sin_m", torch.sin(margins)),
+                            ("th", torch.cos(math.pi - margins)), ("mm", torch.sin(math.pi - margins) * margins)):
+            self.register_buffer(name, value.float(), persistent=self.saves_margins)
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         cos = F.linear(F.normalize(_f(embeddings)), F.normalize(_f(self.weight)))
@@ -137,6 +109,17 @@ class SubCenterArcFace(nn.Module):
         phi = torch.where(cosine > th, phi, cosine - mm)
         one_hot = F.one_hot(labels, cosine.shape[1]).to(cosine.dtype)
         return F.cross_entropy(self.scale * (one_hot * phi + (1.0 - one_hot) * cosine), labels)
+
+
+class ArcFace(SubCenterArcFace):
+    """Additive angular margin m (radians) as a prediction layer + cross-entropy, with the hard-margin rule of
+    SPEC 2: target logit cos(theta + m) where cos(theta) > cos(pi - m), else cos(theta) - sin(pi - m) * m. It is
+    sub-center ArcFace with one center per class (k = 1) and one fixed margin; its state_dict is the weight alone,
+    the margin coming from the config."""
+    saves_margins = False
+
+    def __init__(self, embedding_dim, num_classes, class_counts=None, s=30.0, m=0.2):
+        super().__init__(embedding_dim, num_classes, class_counts, s=s, k=1, dynamic=False, m=m)
 
 
 class SupCon(nn.Module):
@@ -243,7 +226,7 @@ def build_head(cfg: dict, num_classes: int, class_counts: Sequence[int] | None =
     """The head named by cfg["head"], built from its own config section; wrapped in LossTransform when
     cfg["loss_transform"] > 0 (which needs sampler repeated_aug or m_per_class with repeats >= 2), its term on
     cfg["loss_transform_target"] (predictions: the embeddings' for pair losses, see LossTransform)."""
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
 
     name = cfg["head"]
     if name not in HEADS:

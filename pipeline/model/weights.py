@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -190,7 +190,7 @@ def _download(backbone: str, pre: dict) -> Path:
     import timm
     from huggingface_hub import constants
 
-    from pipeline.network import reach
+    from pipeline.core.network import reach
 
     if pre.get("hf_hub_id") and constants.HF_HUB_OFFLINE:
         raise UserError(f"the weights of {backbone} are not cached and HF_HUB_OFFLINE is set: unset it to download")
@@ -215,7 +215,7 @@ def _export(backbone: str, source: str, out_dir: Path) -> Path:
     import timm
     from safetensors.torch import save_file
 
-    from pipeline.io import atomic_path
+    from pipeline.core.io import atomic_path
 
     if source.startswith("hub cache:"):
         model = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay={"file": source[10:]})

@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.io import atomic_path  # noqa: E402
+from pipeline.core.io import atomic_path
 
 
 def training_curves(rows: list[dict], path: str | Path, title: str = "") -> None:

@@ -4,7 +4,7 @@ import json
 import math
 from pathlib import Path
 
-from pipeline.io import write_table, write_text
+from pipeline.core.io import write_table, write_text
 
 
 def markdown(frame, title: str | None = None) -> str:

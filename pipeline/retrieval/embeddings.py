@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -27,15 +27,14 @@ if TYPE_CHECKING:
     from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
-    from pipeline.inference.logits import ClassCenters
-    from pipeline.inference.orientation import Orienter
     from pipeline.model.embedder import Embedder
+    from pipeline.retrieval.centers import ClassCenters
+    from pipeline.retrieval.orientation import Orienter
 
 SPLITS = ("gallery", "val", "test")
 QUERY_SPLITS = ("val", "test")
 GALLERY_PIPELINES = ("test", "val")
 VERSION = 1  # bump when the embedding code changes what it computes
-CENTERS = "centers"  # the stem of the class centers beside the embeddings
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class Variant:
         # the key text of a default stem is exactly the transform's, so existing caches stay valid
         return tfm, (describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
                      + (f"|rot90 x{q.rotation}" if q.rotation else "")
-                     + ("|upright: inference/orientation.py" if q.upright else ""))
+                     + ("|upright: retrieval/orientation.py" if q.upright else ""))
 
     def manifest(self, split: str) -> dict:
         """What a manifest entry records of the variant (nothing for a plain split)."""
@@ -154,7 +153,8 @@ class RunEmbeddings:
 
     def centers(self) -> "ClassCenters | None":
         """The run's class centers (a classifier head's), None for a pair head."""
-        from pipeline.inference.logits import load_centers
+        from pipeline.retrieval.centers import CENTERS, load_centers
+
         return load_centers(self.dir / CENTERS) if (self.dir / f"{CENTERS}.npy").is_file() else None
 
 
@@ -182,12 +182,14 @@ def cache_key(ident: str, items, transform_text: str, size: int, made: str = "")
 
 def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> RunEmbeddings:
     """Compute the stems of the run's splits whose cache is stale, resuming from the chunks a killed run kept
-    (under torchrun each rank its share of each chunk; rank 0 writes)."""
+    (under torchrun each rank its share of each chunk; rank 0 writes). Only the embeddings: the rotation classifier
+    an upright variant needs and the class centers are runsets.prepare_run's other steps."""
     from pipeline.config import run_dir
+    from pipeline.core import checkpoint, distributed
+    from pipeline.core.device import pick_device
     from pipeline.data.folds import split
     from pipeline.data.image_cache import ImageReader, image_reader, short_side
     from pipeline.retrieval.forward import EMBEDDING_DTYPE, chunking, embed_in_chunks
-    from pipeline.training import checkpoint, distributed
 
     variant = variant.checked()
     log = distributed.main_only(log)  # rank 0 reports and writes; the others compute their shares
@@ -202,7 +204,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
     manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-    state, model, reader, orient, device, computed = None, None, None, None, distributed.pick_device(), []
+    state, model, reader, orient, device, computed = None, None, None, None, pick_device(), []
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)
@@ -220,9 +222,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
             reader = image_reader(cfg, size, {"train": ds.train, "test": ds.test}, log)
         q = variant.query(name)
         if q.upright and orient is None:
-            from pipeline.inference.orientation import ensure_orienter
-
-            orient = ensure_orienter(cfg, model, ds.train, reader, device, run, ck_hash, log, size)
+            orient = _orienter(model, run, ck_hash, device, log)
         t0, crops = time.time(), variant.crops(name)
         meta = {"key": key, **chunking(cfg, crops, len(items[name]))}
         view = {"reader": reader, "rotation": q.rotation, "orient": orient if q.upright else None}
@@ -239,18 +239,25 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     if not computed:
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
         log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
-    if distributed.is_main():
-        from pipeline.inference.logits import ensure_centers
-
-        ensure_centers(out, CENTERS, manifest, ck_hash, lambda: state or checkpoint.load(ck_path))
     return RunEmbeddings(out, stems, computed)
+
+
+def _orienter(model, run, ck_hash, device, log):
+    """The run's rotation classifier for upright queries, trained before (runsets.prepare_run)."""
+    from pipeline.retrieval.orientation import FILE, load_orienter
+
+    orient = load_orienter(model, run, ck_hash, device, log)
+    if orient is None:
+        raise UserError(f"{run / FILE}: no rotation classifier for this checkpoint; upright queries need it first "
+                        "(pipeline.retrieval.runsets.prepare_run trains it)")
+    return orient
 
 
 def _save_stem(out: Path, stem: str, emb: np.ndarray, items: "list[Item]", manifest: dict, entry: dict) -> None:
     """Write a stem's .npy and .csv, then its manifest entry (which vouches for them), then drop its chunks."""
     import pandas as pd
 
-    from pipeline.io import save_npy, write_table, write_text
+    from pipeline.core.io import save_npy, write_table, write_text
 
     save_npy(out / f"{stem}.npy", emb)
     write_table(out / f"{stem}.csv", pd.DataFrame({"image_id": [i.image_id for i in items],
@@ -288,7 +295,7 @@ def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | 
 def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:
     """The cached embeddings of one stem (a split name, or RunEmbeddings.stems[split]) as a one-model EmbeddingSet
     (a float16 memmap); each stem has its own .npy and .csv, written together."""
-    from pipeline.io import read_table
+    from pipeline.core.io import read_table
 
     path = Path(emb_dir) / f"{stem}.npy"
     if not path.is_file():

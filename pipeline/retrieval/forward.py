@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.core import distributed
+from pipeline.core.device import autocast
+from pipeline.core.errors import UserError
+from pipeline.core.io import save_npy, write_text
+from pipeline.core.progress import Progress
 from pipeline.data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
-from pipeline.errors import UserError
-from pipeline.io import save_npy, write_text
-from pipeline.progress import Progress
-from pipeline.training import distributed
-from pipeline.training.distributed import autocast
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pipeline.data.image_cache import ImageReader
     from pipeline.data.layouts import Item
     from pipeline.data.transforms import MultiCrop
-    from pipeline.inference.orientation import Orienter
+    from pipeline.retrieval.orientation import Orienter
 
 
 EMBEDDING_DTYPE = np.float16  # of the stored rows: half the disk and memory, and ample for cosine ranking
@@ -52,7 +52,7 @@ def _forward(model, x, cfg, device, flip, rotation=0, orient=None):
     """(e(x), the embedding to keep): e(x) itself, or with flip TTA e(x) + e(hflip x), the raw embeddings of the
     transformed tensor and of its horizontal mirror (so a val image's simulated red hole is mirrored with it);
     the caller L2-normalises. Before the model, on the device: the batch turned `rotation` quarter turns, then
-    each sample un-rotated by orient's predicted turns (inference/orientation.py), both before the flip."""
+    each sample un-rotated by orient's predicted turns (retrieval/orientation.py), both before the flip."""
     x = x.to(device, non_blocking=True)
     if rotation:
         x = torch.rot90(x, rotation, (2, 3)).contiguous()  # a plain layout, as a turned image file gives

@@ -3,8 +3,8 @@ instance-level retrieval metrics over ranked gallery items (mAP@k, acc@1, precis
 class-level MAP@5 of embeddings searched leave-one-out (each query against the others)."""
 import numpy as np
 
+from pipeline.retrieval.knn import nearest
 from pipeline.retrieval.rank import rank
-from pipeline.retrieval.search import nearest
 
 
 def average_precision_at_k(pred_row, true_label, k=5):

@@ -1,7 +1,7 @@
 """Exact, memory-bounded class ranking: query embeddings vs a labelled gallery, per-class aggregate of summed
 cosines: the max (agg="max", default) or the sum of the agg_k largest (agg="sum").
 
-The full query x gallery matrix is never built: query chunks meet gallery blocks (sized by retrieval/search.py's
+The full query x gallery matrix is never built: query chunks meet gallery blocks (sized by retrieval/knn.py's
 Plan), and a running per-class state carries across blocks: the max (query chunk x classes) or, for agg="sum", the
 agg_k largest values so far (query chunk x classes x agg_k, -inf where a class has had fewer rows), summed only at
 the end. On CPU, agg="max" reads the gallery in its stored order, computes each block's scores transposed (gallery
@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.errors import UserError
-from pipeline.retrieval.rank_modes import Search, build_index, finish_sum, rank_candidates, sum_block, sum_layout
-from pipeline.retrieval.search import Plan, cast_into, gemm, gemm_backend, top_columns
+from pipeline.core.device import pick_device
+from pipeline.core.errors import UserError
+from pipeline.retrieval.knn import Plan, cast_into, gemm, gemm_backend, top_columns
+from pipeline.retrieval.search import Search, build_index, rank_candidates
+from pipeline.retrieval.topk_sum import finish_sum, sum_block, sum_layout
 
 _OOM_HALVINGS = 3  # CUDA: halve the chunk sizes this many times before finishing on the CPU
 
@@ -53,7 +55,7 @@ def rank(queries, gallery, gallery_labels, k: int = 5, weights=None, max_memory:
     class code first; if C < k pad with -1 / -inf. Only classes with at least one gallery row can be returned.
     max_memory bounds the extra bytes used (for agg="sum" the running state is Q-chunk x C x agg_k floats).
     search: None or kind "exact" (every row, as above), or "ivf" / "hnsw": classes ranked from each query's
-    candidate rows found by a faiss index (retrieval/rank_modes.py), built here unless `index` (a build_index() of
+    candidate rows found by a faiss index (retrieval/search.py), built here unless `index` (a build_index() of
     this gallery and weights) is given."""
     qs, gs, w, labels = _check(queries, gallery, gallery_labels, weights, k)
     if agg not in ("max", "sum"):
@@ -77,7 +79,7 @@ def rank(queries, gallery, gallery_labels, k: int = 5, weights=None, max_memory:
         rank_candidates(job, index, out_c, out_s)
         return out_c, out_s
     done = 0
-    dev = _pick_device(device)
+    dev = _torch_device(device)
     if dev is not None:
         done = _rank_cuda(job, dev, log, out_c, out_s)
     if done < Q:
@@ -107,19 +109,14 @@ def _check(queries, gallery, gallery_labels, weights, k):
     return qs, gs, w, labels.astype(np.int64)
 
 
-def _pick_device(device):
-    if device == "cpu":
+def _torch_device(device):
+    """rank's torch device for `device` ('auto', 'cpu', 'cuda[:N]'): None runs the numpy CPU path."""
+    dev = pick_device(device)
+    if dev == "cpu":
         return None
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    available = torch is not None and torch.cuda.is_available()
-    if device == "auto":
-        return torch.device("cuda") if available else None
-    if str(device).startswith("cuda") and available:
-        return torch.device(device)
-    raise UserError(f"rank: device {device!r} is not available here; use 'cpu' or 'auto'")
+    import torch
+
+    return torch.device(dev)
 
 
 def _top(S, job, out_c, out_s):
@@ -277,3 +274,9 @@ def _cuda_chunk(job, plan, dev, cls_t, q0, q1):
                 Tv[:, ci] = Pb.topk(K, dim=2, sorted=False).values
         G = S = part = Tv = Pb = gidx = pad = buckets = None  # freed before the next block uploads
     return M.cpu().numpy()
+
+
+def encode(labels, classes) -> np.ndarray:
+    """Class codes (positions in `classes`) of labels."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[x] for x in labels], dtype=np.int64)

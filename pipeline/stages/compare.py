@@ -5,7 +5,7 @@ row (the pretrained backbone's pooled features, no training). Writes runs/compar
 finished run is reused and an interrupted one resumed, so rerunning an interrupted comparison loses nothing.
 
 example: ./run.sh compare demo_lite0 demo_supcon demo_triplet --data data/demo --seeds 3 epochs=2"""
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def add_arguments(p):

@@ -21,7 +21,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.experiments.demo import demo
 
     try:

@@ -39,9 +39,10 @@ def add_arguments(p):
 
 def run(args):
     from pipeline.config import load_config
-    from pipeline.retrieval.embeddings import Variant, ensure_embeddings
-    from pipeline.training.distributed import run_stage
+    from pipeline.core.distributed import run_stage
+    from pipeline.retrieval.embeddings import Variant
+    from pipeline.retrieval.runsets import prepare_run
 
     cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint)
     variant = Variant(args.flip, args.multicrop, args.gallery_pipeline).checked()
-    run_stage(args.nproc, args._argv, lambda: ensure_embeddings(cfg, variant=variant), same_threads=True)
+    run_stage(args.nproc, args._argv, lambda: prepare_run(cfg, variant=variant), same_threads=True)

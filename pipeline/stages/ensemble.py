@@ -10,8 +10,8 @@ validated image), and the test images are ranked with every fold model, equal we
 example: ./run.sh ensemble m1 m2 m3 --data data/demo --fold 0 --out m123 [--flip] [--dba 5,3]
          ./run.sh ensemble m1 m2 --folds 0-4 --out m12-cv"""
 from pipeline.config import add_run_set_arguments, config_names, load_run_set
-from pipeline.errors import UserError
-from pipeline.inference.registry import add_trick_arguments, tricks_from_args
+from pipeline.core.errors import UserError
+from pipeline.inference.tricks import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

@@ -15,8 +15,8 @@ and confirmed on the other half (experiments/ablate.py: auto_choose); best.json 
 example: ./run.sh ensemble-report m1 m2 m3 m5 --data data/demo --fold 0 --max-size 3 --out table2
          ./run.sh ensemble-report demo_lite0 demo_lite1 demo_lite2 --auto --out demo"""
 from pipeline.config import add_run_set_arguments, config_names, load_run_set
-from pipeline.errors import UserError
-from pipeline.inference.registry import add_trick_arguments, tricks_from_args
+from pipeline.core.errors import UserError
+from pipeline.inference.tricks import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

@@ -28,9 +28,9 @@ example: ./run.sh evaluate m1 m2 --data data/demo --fold 0 --metrics map@5,map@k
          ./run.sh evaluate demo_lite0 demo_lite1 demo_lite2 --data data/demo --ablate [--seeds 3]
          ./run.sh evaluate m1 --oof --folds 0-4"""
 from pipeline.config import add_fold_arguments
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.experiments.evaluate import METRICS
-from pipeline.inference.registry import add_trick_arguments, tricks_from_args
+from pipeline.inference.tricks import add_trick_arguments, tricks_from_args
 
 
 def add_arguments(p):

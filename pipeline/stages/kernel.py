@@ -20,7 +20,7 @@ configs, folds, checkpoint, data and inference tricks, from its best.json) inste
 example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --owner myname [--dba 5,3]
          ./run.sh kernel hotel --from-report runs/ensembles/table2 --owner myname"""
 from pipeline.config import add_run_set_arguments
-from pipeline.inference.registry import add_trick_arguments
+from pipeline.inference.tricks import add_trick_arguments
 from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
 
 

@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.kaggle.submission import score_submission
+    from pipeline.retrieval.submission import score_submission
 
     score, rows, warning = score_submission(args.submission, args.truth, args.id_column, args.label_column)
     if warning:

@@ -8,7 +8,7 @@ example: ./run.sh search-text demo_clip "a room with a red bed and two lamps" --
 from pathlib import Path
 
 from pipeline.config import add_run_set_arguments, load_run_set
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def add_arguments(p):
@@ -20,7 +20,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.text.search import search_text
+    from pipeline.text.retrieval import search_text
 
     if args.out and Path(args.out).suffix.lower() != ".png":
         raise UserError(f"--out {args.out}: the picture is a PNG; give a path ending in .png")

@@ -10,7 +10,7 @@ example: ./run.sh show m1 m2 --data data/demo --fold 0 --n 16 --seed 0"""
 from pathlib import Path
 
 from pipeline.config import add_run_set_arguments, load_run_set
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def add_arguments(p):

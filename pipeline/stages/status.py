@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.kaggle.status import status
 
     if args.interval <= 0 or args.timeout <= 0:

@@ -34,8 +34,8 @@ def add_arguments(p):
 
 def run(args):
     from pipeline.config import load_config, load_folds
+    from pipeline.core.distributed import run_stage
     from pipeline.training.cross_validation import train_folds
-    from pipeline.training.distributed import run_stage
     from pipeline.training.loop import train
 
     if args.folds is not None:  # config errors before launching

@@ -19,7 +19,7 @@ def add_arguments(p):
 def run(args):
     from pipeline.config import load_config
     from pipeline.data.layouts import load_dataset
-    from pipeline.kaggle.submission import validate_submission
+    from pipeline.retrieval.submission import validate_submission
 
     ds = load_dataset(args.data, load_config("default", args.overrides, layout=args.layout))
     rows = validate_submission(args.file, ds.test_ids, ds.classes, ds.id_column, ds.label_column)

@@ -22,7 +22,7 @@ def add_arguments(p):
 
 def run(args):
     from pipeline.config import CONFIG_DIR
-    from pipeline.errors import UserError
+    from pipeline.core.errors import UserError
     from pipeline.model.weights import fetch_weights
 
     configs = list(args.configs) + ([p.stem for p in sorted(CONFIG_DIR.glob("*.yaml"))] if args.all else [])

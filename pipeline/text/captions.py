@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.text.caption_layouts import CAPTION_LAYOUTS
 
 
 @dataclass
@@ -34,35 +35,6 @@ class Captions:
         for i, image_id in enumerate(self.image_ids):
             out[image_id].append(i)
         return dict(out)
-
-
-def _csv(path):
-    from pipeline.io import read_table
-
-    rows = read_table(path, required=["image_id", "caption"])
-    return list(zip(rows["image_id"], rows["caption"]))
-
-
-def _flickr30k(path):
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    pairs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or (n == 1 and line.replace(" ", "").startswith("image_name|")):
-            continue
-        if "\t" in line:  # the token file: name.jpg#0<TAB>caption
-            name, _, text = line.partition("\t")
-            name = name.split("#")[0]
-        else:
-            parts = line.split("|", 2)  # a comment may itself hold a pipe
-            if len(parts) < 3:
-                raise UserError(f"{path}:{n}: '{line[:60]}' is neither 'image_name| comment_number| comment' nor "
-                                "'image_name#n<TAB>caption' (captions.layout=flickr30k)")
-            name, text = parts[0], parts[2]
-        pairs.append((name.strip(), text.strip()))
-    return pairs
-
-
-CAPTION_LAYOUTS = {"csv": _csv, "flickr30k": _flickr30k}
 
 
 def caption_file(cfg: dict) -> Path:
@@ -123,7 +95,7 @@ def text_data(cfg: dict, ds, train_items: list, val_items: list, log=print) -> "
     """(TextData, the training items that have captions) for head=clip; (None, train_items) for any other head."""
     if cfg["head"] != "clip":
         return None, train_items
-    from pipeline.text.clip import tokenize
+    from pipeline.model.clip import tokenize
 
     captions = read_captions(cfg, ds)
     train = captions.of(train_items)

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import fold_text, run_dir
-from pipeline.training import checkpoint, distributed
+from pipeline.core import checkpoint, distributed
 from pipeline.training.loop import train
 
 

@@ -60,8 +60,8 @@ class Logbook:
         import cv2
 
         from pipeline.data.images import read_image
-        from pipeline.experiments.show import best_matches, pick_queries
-        from pipeline.retrieval.predict import encode
+        from pipeline.reports.pictures import best_matches, pick_queries
+        from pipeline.retrieval.rank import encode
 
         run = self.run
         picked = pick_queries(len(run.val_items), QUERIES, run.cfg["seed"])

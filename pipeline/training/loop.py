@@ -1,6 +1,6 @@
 """The training loop: a config on one fold -> runs/<config>/fold<k>/ with config.yaml, last.pt, best.pt (ema.pt),
 metrics.csv and curves.png. Batches come from the sampler registry, the loss from the head registry, the optimiser,
-schedule and EMA from training/optim.py; validation (training/validation.py) scores the val fold against the
+schedule and EMA from training/optimizers.py; validation (training/validation.py) scores the val fold against the
 training images every val_every epochs. Under torchrun each process takes rows rank::N of the same global batches,
 draws its own dropout masks and only rank 0 writes."""
 import itertools
@@ -15,20 +15,23 @@ import pandas as pd
 import torch
 
 from pipeline.config import run_dir, save_config
+from pipeline.core import checkpoint, distributed
+from pipeline.core.device import autocast, pick_device
+from pipeline.core.errors import UserError
+from pipeline.core.io import write_table
+from pipeline.core.progress import Progress
 from pipeline.data.dataset import ImageDataset, loader
 from pipeline.data.folds import labelled, split
 from pipeline.data.image_cache import image_reader
 from pipeline.data.samplers import build_sampler
 from pipeline.data.transforms import build_transform
-from pipeline.errors import UserError
-from pipeline.io import write_table
-from pipeline.model import heads  # heads.build_head is looked up per run: tests swap it
+from pipeline.model import heads
 from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
-from pipeline.progress import Progress
 from pipeline.text.captions import text_data
-from pipeline.training import checkpoint, distributed, logbook, validation
-from pipeline.training.optim import Plateau, check_scheduler, lr_factor, make_ema, make_optimizer
+from pipeline.training import logbook, validation
+from pipeline.training.optimizers import make_ema, make_optimizer
+from pipeline.training.schedulers import Plateau, check_scheduler, lr_factor
 
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
                   "val_seconds", "images_per_sec"]
@@ -119,7 +122,7 @@ def _setup(cfg, log):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
     validation.check(cfg)
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
-    return _Run(cfg, distributed.main_only(log), out, rank, world, distributed.pick_device(), train_items, val_items,
+    return _Run(cfg, distributed.main_only(log), out, rank, world, pick_device(), train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
                 gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]), text=text)
 
@@ -237,7 +240,7 @@ def _backward(run, x, y):
     cfg, state = run.cfg, run.state
     try:
         last_of_step = (state["batch"] + 1) % cfg["accum_steps"] == 0  # DDP all-reduces on that batch only
-        with distributed.autocast(run.device, cfg["amp"]), distributed.sync_gradients(run.step_fn, last_of_step):
+        with autocast(run.device, cfg["amp"]), distributed.sync_gradients(run.step_fn, last_of_step):
             loss = run.step_fn(x, y)
         if not torch.isfinite(loss):
             if cfg["nonfinite_loss"] != "skip":
@@ -261,7 +264,7 @@ def _backward(run, x, y):
 
 def _end_epoch(run, epoch, t0, seen, train_seconds):
     """Validation (and the EMA's), the plateau cut, metrics.csv + curves.png, the snapshots and the epoch's line."""
-    from pipeline.reports.plots import training_curves  # matplotlib: slow to import, needed once an epoch is done
+    from pipeline.reports.plots import training_curves
 
     cfg, state, opt = run.cfg, run.state, run.opt
     validated = validation.due(cfg, epoch)

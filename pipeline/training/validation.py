@@ -6,12 +6,12 @@ import time
 
 import numpy as np
 
-from pipeline.errors import UserError
-from pipeline.progress import Progress
+from pipeline.core import distributed
+from pipeline.core.errors import UserError
+from pipeline.core.progress import Progress
+from pipeline.inference.predict import map5
 from pipeline.retrieval.embeddings import item_set
 from pipeline.retrieval.forward import embed_items
-from pipeline.retrieval.predict import map5
-from pipeline.training import distributed
 
 _GALLERY_SALT = 0x6A11  # the gallery draw's own stream: the samplers draw from [seed, epoch]
 TEXT_COLUMNS = tuple(f"val_{way}_r{k}" for way in ("t2i", "i2t") for k in (1, 5, 10))  # a clip run's Recall@k
@@ -77,8 +77,8 @@ def evaluate(model, head, gallery_items, val_items, classes, codes, tfms, cfg, d
                      log=lambda *a: None)
         metrics = {"val_loss": (stats or {}).get("loss"), "val_acc": (stats or {}).get("acc"), "val_map5": score}
         if captions is not None:
-            from pipeline.text.clip import encode_texts
-            from pipeline.text.search import recall_metrics
+            from pipeline.model.clip import encode_texts
+            from pipeline.text.retrieval import recall_metrics
 
             texts = encode_texts(head, captions.texts, device)
             metrics.update(recall_metrics(q, [it.image_id for it in val_items], captions, texts, prefix="val_",

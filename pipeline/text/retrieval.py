@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 from pipeline.text.captions import Captions
 
 KS = (1, 5, 10)
@@ -16,8 +16,8 @@ def recall_metrics(images: np.ndarray, image_ids: list, captions: Captions, text
                    max_memory: int = 2 << 30, prefix: str = "") -> dict:
     """{prefix}t2i_r{k} and {prefix}i2t_r{k}: seed 002's Recall@k (hit rate) of the captions against the images and
     of the images against the captions; images (n, D) and texts (m, D) L2-normalised, texts[i] of captions[i]."""
+    from pipeline.retrieval.knn import nearest
     from pipeline.retrieval.metrics import instance_metrics
-    from pipeline.retrieval.search import nearest
 
     out = {}
     caption_images = np.asarray(captions.image_ids, object)
@@ -38,8 +38,8 @@ def recall_metrics(images: np.ndarray, image_ids: list, captions: Captions, text
 def text_class_scores(texts: np.ndarray, labels: list, gallery, classes: list, max_memory: int = 2 << 30) -> dict:
     """A caption's class found through the gallery (retrieval/embeddings.EmbeddingSet, classes by per-class max
     cosine): Kaggle's MAP@5 and the top-5 hit rate, with chance's hit rate (5 / classes) beside."""
+    from pipeline.inference.predict import predict
     from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.predict import predict
 
     top = predict([texts.astype(np.float16)], gallery, classes, max_memory=max_memory, log=lambda *a: None)
     hits = [label in row for row, label in zip(top, labels)]
@@ -52,14 +52,14 @@ def text_rows(cfg: dict, name: str, ks=KS, log=print) -> tuple:
     on the validation images and their captions, and the text->class scores of those captions against the training
     images without the validation ones. The untrained model is the run's initialisation (ImageNet image encoder,
     random text tower): the reference."""
+    from pipeline.core.device import pick_device
     from pipeline.data.folds import split
-    from pipeline.inference.registry import DEFAULTS
+    from pipeline.inference.tricks import DEFAULTS
+    from pipeline.model.clip import encode_texts
     from pipeline.retrieval.embeddings import EmbeddingSet, item_set
     from pipeline.retrieval.forward import embed_items
-    from pipeline.retrieval.predict import load_embeddings
+    from pipeline.retrieval.runsets import load_embeddings
     from pipeline.text.captions import read_captions
-    from pipeline.text.clip import encode_texts
-    from pipeline.training.distributed import pick_device
 
     ds, train_items, val_items, classes = split(cfg)
     held_out = read_captions(cfg, ds).of(val_items)
@@ -123,12 +123,12 @@ def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=p
     """The k gallery images (every training image) closest to the sentence under the run's checkpoint; printed
     with their classes, and drawn into a PNG grid (out, default <run>/search/<query>.png)."""
     from pipeline.config import run_dir
+    from pipeline.core.device import pick_device
     from pipeline.data.layouts import load_dataset
-    from pipeline.inference.registry import DEFAULTS
-    from pipeline.retrieval.predict import load_embeddings
-    from pipeline.retrieval.search import nearest
-    from pipeline.text.clip import encode_texts
-    from pipeline.training.distributed import pick_device
+    from pipeline.inference.tricks import DEFAULTS
+    from pipeline.model.clip import encode_texts
+    from pipeline.retrieval.knn import nearest
+    from pipeline.retrieval.runsets import load_embeddings
 
     if not query.strip():
         raise UserError("search-text: give a sentence, e.g. \"a room with a red bed and two lamps\"")
@@ -144,7 +144,7 @@ def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=p
                for i, s in zip(found.indices[0], found.scores[0])]
     for n, m in enumerate(matches, 1):
         log(f"{n}. {m.image_id}  class {m.label}  cosine {m.score:.3f}")
-    from pipeline.experiments.show import thumbnail
+    from pipeline.reports.pictures import thumbnail
     from pipeline.reports.plots import retrieval_grid
 
     png = Path(out) if out else run_dir(cfg) / "search" / f"{_slug(query)}.png"
@@ -161,8 +161,8 @@ def search_text(cfg: dict, query: str, k: int = 5, out: str | None = None, log=p
 def text_head(cfg: dict):
     """The clip head (text tower) of the run's checkpoint; a UserError for a run of another head."""
     from pipeline.config import run_dir
+    from pipeline.core import checkpoint
     from pipeline.model.heads import build_head
-    from pipeline.training import checkpoint
 
     path = run_dir(cfg) / f"{cfg['checkpoint']}.pt"
     if not path.is_file():

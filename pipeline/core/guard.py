@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 CREDENTIAL_FILES = {"kaggle.json", "access_token", "access_token.txt", "credentials.json"}
 _PATTERNS = [

@@ -8,7 +8,7 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 # seconds a connection attempt may take before the host counts as unreachable (PIPELINE_NET_TIMEOUT overrides):
 # short enough that an offline stage, interpreter start included, ends within 10 s

@@ -1,7 +1,7 @@
-"""Benchmark pipeline.retrieval.search.nearest against faiss IndexFlatIP top-k on random unit fp16 data; JSON on
+"""Benchmark pipeline.retrieval.knn.nearest against faiss IndexFlatIP top-k on random unit fp16 data; JSON on
 stdout.
 
-usage (from the repo root): python bench/search.py [--queries 2000] [--gallery 20000] [--dim 512] [--k 10]
+usage (from the repo root): python bench/knn.py [--queries 2000] [--gallery 20000] [--dim 512] [--k 10]
                             [--max-memory BYTES] [--repeat 3]
 ours = nearest() on the fp16 gallery (cast to fp32 block by block) with the GEMM it picks here, and again with numpy's
 OpenBLAS forced (the BLAS faiss uses); faiss = IndexFlatIP.search on an index built from an fp32 copy of the gallery
@@ -48,7 +48,7 @@ def main(argv=None):
     import faiss
     import torch
 
-    from pipeline.retrieval.search import gemm_backend, nearest
+    from pipeline.retrieval.knn import gemm_backend, nearest
 
     rng = np.random.default_rng(0)
     q = _unit_rows(rng, args.queries, args.dim, np.float16)

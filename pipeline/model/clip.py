@@ -1,7 +1,7 @@
 """The CLIP head (seed 002): head(image_embeddings, caption_tokens) -> the symmetric image-text contrastive loss,
 with the text tower inside it, so a CLIP run is the usual loop with `head: clip` (the image side is the run's
 backbone and neck, projection to 256-d in seed 002). The text tower is open_clip's TextTransformer on its BPE
-tokens (EOT pooling) followed by a neck of model/embedder.py NECKS; it trains from scratch unless `text_weights`
+tokens (EOT pooling) followed by a neck of model/necks.py NECKS; it trains from scratch unless `text_weights`
 names an open_clip CLIP state dict whose text part it takes."""
 import math
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 VOCAB = 49408  # open_clip's SimpleTokenizer (the BPE vocabulary it ships)
 
@@ -50,7 +50,7 @@ class ClipHead(nn.Module):
         super().__init__()
         from open_clip.transformer import TextTransformer
 
-        from pipeline.model.embedder import NECKS
+        from pipeline.model.necks import NECKS
 
         if neck not in NECKS:
             raise UserError(f"clip.neck={neck!r}: use one of {', '.join(NECKS)}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -235,16 +235,3 @@ def launch(argv: list[str], nproc: int, same_threads: bool = False) -> int:
             del os.environ[ERROR_DIR]
     sys.stdout.flush()
     return 0
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def autocast(device: str, enabled: bool) -> "torch.autocast":
-    import torch
-
-    # Mixed precision only on CUDA: bf16/fp16 on this kind of CPU is 10-300x slower than fp32.
-    return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device == "cuda")

@@ -10,8 +10,8 @@ import csv
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
-from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.core.errors import UserError
+from pipeline.core.io import atomic_path
 
 
 def write_submission(path: str | Path, image_ids: Iterable[str], predictions: Iterable[Sequence[str]], *,
@@ -113,7 +113,7 @@ def _validate(path, shown, expected_ids, known_classes, id_column, label_column,
 def read_truth(path: str | Path, id_column: str = "image_id", label_column: str = "hotel_id",
                fix: str = "") -> dict[str, str]:
     """{image_id: label} from a truth CSV with one label per image. fix: what to add to a missing-column error."""
-    from pipeline.io import read_table
+    from pipeline.core.io import read_table
 
     frame = read_table(path, required=[id_column, label_column], fix=fix)
     truth = {}

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:
     from pipeline.data.image_cache import ImageReader
@@ -124,8 +124,8 @@ def rotated_features(model: "Embedder", items: "list[Item]", transform, cfg: dic
                      reader: "ImageReader | None" = None) -> torch.Tensor:
     """float32 (n, 4, D) on the CPU: view_features of each item's view (sample i seeded with i; batches of
     eval_batch_size; under autocast, as embedding runs)."""
+    from pipeline.core.device import autocast
     from pipeline.data.dataset import ImageDataset, loader
-    from pipeline.training.distributed import autocast
 
     model.eval()
     size = cfg["eval_batch_size"]
@@ -215,24 +215,45 @@ def train_orienter(model: "Embedder", items: "list[Item]", reader: "ImageReader 
     return head.to(device), acc
 
 
-def ensure_orienter(cfg: dict, model: "Embedder", items: "list[Item]", reader: "ImageReader | None", device: str,
-                    run_dir: str | Path, ck_hash: str, log=print, size: int = 0) -> Orienter:
-    """The run's Orienter: run_dir/orientation.pt when it was trained for this checkpoint (ck_hash, its content
-    hash), else trained on the items (train_orienter, seeded with cfg's seed) and saved atomically."""
-    from pipeline.training import checkpoint
-
-    path = Path(run_dir) / FILE
+def _saved(path: Path, ck_hash: str, log) -> dict | None:
+    """The saved head's state when it was trained for this checkpoint; None when missing, stale or unreadable."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
     except Exception as e:  # an unreadable file is retrained over, as a stale one is
         log(f"orientation head: {path} unreadable ({type(e).__name__}); training a new one")
         state = None
-    if state and state.get("version") == _VERSION and state.get("checkpoint_sha256") == ck_hash:
-        head = Orienter(model, state["dim"])
-        head.load_state_dict(state["head"])
-        log(f"orientation head: {path} (held-out accuracy {state['accuracy']:.4f})")
-        return head.to(device)
+    return state if state and state.get("version") == _VERSION and state.get("checkpoint_sha256") == ck_hash else None
+
+
+def has_orienter(run_dir: str | Path, ck_hash: str) -> bool:
+    """Whether run_dir holds the rotation classifier of this checkpoint (ck_hash, its content hash)."""
+    return _saved(Path(run_dir) / FILE, ck_hash, lambda *a: None) is not None
+
+
+def load_orienter(model: "Embedder", run_dir: str | Path, ck_hash: str, device: str, log=print) -> Orienter | None:
+    """run_dir/orientation.pt as an Orienter on model's features when it was trained for this checkpoint (ck_hash,
+    its content hash); None when it is missing, stale or unreadable."""
+    path = Path(run_dir) / FILE
+    state = _saved(path, ck_hash, log)
+    if state is None:
+        return None
+    head = Orienter(model, state["dim"])
+    head.load_state_dict(state["head"])
+    log(f"orientation head: {path} (held-out accuracy {state['accuracy']:.4f})")
+    return head.to(device)
+
+
+def ensure_orienter(cfg: dict, model: "Embedder", items: "list[Item]", reader: "ImageReader | None", device: str,
+                    run_dir: str | Path, ck_hash: str, log=print, size: int = 0) -> Orienter:
+    """The run's Orienter: load_orienter's when it was trained for this checkpoint, else trained on the items
+    (train_orienter, seeded with cfg's seed) and saved atomically as run_dir/orientation.pt."""
+    from pipeline.core import checkpoint
+
+    head = load_orienter(model, run_dir, ck_hash, device, log)
+    if head is not None:
+        return head
     head, acc = train_orienter(model, items, reader, cfg, device, cfg["seed"], log=log, size=size)
+    path = Path(run_dir) / FILE
     checkpoint.save({"version": _VERSION, "checkpoint_sha256": ck_hash, "dim": head.linear.in_features,
                      "accuracy": acc, "head": {k: v.cpu() for k, v in head.state_dict().items()}}, path)
     log(f"orientation head: saved {path} (held-out accuracy {acc:.4f})")

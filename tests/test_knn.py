@@ -1,11 +1,11 @@
-"""pipeline.retrieval.search.nearest: exact against float64 brute force for any budget and GEMM, ties -> smaller row,
+"""pipeline.retrieval.knn.nearest: exact against float64 brute force for any budget and GEMM, ties -> smaller row,
 an fp16 memmap gallery cast block by block (never one fp32 copy), and faiss IndexFlatIP's neighbours on random data.
 (Its exclude / leave-one-out cases are in test_evaluate.py.)"""
 import numpy as np
 import pytest
 
-from pipeline.retrieval import search
-from pipeline.retrieval.search import Plan, nearest
+from pipeline.retrieval import knn
+from pipeline.retrieval.knn import Plan, nearest
 
 
 def _unit(rng, n, d, dtype=np.float16):
@@ -68,7 +68,7 @@ def test_gallery_is_cast_block_by_block(monkeypatch):
     copy of the gallery."""
     import tracemalloc
 
-    monkeypatch.setattr(search, "_GEMM", "numpy")
+    monkeypatch.setattr(knn, "_GEMM", "numpy")
     rng = np.random.default_rng(3)
     q, g = _unit(rng, 200, 64), _unit(rng, 4000, 64)
     want = _brute(q, g, 5)[0]

@@ -1,11 +1,12 @@
 """Checkpoints: written atomically, read with weights_only=True, checked against the config that reads them."""
+import functools
 import hashlib
 from pathlib import Path
 
 import torch
 
-from pipeline.errors import UserError
-from pipeline.io import atomic_path
+from pipeline.core.errors import UserError
+from pipeline.core.io import atomic_path
 
 # Keys that change the model's shape or meaning: a checkpoint made under other values cannot be resumed/used.
 ARCH_KEYS = ("backbone", "pooling", "neck", "embedding_dim", "head")
@@ -100,6 +101,14 @@ def restore_scaler(scaler: "torch.amp.GradScaler", saved: dict | None) -> None:
 
 
 def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, computed once per (path, size, mtime) in a process: a run's steps (embeddings,
+    class centers, the rotation classifier) each key their files by it."""
+    st = Path(path).stat()
+    return _hash(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hash(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -6,7 +6,7 @@
            dims x dims scatter matrix is the one part of it max_memory cannot bound
   dba      label-constrained database-side augmentation (Hotel-ID 2021 1st place: k=5, alpha=3)
   qe       label-constrained query expansion towards the first ranking's top-1 class
-  predict  the composer: combine -> PCA -> DBA -> QE -> rank(); with every trick off it *is* rank()
+  rank_with_tricks  the composer: combine -> PCA -> DBA -> QE -> rank(); with every trick off it *is* rank()
 
 Neighbour searches are chunked under max_memory (similarity cells + gathered neighbours), never a full N x N or
 Q x N matrix; they run in float32 like rank() (PCA's moments in float64). The combined float32 copies of the
@@ -14,10 +14,10 @@ embeddings (rows x sum of dims) come on top of max_memory: they are the price of
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.retrieval.knn import nearest
 from pipeline.retrieval.rank import rank
-from pipeline.retrieval.rank_modes import concat_scaled
-from pipeline.retrieval.search import nearest
+from pipeline.retrieval.search import concat_scaled
 
 _EPS = 1e-12  # whitening: sqrt(eigenvalue + eps), so an eigenvalue at the rank edge cannot divide by ~0
 _RANK_TOL = 1e-12  # eigenvalues below dims * this * the largest are numerical zeros (eigh's error is ~eps * max)
@@ -117,10 +117,10 @@ def qe(queries: np.ndarray, gallery: np.ndarray, gallery_codes: np.ndarray, k: i
     return _l2(out)
 
 
-_DBA, _QE = dba, qe  # predict's dba=/qe= arguments shadow the functions
+_DBA, _QE = dba, qe  # rank_with_tricks' dba=/qe= arguments shadow the functions
 
 
-def predict(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, whiten=False, dba=(0, 3.0),
+def rank_with_tricks(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, whiten=False, dba=(0, 3.0),
             qe=(0, 3.0), agg="max", agg_k=3, max_memory=2 << 30, device="auto", log=print, search=None):
     """Top-k classes (top_classes (Q,k) int64, top_scores (Q,k) float32, as rank()) with embedding tricks.
     queries/gallery: one array per model; weights: per-model weights (equal by default); dba/qe: (k, alpha),
@@ -141,7 +141,7 @@ def predict(queries, gallery, gallery_codes, k=5, weights=None, pca_dim=0, white
     if w.sum() <= 0:
         raise UserError("weights must not all be 0")
     q, g = combine(queries, gallery, w / w.sum())
-    codes = _codes(gallery_codes, g.shape[0], "predict")
+    codes = _codes(gallery_codes, g.shape[0], "rank_with_tricks")
     if pca_dim:
         g, q = pca(g, q, pca_dim, whiten, max_memory)
     if dba_k:

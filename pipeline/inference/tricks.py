@@ -2,12 +2,12 @@
 its command-line flags, the check that turns parsed flags into its values, when it acts, and its rows in
 `evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline) choose which
 cached embeddings are loaded (retrieval/embeddings.py: Variant); ranking-time ones (weights, PCA, DBA, QE,
-per-class aggregation) go to retrieval/tricks.py's predict. A new trick = its function + one TRICKS entry."""
+per-class aggregation) go to inference/reranking.py's predict. A new trick = its function + one TRICKS entry."""
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pipeline.core.errors import UserError
 from pipeline.data.transforms import OCCLUSION_FILLS
-from pipeline.errors import UserError
 from pipeline.inference.logits import check_alpha
 
 
