@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,15 @@ from pipeline.training import logbook, validation
 from pipeline.training.optimizers import make_ema, make_optimizer
 from pipeline.training.schedulers import Plateau, check_scheduler, lr_factor
 
+if TYPE_CHECKING:
+    import albumentations as A
+    from timm.utils import ModelEmaV3
+
+    from pipeline.data.image_cache import ImageReader
+    from pipeline.data.layouts import Item
+    from pipeline.model.embedder import Embedder
+    from pipeline.text.captions import TextData
+
 METRIC_COLUMNS = ["epoch", "step", "lr", "train_loss", "val_loss", "val_acc", "val_map5", "ema_val_map5", "seconds",
                   "val_seconds", "images_per_sec"]
 
@@ -46,29 +55,29 @@ class _Run:
     rank: int
     world: int
     device: str
-    train_items: list
-    val_items: list
-    classes: list
-    codes: dict
-    labels: list
+    train_items: "list[Item]"
+    val_items: "list[Item]"
+    classes: list[str]
+    codes: dict[str, int]
+    labels: list[int]  # the training items' class codes
     steps_per_epoch: int
     batches_per_epoch: int
-    gallery: list = field(default_factory=list)  # the training images validation ranks against (val_gallery)
-    text: Any = None  # text/captions.TextData of a clip run: caption targets, held-out captions
-    model: Any = None
-    head: Any = None
+    gallery: "list[Item]" = field(default_factory=list)  # the training images validation ranks against
+    text: "TextData | None" = None  # a clip run's caption targets and held-out captions
+    model: "Embedder | None" = None
+    head: "torch.nn.Module | None" = None
     inputs: dict = field(default_factory=dict)  # image_size, mean, std: what a checkpoint's user feeds the model
-    tfms: dict = field(default_factory=dict)
-    reader: Any = None  # data/image_cache.ImageReader: the image cache or the source files
-    fmt: Any = None
-    step_fn: Any = None
-    opt: Any = None
-    plateau: Any = None
-    sched: Any = None
-    ema: Any = None
-    scaler: Any = None
+    tfms: "dict[str, A.Compose]" = field(default_factory=dict)
+    reader: "ImageReader | None" = None  # the image cache or the source files
+    fmt: "torch.memory_format" = torch.contiguous_format
+    step_fn: "torch.nn.Module | None" = None  # heads.LossStep, wrapped in DDP under torchrun
+    opt: "torch.optim.Optimizer | None" = None
+    plateau: "Plateau | None" = None
+    sched: "torch.optim.lr_scheduler.LambdaLR | None" = None
+    ema: "ModelEmaV3 | None" = None
+    scaler: "torch.amp.GradScaler | None" = None
     state: dict = field(default_factory=dict)  # the progress a checkpoint keeps and a resume restores
-    book: Any = None  # training/logbook.Logbook: the run's TensorBoard events
+    book: "logbook.Logbook | None" = None  # the run's TensorBoard events
 
 
 def _plan(cfg, labels, world=1):
@@ -163,7 +172,7 @@ def _build(run, resume):
     run.sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_factor(cfg, s, total) * plateau.scale)
     run.ema = make_ema(cfg, model)
     run.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device == "cuda")
-    run.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_map5": -1.0, "history": [],
+    run.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_selected": -1.0, "history": [],
                  "plateau": plateau.state}
     return source
 
@@ -180,6 +189,8 @@ def _resume(run):
         run.ema.module.load_state_dict(ck["ema"])
     state = run.state
     state.update(ck["progress"])
+    if "best_map5" in state:  # the best of select_on, under the name last.pt files gave it before select_on
+        state["best_selected"] = state.pop("best_map5")
     run.plateau.state = state["plateau"]  # one dict: the plateau's updates land in the checkpointed progress
     checkpoint.restore_scaler(run.scaler, ck.get("scaler"))
     checkpoint.restore_rng(ck["rng"], run.rank, run.device)
@@ -282,9 +293,9 @@ def _end_epoch(run, epoch, t0, seen, train_seconds):
     state["history"].append({k: row[k] for k in cols})
     state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
     # without a val fold every epoch is the best; without validation this epoch, none is
-    is_best = not run.val_items or (validated and metrics[pick] > state["best_map5"])  # best of select_on
+    is_best = not run.val_items or (validated and metrics[pick] > state["best_selected"])
     if is_best:
-        state["best_map5"] = metrics.get(pick, 0.0)
+        state["best_selected"] = metrics.get(pick, 0.0)  # the best value of select_on so far
     if not run.rank:
         write_table(run.out / "metrics.csv", pd.DataFrame(state["history"], columns=cols))
         training_curves([{k: str(v) for k, v in r.items()} for r in state["history"]], run.out / "curves.png",
