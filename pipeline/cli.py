@@ -7,7 +7,7 @@ import sys
 from pipeline.core.errors import UserError
 from pipeline.stages import NETWORK, STAGES
 
-EPILOG = """typical flow (a competition from start to finish: README):
+EPILOG = """typical flow (the long version: docs/kaggle.md):
   ./run.sh weights m1 m2                      # online, once: the backbones' ImageNet weights into the caches
   ./run.sh download --out data/hotel-id       # online: the competition's files (or ./run.sh make-data --out data/demo)
   ./run.sh folds --data data/hotel-id

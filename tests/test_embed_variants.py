@@ -257,3 +257,33 @@ def test_bad_variant_values_are_user_errors(kw, needles, tmp_path):
         ensure_embeddings(cfg, Variant(**kw))
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and all(n in msg for n in needles), msg
+
+
+ON = {"flip": True, "multicrop": 5, "gallery_pipeline": "val", "fill": "blendflip", "rotation": 2, "upright": True}
+
+
+def test_variant_has_a_field_per_embedding_trick_in_stem_order():
+    from dataclasses import fields
+
+    from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS
+    from pipeline.retrieval.embeddings import Variant
+
+    assert [f.name for f in fields(Variant)] == list(EMBEDDING_TRICKS) == list(ON)
+    assert all(getattr(Variant(), k) == t.default for k, t in EMBEDDING_TRICKS.items())
+
+
+@pytest.mark.parametrize("name", list(ON))
+def test_each_embedding_trick_names_only_the_splits_it_applies_to(name):
+    from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS, SPLITS
+    from pipeline.retrieval.embeddings import Variant
+
+    trick, v = EMBEDDING_TRICKS[name], Variant(**{name: ON[name]}).checked()
+    for split in SPLITS:
+        if split in trick.splits:
+            assert v.stem(split) == split + trick.stem(ON[name]) != split
+            assert v.manifest(split)[trick.manifest] == ON[name]
+        else:
+            assert v.stem(split) == split and v.manifest(split) == {}
+    if name in ("multicrop", "gallery_pipeline", "fill", "rotation"):
+        with pytest.raises(UserError, match=f"{name.replace('_', ' ')} 'bogus'"):
+            Variant(**{name: "bogus"}).checked()

@@ -36,13 +36,15 @@ def test_package_layout_and_metadata(kernel_package):
     assert wheels == ["albucore", "albumentations", "annotated_types", "anyio", "click", "h11", "hf_xet",
                       "httpcore2", "httpx2", "huggingface_hub", "pydantic", "pydantic_core", "safetensors", "simsimd",
                       "stringzilla", "timm", "truststore", "typing_inspection"]
-    # the code dataset holds what inference imports, not the whole tree; the offline check proves it is enough
+    # the code dataset holds whole floors, those inference stands on and the kernel's; the offline check proves it
+    # is enough
     code = pkg / "code" / "pipeline"
-    assert (code / "kernel" / "infer.py").is_file() and (code / "training" / "distributed.py").is_file()
-    assert {p.name for p in code.iterdir() if p.is_dir()} == {"data", "model", "retrieval", "inference", "kernel",
-                                                              "kaggle", "training"}
-    assert {p.name for p in (code / "kaggle").iterdir()} == {"__init__.py", "submission.py"}
-    assert not (code / "training" / "loop.py").exists() and not (code / "kernel" / "template.py").exists()
+    assert {p.name for p in code.iterdir()} == {"__init__.py", "core", "config.py", "configs", "data", "model",
+                                                "retrieval", "inference", "kernel"}
+    for floor in ("core", "data", "model", "retrieval", "inference"):
+        shipped = {p.name for p in (code / floor).glob("*.py")}
+        assert shipped == {p.name for p in (ROOT / "pipeline" / floor).glob("*.py")}
+    assert (code / "kernel" / "infer.py").is_file() and not (code / "kernel" / "template.py").exists()
     package_json = json.loads((pkg / "package.json").read_text())
     assert package_json["sizes"]["code"] == sum(f["bytes"] for f in package_json["files"]
                                                 if f["path"].startswith("code/"))

@@ -23,9 +23,9 @@ def _cfgs(trained, names):
 
 def _reference_val_map5(trained, names, flip, tricks):
     """Independently: the flip-TTA embeddings read from the run folders (files named as retrieval/embeddings.py
-    documents), the validation gallery built here, tricks.predict, then Kaggle MAP@5."""
+    documents), the validation gallery built here, reranking.rank_with_tricks, then Kaggle MAP@5."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.inference.reranking import predict
+    from pipeline.inference.reranking import rank_with_tricks
     from pipeline.retrieval.embeddings import load_split
     from pipeline.retrieval.metrics import map_at_k
     from pipeline.retrieval.rank import encode
@@ -37,7 +37,7 @@ def _reference_val_map5(trained, names, flip, tricks):
     keep = np.array([i not in set(vals[0].ids) for i in gals[0].ids])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
     labels = [lab for lab, k in zip(gals[0].labels, keep) if k]
-    codes, _ = predict([np.asarray(v.array) for v in vals], [np.asarray(g.array)[keep] for g in gals],
+    codes, _ = rank_with_tricks([np.asarray(v.array) for v in vals], [np.asarray(g.array)[keep] for g in gals],
                        encode(labels, classes), k=5, **tricks)
     return map_at_k([[classes[c] for c in row if c >= 0] for row in codes], vals[0].labels, k=5)
 

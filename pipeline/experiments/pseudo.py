@@ -34,7 +34,7 @@ def margins(cfgs: list, log=print) -> tuple:
     """(test ids, top-1 labels, top-1 scores, margins) of the equal-weight ensemble of the runs, on the mean-cosine
     scale; a gallery of one class has margin inf."""
     from pipeline.data.layouts import load_dataset
-    from pipeline.inference.reranking import predict
+    from pipeline.inference.reranking import rank_with_tricks
     from pipeline.inference.tricks import DEFAULTS
     from pipeline.retrieval.rank import encode
     from pipeline.retrieval.runsets import load_fold_sets
@@ -45,7 +45,7 @@ def margins(cfgs: list, log=print) -> tuple:
     if not ds.test_ids:
         raise UserError(f"{ds.root}: no test images to pseudo-label")
     every = load_fold_sets(cfgs, DEFAULTS, log=log).every
-    codes, scores = predict(list(every.test.arrays), list(every.gallery.arrays),
+    codes, scores = rank_with_tricks(list(every.test.arrays), list(every.gallery.arrays),
                             encode(every.gallery.labels, ds.classes), k=2, max_memory=cfgs[0]["max_memory"], log=log,
                             search=search)
     scores = scores.astype(np.float64) / len(every.test.arrays)  # weight 1 per run: their sum is the run count

@@ -1,14 +1,17 @@
 """The inference-trick table. Each TRICKS entry holds the keys it owns in a tricks dict (with their defaults),
 its command-line flags, the check that turns parsed flags into its values, when it acts, and its rows in
-`evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline) choose which
-cached embeddings are loaded (retrieval/embeddings.py: Variant); ranking-time ones (weights, PCA, DBA, QE,
-per-class aggregation) go to inference/reranking.py's predict. A new trick = its function + one TRICKS entry."""
+`evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline, the occlusion fill,
+rotation, upright queries) choose which cached embeddings are loaded: what each adds to a Variant's files is its
+entry in retrieval/embedding_tricks.py. Ranking-time ones (weights, PCA, DBA, QE, per-class aggregation, class
+centers) go to inference/predict.py. A new trick = its function + one TRICKS entry (+ one EMBEDDING_TRICKS entry
+and its Variant field when it changes the embeddings)."""
 from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.core.errors import UserError
 from pipeline.data.transforms import OCCLUSION_FILLS
 from pipeline.inference.logits import check_alpha
+from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ def _parse_weights(args, n):
     return {"weights": weights}
 
 
+def _off(name):
+    """An embedding-time trick's tricks-dict key with its off value (retrieval/embedding_tricks.py)."""
+    return {name: EMBEDDING_TRICKS[name].default}
+
+
 def _flag(*names, **kw):
     return lambda g: g.add_argument(*names, **kw)
 
@@ -75,19 +83,19 @@ def _flags(*adders):
 # The PCA rows' dimension (-1) is picked from the data by the ablation (experiments/ablate.py).
 TRICKS = {
     "flip": Trick(
-        {"flip": False}, "embedding",
+        _off("flip"), "embedding",
         _flag("--flip", action="store_true", help="flip TTA: queries and gallery embed x and its mirror"),
         lambda a, n: {"flip": a.flip},
         (("flip TTA", {"flip": True}),)),
     "multicrop": Trick(
-        {"multicrop": 0}, "embedding",
+        _off("multicrop"), "embedding",
         _flag("--multicrop", type=int, default=0, choices=[0, 5, 9],
               help="queries as the mean of 5 or 9 crops, crops > 50%% red dropped (SPEC 2, Appendix D)"),
         lambda a, n: {"multicrop": a.multicrop},
         (("multi-crop 5 (red crops dropped)", {"multicrop": 5}),
          ("multi-crop 9 (red crops dropped)", {"multicrop": 9}))),
     "gallery_pipeline": Trick(
-        {"gallery_pipeline": "test"}, "embedding",
+        _off("gallery_pipeline"), "embedding",
         _flag("--gallery-pipeline", default="test", choices=["test", "val"],
               help="transforms the gallery is embedded with (SPEC Table 3; default test)"),
         lambda a, n: {"gallery_pipeline": a.gallery_pipeline},
@@ -117,7 +125,7 @@ TRICKS = {
         _parse_pca,
         (("PCA {dim}", {"pca": -1}), ("PCA {dim} + whitening", {"pca": -1, "whiten": True}))),
     "fill": Trick(
-        {"fill": "none"}, "embedding",
+        _off("fill"), "embedding",
         _flag("--fill", default="none", choices=OCCLUSION_FILLS,
               help="queries' red occlusion filled before resizing: blendflip (mirrored neighbourhood, blended; "
                    "Hotel-ID 2022 1st) or inpaint (OpenCV)"),
@@ -130,7 +138,7 @@ TRICKS = {
         lambda a, n: {"rotate": a.rotate},
         (("rotation TTA (best of 4 turns)", {"rotate": True}),)),
     "upright": Trick(
-        {"upright": False}, "embedding",
+        _off("upright"), "embedding",
         _flag("--upright", action="store_true",
               help="queries turned upright first by a rotation classifier on the run's features (trained once, "
                    "self-supervised, on its training images: orientation.pt)"),

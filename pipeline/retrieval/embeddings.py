@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS, SPLITS
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -31,18 +32,16 @@ if TYPE_CHECKING:
     from pipeline.retrieval.centers import ClassCenters
     from pipeline.retrieval.orientation import Orienter
 
-SPLITS = ("gallery", "val", "test")
-QUERY_SPLITS = ("val", "test")
-GALLERY_PIPELINES = ("test", "val")
 VERSION = 1  # bump when the embedding code changes what it computes
 
 
 @dataclass(frozen=True)
 class Variant:
-    """How a run's embeddings are made: flip TTA, multi-crop queries (0, 5 or 9 crops), the gallery's pipeline (test,
-    or val: with the simulated red hole); for the queries only: the red occlusion filled before resizing, the view
-    turned `rotation` quarter turns (rotation TTA: a variant per turn) or upright by the run's rotation classifier.
-    It names its cache files and writes its part of their cache key; the default is the plain gallery / val / test."""
+    """How a run's embeddings are made: one field per embedding-time trick (retrieval/embedding_tricks.py, which
+    says what each adds to the file stem, the cache key and the manifest): flip TTA, multi-crop queries (0, 5 or 9
+    crops), the gallery's pipeline (test, or val: with the simulated red hole); for the queries only: the red
+    occlusion filled before resizing, the view turned `rotation` quarter turns (rotation TTA: a variant per turn)
+    or upright by the run's rotation classifier. The default is the plain gallery / val / test."""
     flip: bool = False
     multicrop: int = 0
     gallery_pipeline: str = "test"
@@ -53,42 +52,28 @@ class Variant:
     @classmethod
     def of(cls, tricks: dict, rotation: int = 0) -> "Variant":
         """The variant an inference-tricks dict asks for (with rotation TTA: the one of that many turns)."""
-        return cls(tricks["flip"], tricks["multicrop"], tricks["gallery_pipeline"], tricks["fill"], rotation,
-                   tricks["upright"]).checked()
+        return cls(**{k: tricks[k] for k in EMBEDDING_TRICKS if k in tricks}, rotation=rotation).checked()
 
     def checked(self) -> "Variant":
         """Itself with plain types; a value that is not allowed is a one-line UserError naming it."""
-        from pipeline.data.transforms import MULTICROPS, OCCLUSION_FILLS
+        return Variant(**{k: t.check(getattr(self, k)) for k, t in EMBEDDING_TRICKS.items()})
 
-        if self.multicrop not in MULTICROPS:
-            raise UserError(f"multicrop {self.multicrop!r}: not one of {', '.join(map(str, MULTICROPS))} (0 = off)")
-        if self.gallery_pipeline not in GALLERY_PIPELINES:
-            raise UserError(f"gallery pipeline {self.gallery_pipeline!r}: not one of {', '.join(GALLERY_PIPELINES)}")
-        if self.fill not in OCCLUSION_FILLS:
-            raise UserError(f"fill {self.fill!r}: not one of {', '.join(OCCLUSION_FILLS)}")
-        if self.rotation not in (0, 1, 2, 3):
-            raise UserError(f"rotation {self.rotation!r}: give 0-3 quarter turns")
-        return Variant(bool(self.flip), int(self.multicrop), self.gallery_pipeline, self.fill, int(self.rotation),
-                       bool(self.upright))
+    def query(self, split: str) -> "Variant":
+        """What of it applies to split: each trick off where it does not apply."""
+        return Variant(**{k: getattr(self, k) if split in t.splits else t.default
+                          for k, t in EMBEDDING_TRICKS.items()})
 
     def pipeline(self, split: str) -> str:
         """The transform pipeline of a split: val for the validation queries (and a val-pipeline gallery), else test."""
-        return "val" if split == "val" or (split == "gallery" and self.gallery_pipeline == "val") else "test"
+        return "val" if split == "val" or self.query(split).gallery_pipeline == "val" else "test"
 
     def crops(self, split: str) -> int:
-        return self.multicrop if split in QUERY_SPLITS else 0
-
-    def query(self, split: str) -> "Variant":
-        """What of the query-only parts applies to split (none of them to the gallery)."""
-        return self if split in QUERY_SPLITS else Variant(self.flip, self.multicrop, self.gallery_pipeline)
+        return self.query(split).multicrop
 
     def stem(self, split: str) -> str:
         """File stem of a split's embeddings; the default variant gives the plain split name."""
         q = self.query(split)
-        return (split + (".flip" if self.flip else "") + (f".mc{self.crops(split)}" if self.crops(split) else "")
-                + (".galval" if split == "gallery" and self.gallery_pipeline == "val" else "")
-                + (f".fill-{q.fill}" if q.fill != "none" else "") + (f".rot{q.rotation}" if q.rotation else "")
-                + (".upright" if q.upright else ""))
+        return split + "".join(t.stem(getattr(q, k)) for k, t in EMBEDDING_TRICKS.items())
 
     def transform(self, split: str, cfg: dict, meta: dict):
         """(transform, its cache-key text) of one split; meta: a checkpoint (or the kernel's model meta) with
@@ -96,18 +81,16 @@ class Variant:
         from pipeline.data.transforms import MultiCrop, build_transform, describe
 
         size, q = meta["image_size"], self.query(split)
-        kind, crops = self.pipeline(split), self.crops(split)
+        kind, crops = self.pipeline(split), q.multicrop
         tfm = MultiCrop(kind, crops, size, cfg, q.fill) if crops else build_transform(kind, cfg, size, q.fill)
         # the key text of a default stem is exactly the transform's, so existing caches stay valid
-        return tfm, (describe(tfm) + ("|flip: normalise(e(x) + e(hflip x))" if self.flip else "")
-                     + (f"|rot90 x{q.rotation}" if q.rotation else "")
-                     + ("|upright: retrieval/orientation.py" if q.upright else ""))
+        return tfm, describe(tfm) + "".join(t.key(getattr(q, k)) for k, t in EMBEDDING_TRICKS.items())
 
     def manifest(self, split: str) -> dict:
         """What a manifest entry records of the variant (nothing for a plain split)."""
         q = self.query(split)
-        return {} if self.stem(split) == split else {"split": split, "flip": self.flip, "multicrop": self.crops(split),
-                "pipeline": self.pipeline(split), "fill": q.fill, "rotation": q.rotation, "upright": q.upright}
+        fields = {t.manifest: getattr(q, k) for k, t in EMBEDDING_TRICKS.items()}
+        return {} if self.stem(split) == split else {"split": split, **fields, "pipeline": self.pipeline(split)}
 
 
 @dataclass

@@ -15,7 +15,7 @@ backend="faiss" runs faiss.IndexFlatIP instead. It returns the same neighbours w
   - the index holds an fp32 copy of the whole gallery (twice an fp16 gallery), outside any memory budget;
   - it has no per-query exclusion (leave-one-out, DBA's "not the row itself");
   - among tied scores its order is not by row index;
-  - it measured slower here than this search on the oneDNN GEMM (bench/knn.py; README, Benchmarks)."""
+  - it measured slower here than this search on the oneDNN GEMM (bench/knn.py; docs/benchmarks.md)."""
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -35,7 +35,7 @@ _GEMM = None  # "onednn" or "numpy", picked on first use by gemm_backend(); test
 
 def gemm_backend() -> str:
     """The CPU matmul: oneDNN's fp32 matmul (torch.ops.mkldnn._linear_pointwise, the op torch.compile emits for
-    linear) on CPUs with AVX-512, where it measured faster than numpy's OpenBLAS (README, Benchmarks) and is exact
+    linear) on CPUs with AVX-512, where it measured faster than numpy's OpenBLAS (docs/benchmarks.md) and is exact
     fp32 (no bf16 fpmath); numpy elsewhere, or when this torch build lacks the op."""
     global _GEMM
     if _GEMM is None:

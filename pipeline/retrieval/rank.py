@@ -6,7 +6,7 @@ Plan), and a running per-class state carries across blocks: the max (query chunk
 agg_k largest values so far (query chunk x classes x agg_k, -inf where a class has had fewer rows), summed only at
 the end. On CPU, agg="max" reads the gallery in its stored order, computes each block's scores transposed (gallery
 rows x queries) and folds them into the transposed running max with torch's index_reduce_ (amax): one contiguous
-vector max per gallery row, much faster than a per-class np.maximum.reduceat (README, Benchmarks). agg="sum" visits
+vector max per gallery row, much faster than a per-class np.maximum.reduceat (docs/benchmarks.md). agg="sum" visits
 the gallery in class-sorted order: each block's scores are gathered (one np.take) into a padded (rows, classes,
 run) array and one partition along the last axis keeps each class's agg_k largest; classes are bucketed by run
 length (powers of two) so padding at most doubles the cells. Class-sorted order means only a block's first class

@@ -26,7 +26,7 @@ from pipeline.retrieval.knn import top_columns
 SEARCHES = ("exact", "ivf", "hnsw")
 _ADD_ROWS = 65536  # gallery rows cast and added to an index at a time (fewer when max_memory asks)
 _TRAIN_PER_LIST = 40  # IVF k-means sample: rows per list (faiss warns below 39)
-# IVF k-means iterations (faiss: 25): 10 halved the training time at the same recall (bench/ann.py, README)
+# IVF k-means iterations (faiss: 25): 10 halved the training time at the same recall (bench/ann.py, docs/benchmarks.md)
 _KMEANS_ITERATIONS = 10
 
 

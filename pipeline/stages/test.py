@@ -15,7 +15,7 @@ def add_arguments(p):
 
 def run(args):
     root = Path(__file__).resolve().parents[2]  # the repository: pipeline/stages/test.py -> ../..
-    # most tests wait on subprocesses and imports, so even 2 cores run two tests at once ~1.4x faster (README)
+    # most tests wait on subprocesses and imports, so even 2 cores run two tests at once faster (docs/benchmarks.md)
     workers = min(4, len(os.sched_getaffinity(0)))
     cmd = [sys.executable, "-m", "pytest", str(root / "tests"), "-q", "-n", str(workers), *args.pytest_args]
     code = subprocess.call(cmd, cwd=root)
