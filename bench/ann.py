@@ -1,4 +1,4 @@
-"""Benchmark approximate search (search=ivf / hnsw, pipeline/retrieval/rank_modes.py) against our exact ranking
+"""Benchmark approximate search (search=ivf / hnsw, pipeline/retrieval/search.py) against our exact ranking
 (pipeline.retrieval.rank.rank) on a synthetic clustered gallery; JSON on stdout.
 
 usage (from the repo root): python bench/ann.py [--rows 1000000] [--dim 256] [--per-class 10] [--queries 2000]

@@ -1,4 +1,4 @@
-"""Approximate search (search: ivf | hnsw, pipeline/retrieval/rank_modes.py): its defaults find exact's classes on a
+"""Approximate search (search: ivf | hnsw, pipeline/retrieval/search.py): its defaults find exact's classes on a
 clustered gallery, exact stays exact, a bad key is one line naming it, and the config reaches the test ranking of
 ensemble and evaluate's map@5."""
 import numpy as np

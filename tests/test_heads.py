@@ -185,6 +185,9 @@ def test_subcenter_k1_fixed_margin_matches_arcface():
     emb[0] = -3 * arc.weight[labels[0]].detach()  # theta = pi: the hard-margin branch
     assert (arc.logits(emb).gather(1, labels[:, None]) < math.cos(math.pi - 0.2)).any()
     _close(_grads(lambda e: arc(e, labels), emb, arc.weight), _grads(lambda e: sub(e, labels), emb, sub.weight))
+    # it is that head: its margins come from the config, so its checkpoints hold the weight alone, as always
+    assert isinstance(arc, SubCenterArcFace) and arc.k == 1 and list(arc.state_dict()) == ["weight"]
+    assert set(sub.state_dict()) == {"weight", "margins", "cos_m", "sin_m", "th", "mm"}
 
 
 def test_subcenter_logits_are_max_over_subcenters():

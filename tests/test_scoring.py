@@ -1,4 +1,4 @@
-"""The inference-trick options of `ensemble` and `evaluate` (pipeline/inference/registry.py's trick table) on two
+"""The inference-trick options of `ensemble` and `evaluate` (pipeline/inference/tricks.py's trick table) on two
 tiny trained runs: the flags reach the right cached embeddings and the ranking, --ablate writes its table, bad flags
 are one-line errors; and every entry of the table on its own."""
 import csv

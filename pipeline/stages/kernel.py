@@ -1,16 +1,16 @@
 """Package trained runs as an offline Kaggle kernel: kernels/<name>/ with a models dataset, a code dataset (the
-parts of the pipeline inference imports + wheels) and the kernel itself, then run the kernel offline on the local
+floors of the pipeline inference stands on + wheels) and the kernel itself, then run the kernel offline on the local
 data and check its submission against ./run.sh ensemble's, byte for byte (--no-verify skips that).
 
   kernels/<name>/models/  dataset <owner>/<name>-models: kernel.json; per model model.safetensors (weights only),
                           config.yaml, train_config.yaml, meta.json, the cached gallery embeddings (.npy, .csv,
                           manifest.json)
-  kernels/<name>/code/    dataset <owner>/<name>-code: pipeline/ (data, model, retrieval, kaggle, the torchrun
-                          helpers), wheels/, requirements-kernel.txt
+  kernels/<name>/code/    dataset <owner>/<name>-code: pipeline/ (whole floors: core, config, data, model,
+                          retrieval, inference, kernel), wheels/, requirements-kernel.txt
   kernels/<name>/kernel/  kernel.py + kernel-metadata.json (internet off, GPU on, private)
   kernels/<name>/package.json  every file with its size, the versions, the git commit; verified.json after a check
 
-Nothing holding a Kaggle credential is written (pipeline/kaggle/guard.py); the package appears whole or not at all.
+Nothing holding a Kaggle credential is written (pipeline/core/guard.py); the package appears whole or not at all.
 Then: ./run.sh upload <name>.
 
 --folds 0-4 packages every config's fold models (models/<config>-fold<k>/; all of them rank the test images, as

@@ -1,8 +1,8 @@
 """Train a config on one fold: runs/<config>/fold<k>/ gets config.yaml, last.pt, best.pt, metrics.csv, curves.png.
 
 Batches come from the sampler registry (pipeline/data/samplers.py), the loss from the head registry
-(pipeline/model/heads.py), optimiser/scheduler/EMA from pipeline/training/optim.py. With ema > 0, ema.pt holds the
-averaged weights.
+(pipeline/model/heads.py), optimiser and EMA from pipeline/training/optimizers.py, the schedule from
+pipeline/training/schedulers.py. With ema > 0, ema.pt holds the averaged weights.
 
 Validation each epoch: loss and accuracy of the head (accuracy only for classifier heads), and MAP@5 of the
 validation images (val pipeline: with the red test-like hole) against the training images (test pipeline) as
