@@ -17,7 +17,7 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
           search=None, centers=None) -> dict:
     """{column: value} of the metrics for one model's queries against a gallery (columns in the order of
     `metrics`); tricks: the ranking-time inference tricks for map@5 (none by default); search: its rank()'s
-    search (the config's, retrieval/rank_modes.py; None: exact)."""
+    search (the config's, retrieval/search.py; None: exact)."""
     from pipeline.inference.predict import map5
     from pipeline.retrieval.knn import nearest
     from pipeline.retrieval.metrics import class_map5_leave_one_out, instance_metrics
@@ -25,7 +25,7 @@ def score(queries: EmbeddingSet, gallery: EmbeddingSet, classes: list, metrics: 
     q = np.asarray(queries.array)
     row, rel = {}, None
     for m in metrics:
-        if m == "text":  # image-text rows of clip runs: text/search.text_rows
+        if m == "text":  # image-text rows of clip runs: text/retrieval.text_rows
             continue
         if m == "map@5":
             row[m] = (class_map5_leave_one_out(q, queries.labels, max_memory) if leave_one_out else

@@ -22,7 +22,7 @@ class ClassCenters:
 
 
 def centers_from_checkpoint(state: dict) -> ClassCenters | None:
-    """The class centers of a loaded checkpoint (pipeline.training.checkpoint.load): its head rebuilt from its
+    """The class centers of a loaded checkpoint (pipeline.core.checkpoint.load): its head rebuilt from its
     config and state; None for pair losses (supcon, triplet), which have no class weights."""
     from pipeline.model.heads import build_head
 

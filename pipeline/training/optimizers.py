@@ -33,7 +33,7 @@ OPTIMIZERS = {"sgd": _sgd, "adam": _adam, "adamw": _adamw}
 def param_groups(model: "torch.nn.Module", head: "torch.nn.Module", cfg: dict) -> list[dict]:
     """Backbone, neck (with the pooling), head and text encoder (the clip head's) as separate groups, each at
     lr * lr_mult[group]."""
-    text = lambda n: n.startswith("text.encoder.")  # text/clip.py ClipHead: the encoder, not its projection
+    text = lambda n: n.startswith("text.encoder.")  # model/clip.py ClipHead: the encoder, not its projection
     parts = {"backbone": list(model.backbone.parameters()),
              "neck": [p for n, p in model.named_parameters() if not n.startswith("backbone.")],
              "head": [p for n, p in head.named_parameters() if not text(n)],
