@@ -75,18 +75,3 @@ def ensure_centers(out: Path, stem: str, manifest: dict, ck_hash: str, state: Ca
         save_centers(out / stem, centers)
     manifest[stem] = {"key": ck_hash, "classes": len(centers.labels) if centers else 0}
     write_text(out / "manifest.json", json.dumps(manifest, indent=1))
-
-
-def ensure_run_centers(cfg: dict) -> None:
-    """The run's class centers beside its embeddings (runs/<config>/fold<k>/embeddings/centers.npy/.csv), extracted
-    from its checkpoint once (ensure_centers)."""
-    import json
-
-    from pipeline.config import run_dir
-    from pipeline.core import checkpoint
-
-    out = run_dir(cfg) / "embeddings"
-    ck_path = run_dir(cfg) / f"{cfg['checkpoint']}.pt"
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-    out.mkdir(parents=True, exist_ok=True)
-    ensure_centers(out, CENTERS, manifest, checkpoint.file_hash(ck_path), lambda: checkpoint.load(ck_path))

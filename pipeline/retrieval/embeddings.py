@@ -176,17 +176,14 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
 
     variant = variant.checked()
     log = distributed.main_only(log)  # rank 0 reports and writes; the others compute their shares
-    run = run_dir(cfg)
-    ck_path = run / f"{cfg['checkpoint']}.pt"
-    if not ck_path.is_file():
-        raise UserError(f"{ck_path} not found: train first (./run.sh train {cfg['name']} --fold {cfg['fold']})")
+    run, ck_path = run_dir(cfg), run_checkpoint(cfg)
     ck_hash = checkpoint.file_hash(ck_path)
     ds, _, val_items, _ = split(cfg)
     test_by_id = {it.image_id: it for it in ds.test}
     items = {"gallery": ds.train, "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
-    manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    manifest = read_manifest(out)
     state, model, reader, orient, device, computed = None, None, None, None, pick_device(), []
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
     for name in SPLITS:
@@ -223,6 +220,22 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
         which = "" if list(stems.values()) == list(SPLITS) else f" ({', '.join(stems.values())})"
         log(f"embeddings of {cfg['name']} fold {cfg['fold']}{which} are up to date ({out})")
     return RunEmbeddings(out, stems, computed)
+
+
+def run_checkpoint(cfg: dict) -> Path:
+    """The checkpoint a run's embeddings, class centers and rotation classifier come from; a UserError when it has
+    not been trained."""
+    from pipeline.config import run_dir
+
+    path = run_dir(cfg) / f"{cfg['checkpoint']}.pt"
+    if not path.is_file():
+        raise UserError(f"{path} not found: train first (./run.sh train {cfg['name']} --fold {cfg['fold']})")
+    return path
+
+
+def read_manifest(out: Path) -> dict:
+    """embeddings/manifest.json: each stem's cache entry (empty before the first embed)."""
+    return json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
 
 
 def _orienter(model, run, ck_hash, device, log):

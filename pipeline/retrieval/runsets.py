@@ -3,9 +3,17 @@ folds (FoldSets), computed where stale, checked to list the same images."""
 from dataclasses import dataclass
 from functools import cached_property
 
-from pipeline.config import config_names, run_names
+from pipeline.config import config_names, run_dir, run_names
 from pipeline.core.errors import UserError
-from pipeline.retrieval.embeddings import SPLITS, EmbeddingSet, RunEmbeddings, Variant, ensure_embeddings
+from pipeline.retrieval.embeddings import (
+    SPLITS,
+    EmbeddingSet,
+    RunEmbeddings,
+    Variant,
+    ensure_embeddings,
+    read_manifest,
+    run_checkpoint,
+)
 
 
 @dataclass
@@ -41,7 +49,6 @@ def prepare_run(cfg: dict, variant: Variant = Variant(), log=print) -> RunEmbedd
     """Everything a run ranks with, each step doing nothing when its files are current: the rotation classifier
     (an upright variant), the variant's embeddings, then the class centers (rank 0)."""
     from pipeline.core import distributed
-    from pipeline.retrieval.centers import ensure_run_centers
 
     variant = variant.checked()
     if variant.upright:
@@ -55,7 +62,6 @@ def prepare_run(cfg: dict, variant: Variant = Variant(), log=print) -> RunEmbedd
 def ensure_run_orienter(cfg: dict, log=print) -> None:
     """The run's rotation classifier (upright queries), trained once per checkpoint on its training images beside
     it (run_dir/orientation.pt); nothing when it is there already."""
-    from pipeline.config import run_dir
     from pipeline.core import checkpoint, distributed
     from pipeline.core.device import pick_device
     from pipeline.data.folds import split
@@ -64,10 +70,7 @@ def ensure_run_orienter(cfg: dict, log=print) -> None:
     from pipeline.retrieval.orientation import ensure_orienter, has_orienter
 
     log = distributed.main_only(log)
-    run = run_dir(cfg)
-    ck_path = run / f"{cfg['checkpoint']}.pt"
-    if not ck_path.is_file():
-        raise UserError(f"{ck_path} not found: train first (./run.sh train {cfg['name']} --fold {cfg['fold']})")
+    run, ck_path = run_dir(cfg), run_checkpoint(cfg)
     ck_hash = checkpoint.file_hash(ck_path)
     if has_orienter(run, ck_hash):
         return
@@ -75,6 +78,17 @@ def ensure_run_orienter(cfg: dict, log=print) -> None:
     model = load_model(state["config"], state["model"], cfg, device)
     reader = image_reader(cfg, state["image_size"], {"train": ds.train, "test": ds.test}, log)
     ensure_orienter(cfg, model, ds.train, reader, device, run, ck_hash, log, state["image_size"])
+
+
+def ensure_run_centers(cfg: dict) -> None:
+    """The run's class centers beside its embeddings (embeddings/centers.npy/.csv), extracted from its checkpoint
+    once per checkpoint (centers.ensure_centers)."""
+    from pipeline.core import checkpoint
+    from pipeline.retrieval.centers import CENTERS, ensure_centers
+
+    out, ck_path = run_dir(cfg) / "embeddings", run_checkpoint(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_centers(out, CENTERS, read_manifest(out), checkpoint.file_hash(ck_path), lambda: checkpoint.load(ck_path))
 
 
 def _combine(names, runs, splits) -> RunSetEmbeddings:
