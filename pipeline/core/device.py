@@ -1,4 +1,12 @@
-"""The device a computation runs on, and mixed precision where it pays (CUDA only)."""
+"""The device a computation runs on, checked for real, and mixed precision where it pays (CUDA only).
+
+torch.cuda.is_available() is not enough: a build without kernels for the GPU's architecture (Kaggle's cu128 torch on
+a P100, sm_60) reports True and fails at the first operation, and a driver older than the build's CUDA makes it
+report False with only a warning. cuda_check() names which of these it is, so `auto` can say so before it falls
+back to the CPU and an explicit `cuda` can fail at once with the fix."""
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UserError
@@ -7,23 +15,108 @@ if TYPE_CHECKING:
     import torch
 
 
-def pick_device(want: str = "auto") -> str:
-    """'cuda' when want is 'auto' and a GPU is usable, else 'cpu'; an explicit 'cpu' or 'cuda[:N]' is kept when it
-    is usable here, else a one-line UserError. 'cpu' never imports torch (numpy-only callers stay light)."""
-    if want == "cpu":
-        return "cpu"
+@dataclass
+class CudaCheck:
+    """Whether torch can compute on the first visible GPU here; if not, why and what to do."""
+    usable: bool
+    name: str = ""
+    capability: tuple = ()
+    why: str = ""
+    fix: str = ""
+
+
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA GPU on this machine, whether torch can use it or not (its kernel driver is loaded)."""
+    return Path("/proc/driver/nvidia/version").is_file() or Path("/dev/nvidia0").exists()
+
+
+def arch_supported(capability: tuple, arch_list: list[str]) -> bool:
+    """Whether a build with these architectures runs on a GPU of this capability: a cubin for sm_XY runs on the same
+    major X at minor >= Y; PTX for compute_XY is compiled at load for any capability >= XY."""
+    major, minor = capability
+    for arch in arch_list:
+        kind, _, digits = arch.partition("_")
+        if not digits.isdigit():
+            continue
+        a_major, a_minor = int(digits[:-1]), int(digits[-1])
+        if kind == "sm" and a_major == major and a_minor <= minor:
+            return True
+        if kind == "compute" and (a_major, a_minor) <= (major, minor):
+            return True
+    return False
+
+
+def cuda_check() -> CudaCheck:
+    """Probe the first visible GPU: seen by torch, an architecture this build has kernels for, a first operation
+    that runs."""
     import torch
 
-    available = torch.cuda.is_available()
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return CudaCheck(False, why="this torch is a CPU-only build",
+                             fix="install a CUDA build of torch (requirements.txt pins one)")
+        if hidden is not None and hidden.strip() in ("", "-1", "none", "void"):
+            return CudaCheck(False, why=f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU",
+                             fix="unset CUDA_VISIBLE_DEVICES or name a GPU in it")
+        try:
+            torch.cuda.init()
+            cause = "torch sees no CUDA device"
+        except Exception as e:  # torch's own words: no driver, or one too old for this build's CUDA
+            cause = str(e).strip().splitlines()[0].rstrip(".")
+        if "too old" in cause:
+            return CudaCheck(False, why=cause, fix=f"update the NVIDIA driver to one for CUDA {torch.version.cuda}, "
+                             "or install a torch built for an older CUDA")
+        return CudaCheck(False, why=cause, fix="run on a machine with an NVIDIA GPU and its driver, or use device=cpu")
+    name, capability = torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0))
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if not arch_supported(capability, torch.cuda.get_arch_list()):
+        return CudaCheck(False, name, capability,
+                         why=f"{name} ({sm}) is not among this torch {torch.__version__} build's architectures "
+                             f"({' '.join(torch.cuda.get_arch_list())})",
+                         fix="use a GPU of a listed architecture (on Kaggle: the T4 or L4), or a torch built for "
+                             f"{sm}")
+    try:
+        (torch.ones(8, device="cuda:0") * 2).sum().item()
+    except Exception as e:
+        return CudaCheck(False, name, capability, why=f"{name} ({sm}) failed its first operation: "
+                         f"{str(e).strip().splitlines()[0]}", fix="check the GPU and driver, or use device=cpu")
+    return CudaCheck(True, name, capability)
+
+
+def pick_device(want: str = "auto", log=print) -> str:
+    """'cuda' when want is 'auto' and a GPU is usable, else 'cpu' (saying so in one line where a GPU is present
+    but unusable); an explicit 'cpu' is kept, an explicit 'cuda[:N]' is kept when usable, else a one-line UserError
+    naming the cause and the fix. 'cpu' never imports torch (numpy-only callers stay light)."""
+    if want == "cpu":
+        return "cpu"
+    if want != "auto" and not str(want).startswith("cuda"):
+        raise UserError(f"device {want!r}: use auto, cuda, cuda:N or cpu")
+    check = cuda_check()
     if want == "auto":
-        return "cuda" if available else "cpu"
-    if str(want).startswith("cuda") and available:
+        if check.usable:
+            return "cuda"
+        if check.name or nvidia_gpu_present():
+            log(f"WARNING: a GPU is here but unusable: {check.why}; running on the CPU ({check.fix})")
+        return "cpu"
+    if check.usable:
         return str(want)
-    raise UserError(f"device {want!r} is not available here; use 'cpu' or 'auto'")
+    raise UserError(f"device {want!r}: {check.why}; {check.fix}")
+
+
+def amp_dtype(device: str) -> "torch.dtype":
+    """float16 where the GPU has no fast bfloat16 (before sm_80: the T4, the P100), else bfloat16, which needs no
+    loss scaling headroom."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return torch.float16
 
 
 def autocast(device: str, enabled: bool) -> "torch.autocast":
     import torch
 
     # Mixed precision only on CUDA: bf16/fp16 on this kind of CPU is 10-300x slower than fp32.
-    return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device == "cuda")
+    on = enabled and device.startswith("cuda")
+    return torch.autocast("cuda", dtype=amp_dtype(device) if on else torch.float16, enabled=on)

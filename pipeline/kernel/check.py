@@ -33,17 +33,21 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
     from pipeline.kernel.wheels import baseline_venv
 
     inputs, out = Path(work) / "input", Path(work) / "working"
-    lay_out_inputs(pkg, data_dir, inputs)
+    package = lay_out_inputs(pkg, data_dir, inputs)
     out.mkdir(parents=True, exist_ok=True)
     if python is None:
         t = time.time()
-        python = baseline_venv(Path(work) / "venv", log=log)
+        # without the shipped dists, so the kernel installs them from its wheels as it does on Kaggle
+        python = baseline_venv(Path(work) / "venv", log=log, without=list(package.requires))
         log(f"kernel check: baseline-only venv in {time.time() - t:.1f}s")
+    wheels = _wheels_for(python, package, Path(work), log)
     # pip sees the package's wheels folder and nothing else: none of this machine's pip settings (find-links,
     # extra indexes), no user site-packages; and the kernel runs the packaged pipeline, not this checkout's
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
     env.update(PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
                NO_ALBUMENTATIONS_UPDATE="1", PIP_CONFIG_FILE=os.devnull, PYTHONNOUSERSITE="1")
+    if wheels:
+        env["PIPELINE_WHEELS"] = str(wheels)
     cmd = [str(python), str((pkg / "kernel" / spec.KERNEL_SCRIPT).resolve())]
     if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
         cmd = ["unshare", "-n"] + cmd
@@ -56,6 +60,23 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
         last = (r.stderr.strip().splitlines() or ["no output"])[-1].strip()
         raise UserError(f"the kernel failed offline (exit {r.returncode}): {last} (its output is above)")
     return out / "submission.csv"
+
+
+def _wheels_for(python, package: spec.Package, work: Path, log) -> Path | None:
+    """Where the check's interpreter is not the image's, the same pins as wheels built for it (fetched into
+    work/wheels): the package's own cannot install on it. None where the package's wheels serve."""
+    from pipeline.kernel.wheels import fetch
+
+    here = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    target = package.target.get("python", here)
+    if not package.requires or target == here:
+        return None
+    log(f"kernel check: the package's wheels are for Python {target}, this check runs Python {here}: it installs "
+        "the same versions built for it")
+    (work / "wheels").mkdir(exist_ok=True)
+    fetch(package.requires, work / "wheels", here, package.target["platforms"])
+    return work / "wheels"
 
 
 def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], object] = print) -> None:

@@ -10,11 +10,10 @@ from pipeline.kernel import spec
 
 def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     """Writes out_csv; returns its validated rows. models_dir: the models dataset (kernel.json at its root)."""
-    import torch
     import yaml
     from safetensors.torch import load_file
 
-    from pipeline.core.device import pick_device
+    from pipeline.core.device import amp_dtype, cuda_check
     from pipeline.core.progress import Progress
     from pipeline.data.image_cache import ImageReader, short_side
     from pipeline.data.layouts import load_dataset
@@ -30,9 +29,12 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     kernel = spec.KernelSpec.read(models_dir)
     variant = Variant.of(kernel.tricks)
-    device = pick_device()
-    log(f"kernel: {len(kernel.models)} model(s) on {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "") + f"; tricks: {describe(kernel.tricks)}")
+    # checked for real: Kaggle's torch has no kernels for the P100 it may give, though is_available() says True
+    check = cuda_check()
+    device = "cuda" if check.usable else "cpu"
+    on = (f"{check.name} (sm_{''.join(map(str, check.capability))}, {str(amp_dtype(device)).split('.')[1]} autocast)"
+          if check.usable else f"the CPU ({check.why})")
+    log(f"kernel: {len(kernel.models)} model(s) on {on}; tricks: {describe(kernel.tricks)}")
     views, centers, gallery, ds, timings = [[] for _ in range(4 if kernel.tricks["rotate"] else 1)], [], None, None, {}
     for name in kernel.models:
         t = time.time()

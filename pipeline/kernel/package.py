@@ -18,11 +18,13 @@ from pipeline.kernel import spec
 from pipeline.kernel.spec import KERNELS_DIR, Package
 from pipeline.retrieval.embeddings import Variant
 
-# dists the kernel imports that are not in Kaggle's declared baseline (kernel/kaggle_baseline.txt); they ship as
-# wheels with their dependency closure minus that baseline (kernel/wheels.py), at this machine's versions, so the
-# kernel runs what was tested
-WHEELS = ("timm", "albumentations", "safetensors")
-DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
+# what the kernel's code imports (kernel/infer.py and the floors under it), each with the oldest version that code is
+# proven on: Kaggle's image, whose versions bench/kaggle_image.py runs the kernel with. A need the image meets
+# (kaggle_baseline.txt) is taken from it; any other ships as a wheel of this machine's version with its closure
+# minus the baseline (kernel/wheels.py)
+NEEDS = ("torch>=2.10", "torchvision>=0.25", "timm>=1.0.26", "numpy>=2.0.2", "pandas>=2.2.2", "scipy>=1.16.3",
+         "albumentations>=2.0.8", "opencv-python-headless>=4.13", "pillow>=11.3", "PyYAML>=6.0.3",
+         "safetensors>=0.7", "joblib>=1.5.3", "huggingface_hub>=1.11")
 LICENSE = "CC0-1.0"
 
 
@@ -44,14 +46,21 @@ def default_owner() -> str | None:
 
 
 def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | None = None,
-          competition: str | None = None, python_version: str = "3.11", platforms: Sequence[str] = DEFAULT_PLATFORMS,
-          wheels: Sequence[str] = WHEELS, verify_it: bool = True, log: Callable[[str], object] = print) -> Path:
-    """Write kernels/<name>/ (atomically) and, with verify_it, run it offline on the configs' data. Returns the
-    package folder."""
+          competition: str | None = None, python_version: str | None = None, platforms: Sequence[str] | None = None,
+          wheels: Sequence[str] = (), accelerator: str = "T4", p100_confirmed: bool = False, verify_it: bool = True,
+          log: Callable[[str], object] = print) -> Path:
+    """Write kernels/<name>/ (atomically) and, with verify_it, run it offline on the configs' data. The wheels are
+    for the image's Python and platforms (kaggle_baseline.txt) unless python_version / platforms say otherwise;
+    wheels names dists to ship even where the image has them. Returns the package folder."""
     from pipeline.core import guard
+    from pipeline.kernel.runtime import accelerator as accelerator_key
+    from pipeline.kernel.wheels import baseline_target
     from pipeline.retrieval.runsets import prepare_run
 
     check_name(name)
+    accelerator = accelerator_key(accelerator, p100_confirmed)
+    target = baseline_target()
+    python_version, platforms = python_version or target[0], list(platforms or target[1])
     if not cfgs:
         raise UserError("no models given: ./run.sh kernel NAME --models m1 m2 ...")
     tricks = tricks or dict(DEFAULTS)
@@ -69,9 +78,12 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     try:
         _models_dataset(stage / "models", cfgs, runs, tricks, owner, slugs, competition)
         requires = _code_dataset(stage / "code", owner, slugs, wheels, python_version, platforms)
-        _kernel(stage / "kernel", owner, slugs, competition, requires)
+        _kernel(stage / "kernel", owner, slugs, competition, requires, accelerator)
         guard.check_tree(stage)
-        package = _inventory(stage, names, owner, slugs, competition, requires, tricks)
+        projection = _projection(cfgs, runs, tricks, accelerator, names)
+        package = _inventory(stage, names, owner, slugs, competition, requires, tricks,
+                             dict(python=python_version, platforms=platforms, accelerator=accelerator,
+                                  projected_seconds=round(projection.total_s)))
         dest = KERNELS_DIR / name
         old = dest.with_name(f".{name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -90,13 +102,26 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
         log(f"{dest / part}: {package.sizes[part] / 2**20:.1f} MB")
     for w in package.wheels:
         log(f"  wheel {w['file']}: {w['bytes'] / 2**20:.2f} MB")
-    log(f"  wheels: {len(package.wheels)} files, {package.sizes['wheels'] / 2**20:.1f} MB")
+    log(f"  wheels: {len(package.wheels)} files, {package.sizes['wheels'] / 2**20:.1f} MB, for Python "
+        f"{python_version} {platforms[0]}")
+    for line in projection.lines():
+        log(line)
     if verify_it:
         from pipeline.kernel.check import verify
 
         verify(dest, cfgs, tricks, log=log)
     log(f"wrote {dest}; next: ./run.sh upload {name}")
     return dest
+
+
+def refresh_baseline(folder: str | Path, log: Callable[[str], object] = print) -> Path:
+    """Rewrite kaggle_baseline.txt from Kaggle's published image files in folder (kernel/image.py)."""
+    from packaging.requirements import Requirement
+
+    from pipeline.kernel.image import refresh
+    from pipeline.kernel.wheels import BASELINE, INSTALLER
+
+    return refresh(Path(folder), BASELINE, [Requirement(n).name for n in NEEDS] + [INSTALLER], log=log)
 
 
 def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
@@ -157,31 +182,50 @@ def _dataset_metadata(root, owner, slug, title):
     (root / spec.DATASET_METADATA).write_text(json.dumps(meta, indent=1))
 
 
+def _projection(cfgs, runs, tricks, accelerator, names):
+    import numpy as np
+
+    from pipeline.kernel.runtime import project_runs
+
+    gallery = len(np.load(runs[0].dir / f"{runs[0].stems['gallery']}.npy", mmap_mode="r"))
+    sizes = [json.loads((r.dir / spec.MANIFEST).read_text())[r.stems["gallery"]].get("image_size") or c["image_size"]
+             for c, r in zip(cfgs, runs)]
+    return project_runs(cfgs, sizes, tricks, accelerator, gallery, names)
+
+
 def _code_dataset(root, owner, slugs, wheels, python_version, platforms):
-    from pipeline.kernel.wheels import BASELINE, fetch, kernel_closure
+    from pipeline.kernel.wheels import BASELINE, check_tags, fetch, kernel_closure
 
     _copy_code(root / "pipeline")
-    requires = kernel_closure(wheels, python_version, platforms)
+    requires = kernel_closure(NEEDS, wheels, python_version, platforms)
     wdir = root / "wheels"
     wdir.mkdir()
-    fetch(requires, wdir, python_version, platforms)
-    head = (f"# {' '.join(wheels) or 'nothing'} and their dependency closure minus {BASELINE.name}, for Python "
-            f"{python_version} on {' / '.join(platforms)}: one wheel each in wheels/\n")
+    if requires:
+        fetch(requires, wdir, python_version, platforms)
+        check_tags(wdir, python_version, platforms)
+    head = (f"# what the image lacks of {' '.join(NEEDS)}{' plus ' + ' '.join(wheels) if wheels else ''}, and "
+            f"their dependency closure minus {BASELINE.name}, for Python {python_version} on {platforms[0]} and "
+            "older: one wheel each in wheels/\n")
     (root / spec.REQUIREMENTS).write_text(head + "".join(f"{d}=={v}\n" for d, v in requires.items()))
     _dataset_metadata(root, owner, slugs["code"], f"{slugs['kernel']} code")
     return requires
 
 
-def _kernel(root, owner, slugs, competition, requires):
+def _kernel(root, owner, slugs, competition, requires, accelerator):
+    from pipeline.kernel.runtime import ACCELERATORS
+
     root.mkdir()
     settings = {"owner": owner, "code_slug": slugs["code"], "models_slug": slugs["models"],
                 "competition": competition, "requires": requires}
     body = (Path(__file__).parent / "template.py").read_text()
     (root / spec.KERNEL_SCRIPT).write_text(f"SETTINGS = {json.dumps(settings, indent=1)}\n\n{body}")
     meta = {"id": f"{owner}/{slugs['kernel']}", "title": slugs["kernel"], "code_file": spec.KERNEL_SCRIPT,
-            "language": "python", "kernel_type": "script", "is_private": True, "enable_gpu": True,
+            "language": "python", "kernel_type": "script", "is_private": True,
+            "enable_gpu": bool(ACCELERATORS[accelerator].machine_shape),
             "enable_internet": False, "dataset_sources": [f"{owner}/{slugs['models']}", f"{owner}/{slugs['code']}"],
             "competition_sources": [competition], "kernel_sources": [], "model_sources": []}
+    if ACCELERATORS[accelerator].machine_shape:  # enable_gpu alone gives the P100, which Kaggle's torch cannot use
+        meta["machine_shape"] = ACCELERATORS[accelerator].machine_shape
     (root / spec.KERNEL_METADATA).write_text(json.dumps(meta, indent=1))
 
 
@@ -196,14 +240,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _inventory(stage, names, owner, slugs, competition, requires, tricks):
+def _inventory(stage, names, owner, slugs, competition, requires, tricks, target):
     files = [{"path": str(p.relative_to(stage)), "bytes": p.stat().st_size}
              for p in sorted(stage.rglob("*")) if p.is_file()]
     sizes = {part: sum(f["bytes"] for f in files if f["path"].startswith(part + "/")) for part in spec.PARTS}
     wheels = [{"file": Path(f["path"]).name, "bytes": f["bytes"]} for f in files if f["path"].endswith(".whl")]
     sizes["wheels"] = sum(w["bytes"] for w in wheels)  # their total, within code's
     package = Package(names, owner, slugs, competition, requires, tricks, git_commit(),
-                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sizes, wheels, files)
+                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), sizes, wheels, files, target)
     package.write(stage)
     return package
 

@@ -64,6 +64,7 @@ class Package:
     sizes: dict = field(default_factory=dict)  # part -> bytes
     wheels: list = field(default_factory=list)  # {file, bytes}
     files: list = field(default_factory=list)  # {path, bytes}
+    target: dict = field(default_factory=dict)  # python, platforms, accelerator, projected_seconds
 
     def ref(self, part: str) -> str:
         """The Kaggle reference <owner>/<slug> of a part."""

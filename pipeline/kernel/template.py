@@ -55,7 +55,8 @@ def main() -> None:
     code = mounted(SETTINGS["code_slug"], owner, "datasets")
     models = mounted(SETTINGS["models_slug"], owner, "datasets")
     data = mounted(SETTINGS["competition"], owner, "competitions")
-    ensure_packages(code / "wheels")
+    # PIPELINE_WHEELS: the offline check's wheels of the same versions for its own interpreter
+    ensure_packages(Path(os.environ.get("PIPELINE_WHEELS", code / "wheels")))
     sys.path.insert(0, str(code))
     from pipeline.kernel.infer import run
 

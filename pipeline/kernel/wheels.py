@@ -1,8 +1,10 @@
-"""The kernel's wheels. Kaggle's image is assumed to provide a declared baseline (kaggle_baseline.txt); everything
-else the kernel imports ships in the code dataset: the dependency closure of the kernel's own dists (read from the
-metadata installed here, markers evaluated for the target Python on Linux) minus the baseline, each pinned to the
-version installed here and downloaded as a wheel. The offline check runs the kernel in baseline_venv(): a new venv
-that sees only the baseline, so a dependency missing from the wheels fails here, not first on Kaggle."""
+"""The kernel's wheels. Kaggle's image provides the baseline (kaggle_baseline.txt, derived from the image as
+published by kernel/image.py); a need of the kernel's code (package.NEEDS) the image meets at a version that code
+works with is taken from it, and everything else ships in the code dataset: the dependency closure of what must ship
+(read from the metadata installed here, markers evaluated for the image's Python on Linux) minus the baseline, each
+pinned to the version installed here and downloaded as a wheel for the image's Python and platform. The offline
+check runs the kernel in baseline_venv(): a new venv that sees only the baseline's dists, so a dependency missing
+from the wheels fails here, not first on Kaggle."""
 import importlib.metadata
 import platform
 import subprocess
@@ -20,10 +22,12 @@ BASELINE = Path(__file__).with_name("kaggle_baseline.txt")
 # the installer the kernel calls: on Kaggle it is part of every Python image, here it joins the check venv's
 # baseline so the venv needs no copy of its own
 INSTALLER = "pip"
+PYTHON = "python"  # the baseline's line naming the image's interpreter
 
 
 def read_baseline(path: Path = BASELINE) -> dict[str, str]:
-    """{canonical name: version} of the baseline file; a line that is not `name==version` is a UserError."""
+    """{canonical name: version} of the baseline file's dists (not its `python==` line); a line that is not
+    `name==version` is a UserError."""
     pins = {}
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
@@ -33,7 +37,24 @@ def read_baseline(path: Path = BASELINE) -> dict[str, str]:
         if not sep or not name.strip() or not version.strip():
             raise UserError(f"{path}:{n}: '{line}' is not name==version; write one pin a line")
         pins[canonicalize_name(name)] = version.strip()
+    pins.pop(PYTHON, None)
     return pins
+
+
+def baseline_target(path: Path = BASELINE) -> tuple[str, list[str]]:
+    """The image's Python (X.Y) and the wheel platform tags of its OS, as the baseline names them: the wheels are
+    built for these."""
+    from pipeline.kernel.image import platforms_for
+
+    text, python = Path(path).read_text(), None
+    for line in text.splitlines():
+        name, _, version = line.split("#")[0].strip().partition("==")
+        if canonicalize_name(name) == PYTHON:
+            python = ".".join(version.strip().split(".")[:2])
+    os_name = next((x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("# OS:")), None)
+    if not python or not os_name:
+        raise UserError(f"{path}: no python==X.Y.Z or '# OS:' line; rewrite it with ./run.sh kernel --refresh-baseline")
+    return python, platforms_for(os_name)
 
 
 def target_environment(python_version: str, platforms: Sequence[str]) -> dict:
@@ -81,16 +102,22 @@ def closure(roots: Iterable[str], env: dict, stop: dict[str, str] | None = None,
     return dict(sorted(pins.items(), key=lambda kv: canonicalize_name(kv[0])))
 
 
-def kernel_closure(roots: Sequence[str], python_version: str, platforms: Sequence[str],
+def kernel_closure(needs: Sequence[str], extra: Sequence[str], python_version: str, platforms: Sequence[str],
                    baseline: Path = BASELINE) -> dict[str, str]:
-    """What the code dataset ships: roots and their dependency closure minus the baseline, at this machine's
-    versions."""
+    """What the code dataset ships, at this machine's versions: each need (a requirement such as timm>=1.0.26) the
+    baseline does not meet, the extra dists (shipped even where the image has them), and their dependency closure
+    minus the rest of the baseline."""
     base = read_baseline(baseline)
-    for r in roots:
-        if canonicalize_name(r) in base:
-            raise UserError(f"--wheels {r}: {baseline} says Kaggle's image has it; drop it from --wheels, or "
-                            "remove it from that file to ship it")
-    return closure(roots, target_environment(python_version, platforms), stop=base, stop_source=baseline)
+    try:
+        reqs = [Requirement(n) for n in needs]
+    except InvalidRequirement as e:
+        raise UserError(f"{e}: a need is a requirement such as timm>=1.0.26") from None
+    roots = [r.name for r in reqs if not (canonicalize_name(r.name) in base and
+                                          r.specifier.contains(base[canonicalize_name(r.name)], prereleases=True))]
+    roots += [x for x in extra if canonicalize_name(x) not in {canonicalize_name(r) for r in roots}]
+    shipped = {canonicalize_name(r) for r in roots}
+    stop = {k: v for k, v in base.items() if k not in shipped}
+    return closure(roots, target_environment(python_version, platforms), stop=stop, stop_source=baseline)
 
 
 def fetch(pins: dict[str, str], dest: Path, python_version: str, platforms: Sequence[str]) -> dict[str, Path]:
@@ -122,32 +149,54 @@ def fetch(pins: dict[str, str], dest: Path, python_version: str, platforms: Sequ
     return {n: got[canonicalize_name(n)] for n in pins}
 
 
+def check_tags(folder: Path, python_version: str, platforms: Sequence[str]) -> None:
+    """Every wheel in folder installs on CPython python_version on these platforms (pip's own tag rules), or a
+    UserError naming the first that does not."""
+    from packaging.tags import compatible_tags, cpython_tags
+
+    version = tuple(int(x) for x in python_version.split("."))
+    tags = list(platforms)
+    ok = set(cpython_tags(version, platforms=tags)) | set(compatible_tags(version, platforms=tags))
+    for whl in sorted(Path(folder).glob("*.whl")):
+        if not parse_wheel_filename(whl.name)[3] & ok:
+            raise UserError(f"{whl.name}: not installable on CPython {python_version} {platforms[0]}; pip download "
+                            "gave the wrong build, check the --platform tags")
+
+
 def _is_pure(name: str) -> bool:
     tags = [x.split(":", 1)[1].strip() for x in (importlib.metadata.distribution(name).read_text("WHEEL") or
                                                    "").splitlines() if x.startswith("Tag:")]
     return bool(tags) and all(t.endswith("-none-any") for t in tags)
 
 
-def baseline_venv(dest: Path, baseline: Path = BASELINE, log: Callable[[str], object] = print) -> Path:
-    """A new venv at dest whose only packages are the baseline's dists of this interpreter (and pip): their files
-    symlinked into dest/baseline (whole folders where no other dist installed here shares them), which a .pth file
-    puts on the venv's path. Returns its python. The baseline must be closed under its own requirements."""
+def baseline_venv(dest: Path, baseline: Path = BASELINE, log: Callable[[str], object] = print,
+                  without: Sequence[str] = ()) -> Path:
+    """A new venv at dest whose only packages are the baseline's dists as installed here, what those need here, and
+    pip: their files symlinked into dest/baseline (whole folders where no other dist installed here shares them),
+    which a .pth file puts on the venv's path. Returns its python. Where this machine's versions are not the
+    image's, the venv has this machine's (bench/kaggle_image.py runs the kernel on the image's own). The dists in
+    without (what a package ships) are left out, so a kernel installs them as it would over the image's."""
     base = read_baseline(baseline)
-    have = {}
+    for name in without:
+        base.pop(canonicalize_name(name), None)
+    have, other, absent = {}, [], []
     for key, version in base.items():
         try:
             have[key] = importlib.metadata.distribution(key)
         except importlib.metadata.PackageNotFoundError:
-            log(f"kernel check: {key}=={version} of the baseline is not installed here; the check runs without it")
+            absent.append(key)
             continue
         if have[key].version != version:
-            log(f"kernel check: the baseline says {key}=={version}, this machine has {have[key].version}; "
-                "the check runs with this machine's")
+            other.append(f"{key} {have[key].version}")
     env = target_environment(f"{sys.version_info[0]}.{sys.version_info[1]}", [platform.machine()])  # the venv's
-    outside = sorted(set(canonicalize_name(n) for n in closure(list(have), env)) - set(base))
-    if outside:
-        raise UserError(f"{baseline}: its dists need {', '.join(outside)}, not listed; add them (name==version as "
-                        "installed here) or the check venv cannot import the baseline")
+    skip = {canonicalize_name(n) for n in without}
+    for name in closure(list(have), env):  # what this machine's versions of them need, listed or not
+        if canonicalize_name(name) not in skip:
+            have.setdefault(canonicalize_name(name), importlib.metadata.distribution(name))
+    if other or absent:
+        log(f"kernel check: {len(other)} of the baseline's {len(base)} dists have another version here, "
+            f"{len(absent)} are not installed; the check runs with this machine's ({', '.join(other[:6])}"
+            f"{' ...' if len(other) > 6 else ''})")
     venv.EnvBuilder(with_pip=False, symlinks=True, clear=True).create(dest)
     overlay = Path(dest) / "baseline"
     overlay.mkdir()

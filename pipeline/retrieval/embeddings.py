@@ -184,7 +184,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
     manifest = read_manifest(out)
-    state, model, reader, orient, device, computed = None, None, None, None, pick_device(), []
+    state, model, reader, orient, device, computed = None, None, None, None, pick_device(cfg["device"], log), []
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
     for name in SPLITS:
         state = state or checkpoint.load(ck_path, cfg)

@@ -21,11 +21,13 @@ example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --own
          ./run.sh kernel hotel --from-report runs/ensembles/table2 --owner myname"""
 from pipeline.config import add_run_set_arguments
 from pipeline.inference.tricks import add_trick_arguments
-from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
+from pipeline.kernel.package import NEEDS
+from pipeline.kernel.runtime import ACCELERATORS
 
 
 def add_arguments(p):
-    p.add_argument("name", help="kernel name: lower-case letters, digits and '-' (also the datasets' prefix)")
+    p.add_argument("name", nargs="?", help="kernel name: lower-case letters, digits and '-' (also the datasets' "
+                   "prefix)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--models", nargs="+", metavar="config", help="trained configs (m1 m2 ...)")
     source.add_argument("--from-report", metavar="REPORT", help="an ensemble-report's folder (runs/ensembles/<out>): "
@@ -34,21 +36,34 @@ def add_arguments(p):
     p.add_argument("--competition", help="Kaggle competition slug (default: the config's `competition`)")
     p.add_argument("--owner", help="Kaggle user that will own the datasets and kernel (default: the username in "
                    "KAGGLE_USERNAME or kaggle.json)")
-    p.add_argument("--python-version", default="3.11", help="the kernel image's Python, for the wheels (3.11)")
+    p.add_argument("--accelerator", action="append", metavar="GPU",
+                   help=f"the kernel's machine: {', '.join(ACCELERATORS)} or the client's names (default T4; "
+                   "P100 is refused unless given twice: Kaggle's torch has no kernels for it)")
+    p.add_argument("--python-version", help="the image's Python, for the wheels (default: the python== line of "
+                   "pipeline/kernel/kaggle_baseline.txt)")
     p.add_argument("--platform", action="append", metavar="TAG",
-                   help=f"wheel platform tag, repeatable (default: {' '.join(DEFAULT_PLATFORMS)})")
-    p.add_argument("--wheels", nargs="*", default=list(WHEELS), metavar="DIST",
-                   help=f"installed dists to ship as wheels, with their dependencies not in "
-                   f"pipeline/kernel/kaggle_baseline.txt (default: {' '.join(WHEELS)})")
+                   help="wheel platform tag, repeatable (default: those of the image's OS, from the baseline)")
+    p.add_argument("--wheels", nargs="*", default=[], metavar="DIST",
+                   help="installed dists to ship as wheels even where Kaggle's image has them, with their "
+                   f"dependencies not in the baseline (always shipped: what the image lacks of {' '.join(NEEDS)})")
+    p.add_argument("--refresh-baseline", nargs="?", const="docs/kaggle-image", metavar="DIR",
+                   help="rewrite pipeline/kernel/kaggle_baseline.txt from Kaggle's published image files in DIR "
+                   "(default docs/kaggle-image: a pip freeze, an os-info file, sources.txt) and stop; needs PyPI")
     p.add_argument("--no-verify", action="store_true", help="skip the offline run of the kernel on --data")
     add_trick_arguments(p)
 
 
 def run(args):
+    from pipeline.core.errors import UserError
     from pipeline.experiments.ensemble import kernel_runs
-    from pipeline.kernel.package import build
+    from pipeline.kernel.package import build, refresh_baseline
 
+    if args.refresh_baseline:
+        return refresh_baseline(args.refresh_baseline)
+    if not args.name:
+        raise UserError("kernel: give the kernel's NAME (./run.sh kernel NAME --models m1 ...)")
+    gpu = args.accelerator or ["T4"]
     cfgs, tricks = kernel_runs(args)
-    build(args.name, cfgs, tricks=tricks, owner=args.owner,
-          competition=args.competition, python_version=args.python_version,
-          platforms=args.platform or list(DEFAULT_PLATFORMS), wheels=args.wheels, verify_it=not args.no_verify)
+    build(args.name, cfgs, tricks=tricks, owner=args.owner, competition=args.competition,
+          python_version=args.python_version, platforms=args.platform, wheels=args.wheels, accelerator=gpu[-1],
+          p100_confirmed=len(gpu) > 1 and len({g.lower() for g in gpu}) == 1, verify_it=not args.no_verify)

@@ -130,8 +130,11 @@ def _setup(cfg, log):
     if cfg["nonfinite_loss"] not in ("stop", "skip"):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
     validation.check(cfg)
+    if cfg["device"] not in ("auto", "cuda", "cpu"):
+        raise UserError(f"device={cfg['device']!r}: use auto, cuda or cpu (torchrun gives each process its GPU)")
+    device = pick_device(cfg["device"], distributed.main_only(log))
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
-    return _Run(cfg, distributed.main_only(log), out, rank, world, pick_device(), train_items, val_items,
+    return _Run(cfg, distributed.main_only(log), out, rank, world, device, train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
                 gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]), text=text)
 
