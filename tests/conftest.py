@@ -76,6 +76,7 @@ def trained(tiny_data, tmp_path_factory):
 # the kernel fixture packages the tricks that need files beside the weights (class centers, the rotation classifier)
 # or views of the queries, so its offline check proves Kaggle's kernel computes them as ensemble does
 KERNEL_TRICKS = ["--rotate", "--upright", "--knn-alpha", "0.5", "--fill", "blendflip"]
+KERNEL_WHEELS = ["timm", "albumentations", "albucore", "stringzilla"]
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +84,12 @@ def kernel_package(trained, tmp_path_factory):
     """kernels/tiny-kernel built (and verified by the stage itself) in a fresh project folder: (folder, package dir)."""
     tiny, runs = trained
     work = tmp_path_factory.mktemp("project")
+    # the image has every need at a version the kernel works with, so nothing would ship: these are shipped anyway
+    # (pure and compiled wheels, a dependency among them) so the check proves the install path too
     p = cli("kernel", "tiny-kernel", "--models", runs / "a.yaml", runs / "b.yaml", "--owner", "tester",
-            *KERNEL_TRICKS, *tiny_overrides(tiny, runs, "epochs=1"), cwd=work, env=PYPATH)
+            "--wheels", *KERNEL_WHEELS, *KERNEL_TRICKS, *tiny_overrides(tiny, runs, "epochs=1"), cwd=work,
+            env=PYPATH)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "kernel check: offline run" in p.stdout and "its submission equals" in p.stdout, p.stdout
+    assert "run-time projection on T4 for 5000 test photos" in p.stdout, p.stdout
     return work, work / "kernels" / "tiny-kernel"

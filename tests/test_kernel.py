@@ -4,6 +4,7 @@ packages it installs them from the packaged wheels first. The credential guard r
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -18,6 +19,7 @@ def test_package_layout_and_metadata(kernel_package):
     meta = json.loads((pkg / "kernel" / "kernel-metadata.json").read_text())
     assert meta["id"] == "tester/tiny-kernel" and meta["code_file"] == "kernel.py"
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True and meta["is_private"] is True
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # not enable_gpu alone: that gives the P100
     assert meta["dataset_sources"] == ["tester/tiny-kernel-models", "tester/tiny-kernel-code"]
     assert meta["competition_sources"] == ["hotel-id-to-combat-human-trafficking-2022-fgvc9"]
     for part, slug in (("models", "tiny-kernel-models"), ("code", "tiny-kernel-code")):
@@ -31,11 +33,9 @@ def test_package_layout_and_metadata(kernel_package):
 
         weights = load_file(str(pkg / "models" / m / "model.safetensors"))
         assert weights and not any(k.startswith(("head.", "optimizer")) for k in weights)
-    # the closure of timm, albumentations and safetensors minus Kaggle's baseline (tests/test_kernel_closure.py)
+    # what --wheels forces, nothing more: their dependencies are all in Kaggle's image (tests/test_kernel_closure.py)
     wheels = sorted(p.name.split("-")[0] for p in (pkg / "code" / "wheels").glob("*.whl"))
-    assert wheels == ["albucore", "albumentations", "annotated_types", "anyio", "click", "h11", "hf_xet",
-                      "httpcore2", "httpx2", "huggingface_hub", "pydantic", "pydantic_core", "safetensors", "simsimd",
-                      "stringzilla", "timm", "truststore", "typing_inspection"]
+    assert wheels == ["albucore", "albumentations", "stringzilla", "timm"]
     # the code dataset holds whole floors, those inference stands on and the kernel's; the offline check proves it
     # is enough
     code = pkg / "code" / "pipeline"
@@ -49,11 +49,27 @@ def test_package_layout_and_metadata(kernel_package):
     assert package_json["sizes"]["code"] == sum(f["bytes"] for f in package_json["files"]
                                                 if f["path"].startswith("code/"))
     assert (pkg / "verified.json").is_file()
+    assert package_json["target"]["python"] == "3.12" and package_json["target"]["accelerator"] == "T4"
 
 
-def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
+def test_wheels_are_for_the_images_python_and_platform(kernel_package):
+    """Kaggle's image is CPython 3.12 on Ubuntu 22.04 x86_64: every wheel in the package listing is built for it or
+    pure Python."""
+    from packaging.utils import parse_wheel_filename
+
+    listing = json.loads((kernel_package[1] / "package.json").read_text())["wheels"]
+    assert listing
+    for w in listing:
+        tags = parse_wheel_filename(w["file"])[3]
+        assert all(t.platform == "any" and t.abi == "none" and t.interpreter.startswith("py3") or
+                   t.interpreter == "cp312" and t.abi in ("cp312", "abi3") and
+                   re.fullmatch(r"manylinux(_2_(1[7-9]|2\d|3[0-5])|2014)_x86_64", t.platform) for t in tags), w
+    assert any(t.interpreter == "cp312" for w in listing for t in parse_wheel_filename(w["file"])[3])
+
+def test_kernel_offline_equals_local_ensemble(kernel_package, trained, monkeypatch):
     """In a new venv that holds only Kaggle's baseline the kernel installs its wheels, then writes exactly the
-    submission ./run.sh ensemble writes."""
+    submission ./run.sh ensemble writes; with CUDA_VISIBLE_DEVICES pointing at nothing it says so in one line."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     package = kernel_package
     from pipeline.kernel.check import run_offline
 
@@ -66,6 +82,10 @@ def test_kernel_offline_equals_local_ensemble(kernel_package, trained):
     got = run_offline(pkg, tiny / "data", work / "offline", log=lines.append)
     text = "\n".join(lines)
     assert "timm missing, need" in text and "stringzilla missing, need" in text and "installed " in text, text
+    here = "%d.%d" % sys.version_info[:2]
+    assert f"this check runs Python {here}: it installs the same versions of stringzilla built for it" in text, text
+    assert len(re.findall(r"\| kernel: 2 model\(s\) on the CPU \(CUDA_VISIBLE_DEVICES='' hides every GPU\); "
+                          "tricks: ", text)) == 1, text
     # Kaggle's log is no terminal: each model's embedding of the test images (4 turns: --rotate) ends with a line
     done = re.findall(r"\| kernel: embedding (\w+) test \(4 turns\): (\d+)/(\d+) images \(100%\), [\d.]+ img/s, "
                       r"done in [\d.]+s$", text, re.M)

@@ -6,65 +6,91 @@ import shutil
 import subprocess
 
 import pytest
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from pipeline.core.errors import UserError
-from pipeline.kernel.package import DEFAULT_PLATFORMS, WHEELS
-from pipeline.kernel.wheels import BASELINE, closure, kernel_closure, read_baseline, target_environment
+from pipeline.kernel.image import SOURCES_DIR, read_image
+from pipeline.kernel.package import NEEDS
+from pipeline.kernel.wheels import BASELINE, baseline_target, kernel_closure, read_baseline
 
-from conftest import ROOT
+from conftest import KERNEL_WHEELS, ROOT
 
 
-def test_closure_follows_requirements_markers_and_stops_at_the_baseline(tmp_path):
-    got = {canonicalize_name(n) for n in kernel_closure(["albumentations"], "3.11", DEFAULT_PLATFORMS)}
-    assert {"albumentations", "albucore", "stringzilla", "simsimd", "pydantic", "pydantic-core"} <= got
-    assert not got & {"numpy", "scipy", "pyyaml", "opencv-python-headless", "typing-extensions"}
-    assert not got & set(read_baseline())
-    # safetensors requires nothing but through extras, which nobody asks for here
-    assert list(kernel_closure(["safetensors"], "3.11", DEFAULT_PLATFORMS)) == ["safetensors"]
+def test_closure_ships_what_the_image_lacks_and_stops_at_the_baseline(tmp_path):
+    py, platforms = baseline_target()
+    # the image has every need at a version the kernel works with (bench/kaggle_image.py proves it)
+    assert kernel_closure(NEEDS, [], py, platforms) == {}
+    # forced, albumentations ships alone: its dependencies are in the image
+    assert list(kernel_closure(NEEDS, ["albumentations"], py, platforms)) == ["albumentations"]
+    # a need the image meets only at an older version ships with what it needs beyond the baseline
+    newer = [n if not n.startswith("timm") else "timm>=9" for n in NEEDS]
+    assert list(kernel_closure(newer, [], py, platforms)) == ["timm"]
+    # without albucore and the string libraries in the image they ship with albumentations
+    thin = tmp_path / "baseline.txt"
+    thin.write_text("\n".join(x for x in BASELINE.read_text().splitlines()
+                              if not x.startswith(("albucore", "stringzilla", "simsimd"))))
+    got = {canonicalize_name(n) for n in kernel_closure(NEEDS, ["albumentations"], py, platforms, baseline=thin)}
+    assert got == {"albumentations", "albucore", "stringzilla", "simsimd"}
     # markers are the target's: for Python 3.9 albumentations also needs eval-type-backport, not installed here
     with pytest.raises(UserError, match="albumentations needs eval-type-backport, which is not installed here"):
-        kernel_closure(["albumentations"], "3.9", DEFAULT_PLATFORMS)
-    with pytest.raises(UserError, match="--wheels numpy: .*kaggle_baseline.txt says Kaggle's image has it"):
-        kernel_closure(["timm", "numpy"], "3.11", DEFAULT_PLATFORMS)
+        kernel_closure(NEEDS, ["albumentations"], "3.9", platforms)
+    # an image whose numpy is older than the kernel needs: numpy ships
+    old = tmp_path / "old.txt"
+    old.write_text(BASELINE.read_text().replace("numpy==2.0.2", "numpy==1.0"))
+    assert list(kernel_closure(NEEDS, [], py, platforms, baseline=old)) == ["numpy"]
     # a baseline version that a shipped dist's requirement excludes is refused, naming both
-    old = tmp_path / "baseline.txt"
-    old.write_text(BASELINE.read_text().replace("numpy==2.4.6", "numpy==1.0"))
-    with pytest.raises(UserError, match=r"needs numpy>=1\.24\.4, but .*baseline.txt declares numpy==1\.0"):
-        kernel_closure(["albumentations"], "3.11", DEFAULT_PLATFORMS, baseline=old)
+    old.write_text(BASELINE.read_text().replace("pydantic==2.12.3", "pydantic==1.0"))
+    with pytest.raises(UserError, match=r"albumentations needs pydantic>=[\d.]+, but .*old.txt declares "
+                       r"pydantic==1\.0"):
+        kernel_closure(NEEDS, ["albumentations"], py, platforms, baseline=old)
 
 
-def test_baseline_is_closed_and_pinned_as_tested_here(tmp_path):
-    import importlib.metadata
-
+def test_baseline_is_kaggles_published_image():
+    """Every dist in the baseline is in the image's pip freeze at that version, the interpreter is the image's,
+    the kernel's needs are roots of it, and the vendored sources are the shared ones where those are at hand."""
+    image = read_image()
     base = read_baseline()
-    pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==")
-            pins[canonicalize_name(name)] = version.strip()
-    for name, version in base.items():
-        assert importlib.metadata.version(name) == version, name
-        assert pins.get(name, version) == version, name
-    needed = {canonicalize_name(n) for n in closure(base, target_environment("3.11", DEFAULT_PLATFORMS))}
-    assert needed == set(base)
+    assert {n: v for n, v in base.items() if image.freeze.get(n) != v} == {}
+    assert base["torch"] == "2.10.0+cu128" and base["pandas"] == "2.2.2" and base["numpy"] == "2.0.2"
+    assert image.python == "3.12.13" and baseline_target()[0] == "3.12"
+    assert "manylinux_2_35_x86_64" in baseline_target()[1]  # Ubuntu 22.04: glibc 2.35
+    text = BASELINE.read_text()
+    roots = {canonicalize_name(x.split("==")[0]) for x in text.splitlines() if x.endswith("# root")}
+    assert roots == {canonicalize_name(Requirement(n).name) for n in NEEDS} | {"pip"}
+    for source in image.sources:
+        assert source.split()[0] in text  # the header names each source with its commit
+    shared = ROOT.parent / "shared" / "kaggle-image"
+    if shared.is_dir():
+        for f in SOURCES_DIR.iterdir():
+            if (shared / f.name).is_file():
+                assert f.read_bytes() == (shared / f.name).read_bytes(), f.name
+    bad = SOURCES_DIR.parent / "nope"
+    with pytest.raises(UserError, match="sources.txt not found"):
+        read_image(bad)
+
+
+def test_read_baseline_refuses_a_line_that_is_no_pin(tmp_path):
     bad = tmp_path / "baseline.txt"
-    bad.write_text("# ok\ntorch==2.14.1\nnumpy>=2\n")
-    with pytest.raises(UserError, match=r"baseline.txt:3: 'numpy>=2' is not name==version"):
+    bad.write_text("# ok\npython==3.12.1\ntorch==2.14.1\nnumpy>=2\n")
+    with pytest.raises(UserError, match=r"baseline.txt:4: 'numpy>=2' is not name==version"):
         read_baseline(bad)
+    bad.write_text("torch==2.14.1\n")
+    with pytest.raises(UserError, match="no python==X.Y.Z or '# OS:' line"):
+        baseline_target(bad)
 
 
 def test_requirements_file_matches_the_wheels(kernel_package):
     _, pkg = kernel_package
     lines = (pkg / "code" / "requirements-kernel.txt").read_text().splitlines()
-    assert lines[0].startswith("# timm albumentations safetensors and their dependency closure")
+    assert lines[0].startswith("# what the image lacks of torch>=2.10")
     listed = dict(line.split("==") for line in lines if not line.startswith("#"))
     wheels = {}
     for p in (pkg / "code" / "wheels").glob("*.whl"):
         name, version, *_ = parse_wheel_filename(p.name)
         wheels[canonicalize_name(name)] = str(version)
     assert wheels == {canonicalize_name(n): v for n, v in listed.items()}
-    assert listed == kernel_closure(WHEELS, "3.11", DEFAULT_PLATFORMS)
+    assert listed == kernel_closure(NEEDS, KERNEL_WHEELS, *baseline_target())
     package = json.loads((pkg / "package.json").read_text())
     assert package["requires"] == listed
     assert package["sizes"]["wheels"] == sum(w["bytes"] for w in package["wheels"]) > 0
@@ -72,28 +98,33 @@ def test_requirements_file_matches_the_wheels(kernel_package):
 
 
 def test_baseline_venv_sees_the_baseline_and_nothing_else(tmp_path):
+    """The image's dists as installed here (this machine's versions: bench/kaggle_image.py runs the image's own),
+    less what a package ships (without), and nothing else."""
+    import importlib.metadata
+
     from pipeline.kernel.wheels import baseline_venv
 
-    py = baseline_venv(tmp_path / "venv", log=lambda *a: None)
-    probe = ("import importlib.metadata as m, importlib.util as u, numpy, yaml, pip\n"
+    lines = []
+    py = baseline_venv(tmp_path / "venv", log=lines.append, without=["timm"])
+    assert len(lines) == 1 and "have another version here" in lines[0], lines
+    probe = ("import importlib.metadata as m, importlib.util as u, numpy, yaml, pip, albumentations\n"
              "print(m.version('numpy'), m.version('torch'), u.find_spec('torch') is not None)\n"
-             "for name in ('timm', 'pydantic', 'stringzilla', 'pytest', 'kaggle', 'matplotlib'):\n"
+             "for name in ('timm', 'pytest', 'kaggle', 'matplotlib', 'faiss'):\n"
              "    assert u.find_spec(name) is None, name\n"
              "    try: m.version(name)\n"
              "    except m.PackageNotFoundError: continue\n"
              "    raise AssertionError(name)\n")
     r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, env={"PYTHONNOUSERSITE": "1"})
     assert r.returncode == 0, r.stderr
-    base = read_baseline()
-    assert r.stdout.split() == [base["numpy"], base["torch"], "True"]
+    assert r.stdout.split() == [importlib.metadata.version("numpy"), importlib.metadata.version("torch"), "True"]
     r = subprocess.run([str(py), "-c", "import timm"], capture_output=True, text=True)
     assert "No module named 'timm'" in r.stderr
 
 
-@pytest.mark.parametrize("dist, unlisted", [("stringzilla", False), ("simsimd", True)])
+@pytest.mark.parametrize("dist, unlisted", [("stringzilla", False), ("albucore", True)])
 def test_check_fails_when_a_dependency_wheel_is_removed(kernel_package, trained, tmp_path, dist, unlisted):
     """The wheel removed from the package; unlisted: from the kernel's list too (a closure that missed it), so
-    only pip's resolution of albucore's requirements can notice."""
+    only pip's resolution of albumentations' requirements can notice."""
     from pipeline.kernel.check import run_offline
 
     _, pkg = kernel_package
@@ -109,6 +140,6 @@ def test_check_fails_when_a_dependency_wheel_is_removed(kernel_package, trained,
         settings = json.loads(head.removeprefix("SETTINGS = "))
         del settings["requires"][dist]
         script.write_text(f"SETTINGS = {json.dumps(settings)}\n\n{body}")
-    with pytest.raises(UserError, match=f"pip could not install .*{dist}{'>=' if unlisted else '=='}") as e:
+    with pytest.raises(UserError, match=f"pip could not install .*{dist}==") as e:
         run_offline(copy, tiny / "data", tmp_path / "run", log=lambda *a: None)
     assert "\n" not in str(e.value), str(e.value)

@@ -40,7 +40,7 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
         # without the shipped dists, so the kernel installs them from its wheels as it does on Kaggle
         python = baseline_venv(Path(work) / "venv", log=log, without=list(package.requires))
         log(f"kernel check: baseline-only venv in {time.time() - t:.1f}s")
-    wheels = _wheels_for(python, package, Path(work), log)
+    wheels = _wheels_for(python, package, pkg, Path(work), log)
     # pip sees the package's wheels folder and nothing else: none of this machine's pip settings (find-links,
     # extra indexes), no user site-packages; and the kernel runs the packaged pipeline, not this checkout's
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
@@ -62,9 +62,12 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
     return out / "submission.csv"
 
 
-def _wheels_for(python, package: spec.Package, work: Path, log) -> Path | None:
-    """Where the check's interpreter is not the image's, the same pins as wheels built for it (fetched into
-    work/wheels): the package's own cannot install on it. None where the package's wheels serve."""
+def _wheels_for(python, package: spec.Package, pkg: Path, work: Path, log) -> Path | None:
+    """Where the check's interpreter is not the image's, the package's wheels as this interpreter sees them
+    (work/wheels): each one it can install, and of each compiled one the same version built for it. A wheel missing
+    from the package stays missing. None where the package's own wheels serve."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
     from pipeline.kernel.wheels import fetch
 
     here = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -72,11 +75,21 @@ def _wheels_for(python, package: spec.Package, work: Path, log) -> Path | None:
     target = package.target.get("python", here)
     if not package.requires or target == here:
         return None
-    log(f"kernel check: the package's wheels are for Python {target}, this check runs Python {here}: it installs "
-        "the same versions built for it")
-    (work / "wheels").mkdir(exist_ok=True)
-    fetch(package.requires, work / "wheels", here, package.target["platforms"])
-    return work / "wheels"
+    ok = set(subprocess.run([str(python), "-c", "from packaging.tags import sys_tags; print(*sys_tags())"],
+                            capture_output=True, text=True, check=True).stdout.split())
+    out, rebuild = work / "wheels", {}
+    out.mkdir(exist_ok=True)
+    for whl in (pkg / "code" / "wheels").glob("*.whl"):
+        name, version, _, tags = parse_wheel_filename(whl.name)
+        if {str(t) for t in tags} & ok:
+            (out / whl.name).symlink_to(whl.resolve())
+        else:
+            rebuild[next(n for n in package.requires if canonicalize_name(n) == name)] = str(version)
+    if rebuild:
+        log(f"kernel check: the package's wheels are for Python {target}, this check runs Python {here}: it "
+            f"installs the same versions of {', '.join(rebuild)} built for it")
+        fetch(rebuild, out, here, package.target["platforms"])
+    return out
 
 
 def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], object] = print) -> None:
