@@ -63,7 +63,7 @@ def cuda_check() -> CudaCheck:
             torch.cuda.init()
             cause = "torch sees no CUDA device"
         except Exception as e:  # torch's own words: no driver, or one too old for this build's CUDA
-            cause = str(e).strip().splitlines()[0].rstrip(".")
+            cause = str(e).strip().splitlines()[0].split(". ")[0].rstrip(".")
         if "too old" in cause:
             return CudaCheck(False, why=cause, fix=f"update the NVIDIA driver to one for CUDA {torch.version.cuda}, "
                              "or install a torch built for an older CUDA")

@@ -1,11 +1,14 @@
 """Inference inside a Kaggle kernel: embed the test images with every packaged model and rank them against the
 cached gallery embeddings with the same code as `./run.sh ensemble` (inference/predict.py), then write and
 validate submission.csv. Reads only the models dataset (kernel/spec.py) and the competition folder."""
+import importlib.metadata
 import json
 import time
 from pathlib import Path
 
 from pipeline.kernel import spec
+
+VERSIONS = ("torch", "timm", "numpy", "pandas", "albumentations", "opencv-python-headless")  # logged: the image's
 
 
 def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
@@ -35,6 +38,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     on = (f"{check.name} (sm_{''.join(map(str, check.capability))}, {str(amp_dtype(device)).split('.')[1]} autocast)"
           if check.usable else f"the CPU ({check.why})")
     log(f"kernel: {len(kernel.models)} model(s) on {on}; tricks: {describe(kernel.tricks)}")
+    log("kernel: " + ", ".join(f"{d} {importlib.metadata.version(d)}" for d in VERSIONS))
     views, centers, gallery, ds, timings = [[] for _ in range(4 if kernel.tricks["rotate"] else 1)], [], None, None, {}
     for name in kernel.models:
         t = time.time()
