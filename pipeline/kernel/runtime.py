@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.core.device import arch_supported
 from pipeline.core.errors import UserError
 
 # Achieved over published peak for these backbones in eager PyTorch with autocast. From timm's own benchmark (SPEC
@@ -57,7 +58,8 @@ def accelerator(name: str, p100_confirmed: bool = False) -> str:
     if key is None:
         raise UserError(f"--accelerator {name}: use one of {', '.join(ACCELERATORS)} (or the client's names "
                         f"{', '.join(a.machine_shape for a in ACCELERATORS.values() if a.machine_shape)})")
-    if ACCELERATORS[key].sm and ACCELERATORS[key].sm not in KAGGLE_TORCH_ARCHS and not p100_confirmed:
+    sm = ACCELERATORS[key].sm
+    if sm and not arch_supported((int(sm[3:-1]), int(sm[-1])), list(KAGGLE_TORCH_ARCHS)) and not p100_confirmed:
         raise UserError(f"--accelerator {name}: Kaggle's torch 2.10.0+cu128 has no {ACCELERATORS[key].sm} kernels "
                         f"(built for {' '.join(KAGGLE_TORCH_ARCHS)}), so every CUDA operation fails there and the "
                         f"kernel runs on the CPU; use T4 or L4, or give --accelerator {name} twice to insist")
