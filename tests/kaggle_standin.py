@@ -115,8 +115,9 @@ class StandIn:
         out = {"ref": sub["ref"], "date": sub["date"], "description": sub["description"], "fileName": sub["fileName"],
                "status": "PENDING"}
         if sub["polls"] > self.score_after:
-            if self.submission_error:
-                out.update(status="ERROR", errorDescription=self.submission_error)
+            if self.submission_error is not None:  # "": an error with no reason given (kaggle-cli #1190)
+                out.update(status="ERROR", **({"errorDescription": self.submission_error} if self.submission_error
+                                              else {}))
             else:
                 out.update(status="COMPLETE", publicScore=self.score)
         return out

@@ -96,7 +96,15 @@ def test_known_pains_are_one_line_each(tmp_path, monkeypatch):
         assert_one_line_error(failed, "ended with an error (CUDA out of memory)",
                               "see its log kernels/k/output/tinyk.log")
         assert (pkg / "output" / "tinyk.log").is_file()
-    assert_no_credential(s, [p, failed], [pkg])
+        s.kernel_states, s.kernel_failure = ["COMPLETE"], None
+        for given, said in (("Notebook Threw Exception", "failed on Kaggle: Notebook Threw Exception; fix the kernel"),
+                            ("", "failed on Kaggle: Kaggle gave no reason (kaggle-cli #1190")):
+            s.submission_error = given
+            sent = cli("submit", "k", "--again", cwd=work, env=env)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            scored = cli("status", "k", "--wait", *FAST, cwd=work, env=env)
+            assert_one_line_error(scored, said, "./run.sh upload k")
+    assert_no_credential(s, [p, failed, sent, scored], [pkg])
 
     (pkg / PUSHED_JSON).unlink()  # pushed by hand, or before upload recorded versions
     monkeypatch.chdir(work)

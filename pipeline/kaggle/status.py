@@ -77,8 +77,11 @@ def _submission(api, pkg, name, sub, wait, interval, timeout, log):
         if not done:
             return
     if enum_name(s.status) == "error":
-        raise UserError(f"{what} failed on Kaggle: {' '.join(str(s.error_description).split())}; fix the kernel, "
-                        f"./run.sh upload {name}, then ./run.sh submit {name}")
+        # a code competition's failure may come with no reason at all (kaggle-cli #1190): say so, not ": ;"
+        reason = " ".join(str(s.error_description or "").split()) or \
+            "Kaggle gave no reason (kaggle-cli #1190; the kernel's log and its page may show it)"
+        raise UserError(f"{what} failed on Kaggle: {reason}; fix the kernel, ./run.sh upload {name}, then "
+                        f"./run.sh submit {name}")
     write_record(pkg, SUBMITTED_JSON, dict(sub, public_score=s.public_score, private_score=s.private_score))
 
 
