@@ -7,7 +7,8 @@ import torch
 
 from pipeline.core import device
 from pipeline.core.errors import UserError
-from pipeline.kernel.runtime import ACCELERATORS, KAGGLE_TORCH_ARCHS, UTILISATION, ModelCost, accelerator, project
+from pipeline.kernel.accelerators import ACCELERATORS, KAGGLE_TORCH_ARCHS, accelerator
+from pipeline.kernel.runtime import UTILISATION, ModelCost, project
 
 from conftest import KERNEL_TRICKS, PYPATH, assert_one_line_error, cli, tiny_overrides
 

@@ -53,7 +53,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     for the image's Python and platforms (kaggle_baseline.txt) unless python_version / platforms say otherwise;
     wheels names dists to ship even where the image has them. Returns the package folder."""
     from pipeline.core import guard
-    from pipeline.kernel.runtime import accelerator as accelerator_key
+    from pipeline.kernel.accelerators import accelerator as accelerator_key
     from pipeline.kernel.wheels import baseline_target
     from pipeline.retrieval.runsets import prepare_run
 
@@ -212,7 +212,7 @@ def _code_dataset(root, owner, slugs, wheels, python_version, platforms):
 
 
 def _kernel(root, owner, slugs, competition, requires, accelerator):
-    from pipeline.kernel.runtime import ACCELERATORS
+    from pipeline.kernel.accelerators import ACCELERATORS
 
     root.mkdir()
     settings = {"owner": owner, "code_slug": slugs["code"], "models_slug": slugs["models"],

@@ -21,8 +21,8 @@ example: ./run.sh kernel hotel --models m1 m2 m3 --data data/demo --fold 0 --own
          ./run.sh kernel hotel --from-report runs/ensembles/table2 --owner myname"""
 from pipeline.config import add_run_set_arguments
 from pipeline.inference.tricks import add_trick_arguments
+from pipeline.kernel.accelerators import ACCELERATORS
 from pipeline.kernel.package import NEEDS
-from pipeline.kernel.runtime import ACCELERATORS
 
 
 def add_arguments(p):
