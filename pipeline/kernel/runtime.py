@@ -51,7 +51,8 @@ class Projection:
     def lines(self) -> list[str]:
         acc = ACCELERATORS[self.accelerator]
         out = [f"run-time projection on {self.accelerator} for {self.images} test photos "
-               f"(kernel_test_images; {acc.source}; utilisation {UTILISATION:.2f}):"]
+               f"(kernel_test_images; {acc.source}" + (f"; utilisation {UTILISATION:.2f}):" if acc.machine_shape
+                                                        else "):")]
         for m in self.models:
             out.append(f"  {m.name}: {m.gflops:.1f} GFLOPs/forward at {m.image_size}px x {m.views} views = "
                        f"{m.gflops * m.views * self.images / 1e3:.1f} TFLOPs")
