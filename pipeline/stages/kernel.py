@@ -7,11 +7,14 @@ data and check its submission against ./run.sh ensemble's, byte for byte (--no-v
                           manifest.json)
   kernels/<name>/code/    dataset <owner>/<name>-code: pipeline/ (whole floors: core, config, data, model,
                           retrieval, inference, kernel), wheels/, requirements-kernel.txt
-  kernels/<name>/kernel/  kernel.py + kernel-metadata.json (internet off, GPU on, private)
+  kernels/<name>/kernel/  kernel.py + kernel-metadata.json (internet off, machine_shape: --accelerator, private)
   kernels/<name>/package.json  every file with its size, the versions, the git commit; verified.json after a check
 
 Nothing holding a Kaggle credential is written (pipeline/core/guard.py); the package appears whole or not at all.
-Then: ./run.sh upload <name>.
+The wheels are for Kaggle's image (Python 3.12, pipeline/kernel/kaggle_baseline.txt), and only what it lacks ships.
+It prints the projected run time on the accelerator for the competition's test photos (kernel_test_images) and
+warns above half of kernel_time_limit_hours. Then: ./run.sh upload <name>.
+--refresh-baseline [DIR] rewrites kaggle_baseline.txt from Kaggle's published image files (docs/kaggle-image/).
 
 --folds 0-4 packages every config's fold models (models/<config>-fold<k>/; all of them rank the test images, as
 `ensemble --folds` does). --from-report runs/ensembles/<out> packages the best subset of an ensemble-report (its
