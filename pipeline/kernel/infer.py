@@ -75,7 +75,10 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
                              "model's")
         gallery = g if gallery is None else EmbeddingSet(gallery.arrays + g.arrays, g.ids, g.labels)
         timings[name] = time.time() - t
-        log(f"kernel: {name}: embedded {len(items)} test images in {timings[name]:.1f}s")
+        left = len(kernel.models) - len(timings)
+        eta = f"; {left} model(s) left, about {sum(timings.values()) / len(timings) * left:.0f}s more" if left else ""
+        log(f"kernel: {name}: embedded {len(items)} test images in {timings[name]:.1f}s "
+            f"({len(items) / max(timings[name], 1e-9):.1f} img/s){eta}")
     t = time.time()
     preds = predict(views[0], gallery, ds.classes, kernel.tricks, kernel.max_memory, log, search=search,
                     views=views[1:], centers=centers)
