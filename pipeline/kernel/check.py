@@ -70,13 +70,16 @@ def _wheels_for(python, package: spec.Package, pkg: Path, work: Path, log) -> Pa
 
     from pipeline.kernel.wheels import fetch
 
-    here = subprocess.run([str(python), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    target = package.target.get("python", here)
-    if not package.requires or target == here:
+    if not package.requires:
         return None
-    ok = set(subprocess.run([str(python), "-c", "from packaging.tags import sys_tags; print(*sys_tags())"],
-                            capture_output=True, text=True, check=True).stdout.split())
+    # one call: the interpreter's X.Y and the wheel tags it installs
+    here, *ok = subprocess.run([str(python), "-c", "import sys; from packaging.tags import sys_tags; "
+                                "print('%d.%d' % sys.version_info[:2], *sys_tags())"],
+                               capture_output=True, text=True, check=True).stdout.split()
+    target = package.target.get("python", here)
+    if target == here:
+        return None
+    ok = set(ok)
     out, rebuild = work / "wheels", {}
     out.mkdir(exist_ok=True)
     for whl in (pkg / "code" / "wheels").glob("*.whl"):

@@ -74,6 +74,11 @@ def read_image(folder: Path = SOURCES_DIR) -> Image:
     return Image(python, facts[0], freeze, names, lines)
 
 
+def pip_error(stderr: str) -> str:
+    """pip's last ERROR line (its reason), else its last line: what a one-line error quotes."""
+    return ([x for x in stderr.splitlines() if x.startswith("ERROR")] or stderr.splitlines() or ["?"])[-1].strip()
+
+
 def _one(folder: Path, pattern: str) -> Path:
     found = sorted(folder.glob(pattern))
     if len(found) != 1:
@@ -102,9 +107,8 @@ def resolve_closure(image: Image, roots: list[str], timeout: int = 20) -> list[s
         r = subprocess.run(cmd + [f"{image.names[canonicalize_name(x)]}" for x in roots],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            error = [x for x in r.stderr.splitlines() if x.startswith("ERROR")] or r.stderr.splitlines() or ["?"]
-            raise UserError(f"pip could not resolve the baseline against the image's versions ({error[-1]}); "
-                            "check PyPI access")
+            raise UserError(f"pip could not resolve the baseline against the image's versions "
+                            f"({pip_error(r.stderr)}); check PyPI access")
         return sorted(canonicalize_name(i["metadata"]["name"]) for i in json.loads(report.read_text())["install"])
 
 

@@ -186,10 +186,10 @@ def _projection(cfgs, runs, tricks, accelerator, names):
     import numpy as np
 
     from pipeline.kernel.runtime import project_runs
+    from pipeline.retrieval.embeddings import read_manifest
 
     gallery = len(np.load(runs[0].dir / f"{runs[0].stems['gallery']}.npy", mmap_mode="r"))
-    sizes = [json.loads((r.dir / spec.MANIFEST).read_text())[r.stems["gallery"]].get("image_size") or c["image_size"]
-             for c, r in zip(cfgs, runs)]
+    sizes = [read_manifest(r.dir)[r.stems["gallery"]]["image_size"] for r in runs]
     return project_runs(cfgs, sizes, tricks, accelerator, gallery, names)
 
 

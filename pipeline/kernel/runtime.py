@@ -1,4 +1,4 @@
-"""Kaggle's accelerators and the kernel's projected run time on one of them.
+"""The kernel's projected run time on one of Kaggle's accelerators (kernel/accelerators.py).
 
 The projection, printed by `./run.sh kernel` before anything is uploaded, is arithmetic on three parts:
 - the models: each model's forward FLOPs at its input size (counted by torch's FlopCounterMode on the meta device,

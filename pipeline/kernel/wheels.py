@@ -17,6 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from pipeline.core.errors import UserError
+from pipeline.kernel.image import pip_error, platforms_for
 
 BASELINE = Path(__file__).with_name("kaggle_baseline.txt")
 # the installer the kernel calls: on Kaggle it is part of every Python image, here it joins the check venv's
@@ -28,6 +29,13 @@ PYTHON = "python"  # the baseline's line naming the image's interpreter
 def read_baseline(path: Path = BASELINE) -> dict[str, str]:
     """{canonical name: version} of the baseline file's dists (not its `python==` line); a line that is not
     `name==version` is a UserError."""
+    pins = _pins(path)
+    pins.pop(PYTHON, None)
+    return pins
+
+
+def _pins(path: Path) -> dict[str, str]:
+    """Every `name==version` line of a baseline file, its `python==` line included."""
     pins = {}
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#")[0].strip()
@@ -37,20 +45,14 @@ def read_baseline(path: Path = BASELINE) -> dict[str, str]:
         if not sep or not name.strip() or not version.strip():
             raise UserError(f"{path}:{n}: '{line}' is not name==version; write one pin a line")
         pins[canonicalize_name(name)] = version.strip()
-    pins.pop(PYTHON, None)
     return pins
 
 
 def baseline_target(path: Path = BASELINE) -> tuple[str, list[str]]:
     """The image's Python (X.Y) and the wheel platform tags of its OS, as the baseline names them: the wheels are
     built for these."""
-    from pipeline.kernel.image import platforms_for
-
-    text, python = Path(path).read_text(), None
-    for line in text.splitlines():
-        name, _, version = line.split("#")[0].strip().partition("==")
-        if canonicalize_name(name) == PYTHON:
-            python = ".".join(version.strip().split(".")[:2])
+    text, python = Path(path).read_text(), _pins(path).get(PYTHON)
+    python = python and ".".join(python.split(".")[:2])
     os_name = next((x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("# OS:")), None)
     if not python or not os_name:
         raise UserError(f"{path}: no python==X.Y.Z or '# OS:' line; rewrite it with ./run.sh kernel --refresh-baseline")
@@ -139,9 +141,8 @@ def fetch(pins: dict[str, str], dest: Path, python_version: str, platforms: Sequ
             continue
         r = subprocess.run(base + (pure if is_pure else binary) + specs, capture_output=True, text=True)
         if r.returncode != 0:
-            error = ([x for x in r.stderr.splitlines() if x.startswith("ERROR")] or r.stderr.splitlines() or ["?"])
-            raise UserError(f"cannot download the kernel's wheels for Python {python_version} "
-                            f"{' / '.join(platforms)} ({error[-1].strip()}); check PyPI access or the --platform tags")
+            raise UserError(f"cannot download the kernel's wheels for Python {python_version} {' / '.join(platforms)} "
+                            f"({pip_error(r.stderr)}); check PyPI access or the --platform tags")
     got = {canonicalize_name(parse_wheel_filename(p.name)[0]): p for p in Path(dest).glob("*.whl")}
     missing = [n for n in pins if canonicalize_name(n) not in got]
     if missing:
