@@ -26,6 +26,8 @@ def _read_yaml(path):
 
 def _coerce(key, value, default, source):
     """Value checked against the default's type (ints are accepted where floats are)."""
+    if default == "auto" and (value == "auto" or isinstance(value, (bool, int, float))):
+        return value  # an 'auto' key also takes the value it stands for (channels_last: true, val_gallery: 5)
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

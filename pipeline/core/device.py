@@ -104,19 +104,38 @@ def pick_device(want: str = "auto", log=print) -> str:
     raise UserError(f"device {want!r}: {check.why}; {check.fix}")
 
 
-def amp_dtype(device: str) -> "torch.dtype":
-    """float16 where the GPU has no fast bfloat16 (before sm_80: the T4, the P100), else bfloat16, which needs no
-    loss scaling headroom."""
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
+
+def amp_dtype(device: str, want: str = "auto") -> "torch.dtype":
+    """The autocast dtype on `device` for the amp_dtype key. auto: bfloat16 from sm_80 (A100, H100, L4, RTX 30/40:
+    the range of float32, so no loss scaling), float16 before it (T4, V100, P100: no fast bfloat16)."""
     import torch
 
-    if device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] >= 8:
-        return torch.bfloat16
-    return torch.float16
+    if want not in AMP_DTYPES:
+        raise UserError(f"amp_dtype={want!r}: use {' | '.join(AMP_DTYPES)}")
+    fast_bf16 = device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] >= 8
+    if want == "bfloat16" and device.startswith("cuda") and not fast_bf16:
+        name = torch.cuda.get_device_name(device)
+        raise UserError(f"amp_dtype=bfloat16: {name} has no fast bfloat16 (needs sm_80 or newer); use amp_dtype=auto "
+                        "or float16")
+    if want != "auto":
+        return getattr(torch, want)
+    return torch.bfloat16 if fast_bf16 else torch.float16
 
 
-def autocast(device: str, enabled: bool) -> "torch.autocast":
+def autocast(device: str, enabled: bool, dtype: str = "auto") -> "torch.autocast":
+    """Mixed precision on CUDA in amp_dtype(device, dtype); a no-op elsewhere: bf16/fp16 on this kind of CPU is
+    10-300x slower than fp32."""
     import torch
 
-    # Mixed precision only on CUDA: bf16/fp16 on this kind of CPU is 10-300x slower than fp32.
     on = enabled and device.startswith("cuda")
-    return torch.autocast("cuda", dtype=amp_dtype(device) if on else torch.float16, enabled=on)
+    return torch.autocast("cuda", dtype=amp_dtype(device, dtype) if on else torch.float16, enabled=on)
+
+
+def needs_scaler(device: str, enabled: bool, dtype: str = "auto") -> bool:
+    """Whether training under this autocast needs a GradScaler: float16 only (its small range underflows
+    gradients); bfloat16 has float32's exponent."""
+    import torch
+
+    return enabled and device.startswith("cuda") and amp_dtype(device, dtype) is torch.float16
