@@ -1,4 +1,5 @@
-"""The GPU check of issue 14 in one run (bench/gpu_check.sh runs it): one JSON object on stdout, progress on stderr.
+"""The GPU check of issues 14 and 25 in one run (bench/gpu_check.sh runs it): one JSON object on stdout, progress on
+stderr.
 
 Pieces, cheapest first, each timed and each failing alone (its entry then holds "error"):
   resume             a tiny run (BatchNorm, dropout, AMP, deterministic=true) trained 2 epochs straight, and 1 epoch
@@ -10,15 +11,29 @@ Pieces, cheapest first, each timed and each failing alone (its entry then holds 
   rank               pipeline.retrieval.rank.rank on the device against a bare product of the same shapes (torch.mm,
                      cuBLAS on CUDA): seconds, ratio, and top-5 agreement with an fp32 reference
   mfu                FLOPs of one training forward (torch.utils.flop_counter, model + head) x 3 for forward and
-                     backward, times img/s, against the dense fp16/bf16 tensor peak of an H200 (989 TFLOP/s): for a
-                     training step on tensors already on the device, and for the loops of train_speed
-  train_speed        bench/train_speed.py --device cuda --amp: our AMP training against timm's reference loop (its
-                     JSON), with the MFU of each loop it timed
+                     backward, times img/s, against the GPU's dense fp16/bf16 tensor peak (PEAK_TFLOPS; one not in
+                     it: an H200's, 989 TFLOP/s): for a training step on tensors already on the device, and for the
+                     loops of train_speed
+  train_speed        bench/train_speed.py --reference timm-train --device cuda --amp --quick: our AMP training against
+                     timm's own train.py (its JSON; tolerated when it fails), with the MFU of each loop it timed
   embed_speed        bench/embed_speed.py --device cuda --amp: embed against a bare forward (its JSON)
+Issue 25's pieces, run after mfu and before train_speed (each skipped with a note when too little of the budget is
+left):
+  precision          a training step (model + ArcFace head, SGD/AdamW as the config, on device tensors) of m1's and
+                     m2's backbones (eca_nfnet_l2, efficientnet_b3) at 512 px, batch 16, in bf16, fp16 (GradScaler)
+                     and fp32 autocast: img/s after 2 warm-up steps over 5, and MFU against the GPU's dense peak for
+                     that dtype (PEAK_TFLOPS; fp32 against TF32 where cuDNN's convolutions use it)
+  channels_last      pipeline.model.memory_format.measure per backbone (the same 512 px, batch 16, AMP auto dtype):
+                     seconds per forward+backward each layout, and the faster one
+  decode             bench/decode_speed.py --device cuda --amp --quick: decode=cpu (loader workers, cv2) against
+                     decode=gpu (nvJPEG batches): loader img/s, embed img/s, pixel and embedding differences
+  compile            m2's backbone, fwd+bwd img/s eager against nn.Module.compile (after its compiling warm-up, which
+                     is timed too), in a subprocess bounded by the budget
 
 The data is made here (make-data, 10 hotels); nothing needs the network (pretrained=false everywhere).
---cpu: every piece on the CPU, small (a smoke run of this script; train_speed --quick alone took 390 s on the shared
-2 cores here, so give it --budget 900); --only a,b: those pieces; --quick: the two benches' --quick on CUDA too.
+--cpu: every piece on the CPU, small (issue 25's with timm's test_efficientnet at 64 px): a smoke run of this script;
+train_speed --quick alone took 390 s on the shared 2 cores here, so give it --budget 900; --only a,b: those pieces;
+--quick: embed_speed's --quick on CUDA too (train_speed always runs --quick).
 usage: bash bench/gpu_check.sh [--cpu] [--quick] [--only resume,rank] [--budget 420]"""
 import argparse
 import importlib.util
@@ -33,6 +48,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 H200_PEAK_FLOPS = 989e12  # H200 SXM dense FP16/BF16 tensor-core peak (NVIDIA's datasheet; sparsity doubles it)
+# Dense peaks in TFLOP/s (no 2:4 sparsity: the datasheets' headline figures are twice these) by dtype, from NVIDIA's
+# product datasheets: H100 and H200 (SXM, PCIe, NVL columns), A100 (40/80 GB, SXM and PCIe alike), L4, T4 (no bf16,
+# no TF32: its 65 is fp16 with fp32 accumulate). fp32: CUDA cores; tf32: tensor cores, what cuDNN's convolutions use
+# for fp32 tensors from sm_80 by default (torch.backends.cudnn.allow_tf32).
+PEAK_TFLOPS = {
+    "H100 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100 PCIe": {"bf16": 756.5, "fp16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H200 NVL": {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H200 SXM": {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "T4": {"fp16": 65.0, "fp32": 8.1},
+}
+M1_M2 = ("eca_nfnet_l2", "efficientnet_b3")  # pipeline/configs/m1.yaml, m2.yaml
+STEP_SIZE, STEP_BATCH, WARMUP_STEPS, TIMED_STEPS = 512, 16, 2, 5
 AMP_MIN_COSINE, FP32_MIN_COSINE = 0.999, 0.99999
 # what the pipeline imports beyond torch; the lent GPU machine's python3 lacks the first ones (wheels: .whl/)
 NEEDS = ("albumentations", "albucore", "pydantic", "simsimd", "stringzilla", "pytorch_metric_learning", "timm",
@@ -251,19 +282,42 @@ def piece_mfu(check, backbone="tf_efficientnet_lite0", size=96, batch=32):  # tr
     img_s = steps * batch / seconds
     return {"backbone": backbone, "image_size": size, "batch_size": batch, "embedding_dim": cfg["embedding_dim"],
             "forward_flops_per_image": forward, "counted_with": "torch.utils.flop_counter.FlopCounterMode",
-            "training_flops_per_image": 3 * forward, "peak_flops": H200_PEAK_FLOPS if check.device == "cuda" else None,
+            "training_flops_per_image": 3 * forward, "peak_flops": _peak(check),
             "device_tensors_img_s": round(img_s, 1), "device_tensors_mfu": _mfu(check, 3 * forward, img_s)}
 
 
+def _peak(check):
+    """The GPU's dense bf16/fp16 peak in FLOP/s (PEAK_TFLOPS; one not in it: the H200's); None on the CPU."""
+    if check.device != "cuda":
+        return None
+    import torch
+
+    return gpu_peaks(torch.cuda.get_device_name())[1].get("fp16", H200_PEAK_FLOPS / 1e12) * 1e12
+
+
 def _mfu(check, flops_per_image, img_s):
-    return round(flops_per_image * img_s / H200_PEAK_FLOPS, 5) if check.device == "cuda" else None
+    return round(flops_per_image * img_s / _peak(check), 5) if check.device == "cuda" else None
 
 
-def _bench_json(check, script, timeout):
+def gpu_peaks(name: str) -> tuple[str | None, dict]:
+    """(PEAK_TFLOPS key, its peaks) of a torch.cuda.get_device_name() ('NVIDIA H100 80GB HBM3', 'NVIDIA H100 PCIe',
+    'NVIDIA A100-SXM4-80GB', 'Tesla T4', ...), or (None, {}) for a GPU not in the table."""
+    words = set(name.upper().replace("-", " ").split())
+    for chip in ("H100", "H200", "A100", "L4", "T4"):
+        if chip in words:
+            key = chip
+            if chip in ("H100", "H200"):
+                key += " PCIe" if "PCIE" in words else " NVL" if "NVL" in words else " SXM"
+            key = key if key in PEAK_TFLOPS else chip
+            return (key, PEAK_TFLOPS[key]) if key in PEAK_TFLOPS else (None, {})
+    return None, {}
+
+
+def _bench_json(check, script, timeout, extra=()):
     if not (ROOT / "bench" / script).is_file():
         raise RuntimeError(f"bench/{script} not found")
-    extra = ["--device", "cpu", "--quick"] if check.device == "cpu" else ["--device", "cuda", "--amp"]
-    extra += ["--quick"] if check.quick and check.device == "cuda" else []
+    extra = [*extra, *(["--device", "cpu", "--quick"] if check.device == "cpu" else ["--device", "cuda", "--amp"])]
+    extra += ["--quick"] if check.quick and check.device == "cuda" and "--quick" not in extra else []
     out = check.run(ROOT / "bench" / script, *extra, timeout=timeout)
     return json.loads(out[out.index("{"):])
 
@@ -276,7 +330,9 @@ def piece_embed_speed(check):
 
 
 def piece_train_speed(check, mfu=None):
-    result = _bench_json(check, "train_speed.py", timeout=check.left() - EMBED_SPEED_RESERVE)
+    # issue 25: timm's own train.py as the reference, --quick (30 hotels per dataset, one repeat) to fit the budget
+    result = _bench_json(check, "train_speed.py", timeout=check.left() - EMBED_SPEED_RESERVE,
+                         extra=["--reference", "timm-train", "--quick"])
     if mfu and "training_flops_per_image" in mfu:  # the utilisation each measured loop reached
         result["mfu"] = {f"{part}.{k}": _mfu(check, mfu["training_flops_per_image"], v)
                          for part in ("demo", "photos_1024") for k, v in result.get(part, {}).items()
@@ -284,7 +340,226 @@ def piece_train_speed(check, mfu=None):
     return result
 
 
-PIECES = ["resume", "kernel_embeddings", "rank", "mfu", "train_speed", "embed_speed"]
+# --- issue 25: precisions, memory format, GPU decoding and compile at the paper's 512 px -------------------------
+def _skip(check, needs):
+    """A note instead of a piece when less than `needs` seconds of the budget are left (None: go ahead)."""
+    left = check.left()
+    return {"skipped": f"time budget: {left:.0f} s left, this piece needs about {needs} s"} if left < needs else None
+
+
+def _free(check):
+    import gc
+
+    gc.collect()
+    if check.device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+class _Benchmarking:
+    """cuDNN autotuning on inside (training's deterministic=false, its default), as it was after."""
+
+    def __enter__(self):
+        import torch
+
+        self.was = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.backends.cudnn.benchmark = self.was
+
+
+def _step_settings(check):
+    """(backbones, size, batch, timed steps): m1's and m2's at 512 px on CUDA; timm's test model, small, on the CPU."""
+    if check.device == "cuda":
+        return M1_M2, STEP_SIZE, STEP_BATCH, TIMED_STEPS
+    return ("test_efficientnet",), 64, 2, 1
+
+
+def _timed_steps(check, step, opt, x, y, enabled, dtype, timed):
+    """(img/s of `timed` training steps after WARMUP_STEPS, seconds of the first step) under autocast(dtype)."""
+    import torch
+
+    from pipeline.core.device import autocast, needs_scaler
+
+    scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler(check.device, enabled, dtype))
+
+    def train_step():
+        with autocast(check.device, enabled, dtype):
+            loss = step(x, y)
+        scaler.scale(loss).backward()
+        scaler.step(opt), scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    first = time.perf_counter()
+    train_step()
+    check.sync()
+    first = time.perf_counter() - first
+    for _ in range(WARMUP_STEPS - 1):
+        train_step()
+    check.sync()
+    t = time.perf_counter()
+    for _ in range(timed):
+        train_step()
+    check.sync()
+    return timed * len(x) / (time.perf_counter() - t), first
+
+
+PRECISIONS = (("bf16", True, "bfloat16"), ("fp16", True, "float16"), ("fp32", False, "auto"))
+
+
+def _precision_rows(check, backbone, size, batch, timed, peaks):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.core.device import autocast
+    from pipeline.core.errors import UserError
+
+    cfg, step, opt, x, y = _step_setup(check, backbone, size, batch)
+    with FlopCounterMode(display=False) as fc, autocast(check.device, True):
+        step(x, y)  # the FLOPs of a forward do not depend on the dtype; x 3 for forward + backward (piece_mfu)
+    training = 3 * fc.get_total_flops() / batch
+    tf32 = check.device == "cuda" and torch.cuda.get_device_capability()[0] >= 8 and torch.backends.cudnn.allow_tf32
+    out = {"training_flops_per_image": training, "optimizer": cfg["optimizer"]}
+    for name, enabled, dtype in PRECISIONS:
+        if check.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            img_s, first = _timed_steps(check, step, opt, x, y, enabled, dtype, timed)
+        except UserError as e:  # bf16 on a GPU without it (T4)
+            out[name] = {"skipped": str(e)}
+            continue
+        except torch.cuda.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            _free(check)
+            out[name] = {"error": f"out of GPU memory at batch {batch}"}
+            continue
+        peak = ("tf32" if tf32 else "fp32") if name == "fp32" else name
+        row = {"img_s": round(img_s, 1), "step_ms": round(1000 * batch / img_s, 1), "first_step_s": round(first, 2)}
+        if peak in peaks:
+            row["peak"] = peak
+            row.update(peak_tflops=peaks[peak], mfu=round(training * img_s / (peaks[peak] * 1e12), 4))
+        if check.device == "cuda":
+            row["max_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        out[name] = row
+    return out
+
+
+def piece_precision(check):
+    """Training-step img/s and MFU of m1's and m2's backbones in bf16, fp16 and fp32 autocast (module docstring)."""
+    import torch
+
+    backbones, size, batch, timed = _step_settings(check)
+    gpu = check.device == "cuda"
+    key, peaks = gpu_peaks(torch.cuda.get_device_name()) if gpu else (None, {})
+    out = {"image_size": size, "batch_size": batch, "warmup_steps": WARMUP_STEPS, "timed_steps": timed,
+           "gpu_peaks": key, "peaks_tflops": peaks or None, "input": "uint8 channels_last on the device",
+           "flops_counted_with": "torch.utils.flop_counter.FlopCounterMode, forward x 3"}
+    if not gpu:
+        out["note"] = ("CPU smoke run: autocast is a no-op here (pipeline.core.device.autocast), so every row is "
+                       "fp32, and there is no MFU")
+    elif key is None:
+        out["note"] = f"{torch.cuda.get_device_name()} is not in PEAK_TFLOPS: no MFU"
+    with _Benchmarking():
+        for backbone in backbones:
+            skip = _skip(check, 45) if gpu else None
+            try:
+                out[backbone] = skip or _precision_rows(check, backbone, size, batch, timed, peaks)
+            except Exception as e:  # one backbone's failure keeps the other's figures
+                out[backbone] = {"error": f"{type(e).__name__}: {e}"}
+            _free(check)
+    return out
+
+
+def piece_channels_last(check):
+    """memory_format.measure per backbone: forward+backward seconds in each layout, AMP (auto dtype) on CUDA."""
+    from pipeline.config import load_config
+    from pipeline.model.embedder import build_model
+    from pipeline.model.memory_format import measure
+
+    backbones, size, batch, _ = _step_settings(check)
+    gpu = check.device == "cuda"
+    out = {"image_size": size, "batch_size": batch, "amp": gpu, "amp_dtype": "auto",
+           "method": "pipeline.model.memory_format.measure (median of 3 after 1 warm-up, each layout)"}
+    with _Benchmarking():
+        for backbone in backbones:
+            skip = _skip(check, 30) if gpu else None
+            if skip:
+                out[backbone] = skip
+                continue
+            try:
+                cfg = load_config("default", [f"backbone={backbone}", "pretrained=false", f"image_size={size}"])
+                model, _ = build_model(cfg, with_weights=False)
+                sec = measure(model.to(check.device), size, batch, check.device, gpu, "auto")
+                out[backbone] = {**{f"{k}_s": round(v, 4) for k, v in sec.items()},
+                                 **{f"{k}_img_s": round(batch / v, 1) for k, v in sec.items()},
+                                 "faster": min(sec, key=sec.get)}
+                del model
+            except Exception as e:
+                out[backbone] = {"error": f"{type(e).__name__}: {e}"}
+            _free(check)
+    return out
+
+
+def piece_decode(check):
+    """bench/decode_speed.py: decode=cpu against decode=gpu (its JSON)."""
+    if check.device == "cuda":
+        skip = _skip(check, 60)
+        if skip:
+            return skip
+        extra = ["--device", "cuda", "--amp", "--quick", "--size", "224"]
+    else:
+        extra = ["--device", "cpu", "--quick", "--hotels", "10", "--photo-hotels", "0", "--size", "64",
+                 "--backbone", "test_efficientnet"]
+    out = check.run(ROOT / "bench" / "decode_speed.py", *extra, timeout=min(check.left(), 150))
+    return json.loads(out[out.index("{"):])
+
+
+COMPILE_BACKBONE = M1_M2[1]  # m2's: its compile is the shorter of the two
+
+
+def piece_compile(check):
+    """Eager against nn.Module.compile for one backbone, in a subprocess (a compile cannot be cut short in-process)."""
+    gpu = check.device == "cuda"
+    if gpu:
+        skip = _skip(check, 150)
+        if skip:
+            return skip
+    backbones, size, batch, timed = _step_settings(check)
+    spec = {"backbone": COMPILE_BACKBONE if gpu else backbones[0], "size": size, "batch": batch,
+            "timed": timed if gpu else 2, "device": check.device}
+    out = check.run(Path(__file__), "--compile-child", json.dumps(spec), timeout=min(check.left(), 240))
+    return {**spec, **json.loads(out[out.index("{"):])}
+
+
+def compile_child(spec: dict) -> dict:
+    """The compile piece's measurement (run in its own process): a training step's img/s eager, then compiled."""
+    import types
+
+    import torch
+
+    check = types.SimpleNamespace(device=spec["device"])
+    check.sync = (lambda: torch.cuda.synchronize()) if spec["device"] == "cuda" else (lambda: None)
+    out = {"amp": spec["device"] == "cuda", "amp_dtype": "auto"}
+    with _Benchmarking():
+        for mode in ("eager", "compiled"):
+            torch.manual_seed(0)
+            _, step, opt, x, y = _step_setup(check, spec["backbone"], spec["size"], spec["batch"])
+            if mode == "compiled":
+                step.model.compile()  # in place, as training's compile=true (pipeline/training/loop.py)
+            img_s, first = _timed_steps(check, step, opt, x, y, out["amp"], "auto", spec["timed"])
+            out[mode] = {"img_s": round(img_s, 1), "first_step_s": round(first, 2)}
+            del step, opt, x, y
+            _free(check)
+    out["speedup"] = round(out["compiled"]["img_s"] / out["eager"]["img_s"], 3)
+    return out
+
+
+PIECES = ["resume", "kernel_embeddings", "rank", "mfu", "precision", "channels_last", "decode", "compile",
+          "train_speed", "embed_speed"]
 
 
 def main(argv=None):
@@ -293,7 +568,11 @@ def main(argv=None):
     p.add_argument("--only", default=",".join(PIECES), help=f"comma-separated pieces (default all: {PIECES})")
     p.add_argument("--quick", action="store_true", help="train_speed and embed_speed with --quick (30 hotels)")
     p.add_argument("--budget", type=float, default=420, help="seconds for the whole check (default 420)")
+    p.add_argument("--compile-child", help=argparse.SUPPRESS)  # the compile piece's own process
     args = p.parse_args(argv)
+    if args.compile_child:
+        print(json.dumps(compile_child(json.loads(args.compile_child))))
+        return
     if args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # here and in every subprocess
     import torch

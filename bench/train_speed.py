@@ -1,21 +1,47 @@
 """Training throughput, side by side in one run: our training loop (pipeline.training.loop.train, one epoch, no
-validation) against a reference loop fed by timm's own data pipeline (timm.data.create_dataset + create_loader with
-its prefetcher: uint8 batches normalised on the device), both training the same model (our embedder and ArcFace
-head), optimiser (SGD), batch, image size, worker count and memory format (channels_last).
+validation) against a reference, interleaved --repeats times (the best of each kept: a shared machine only ever
+slows a run down).
+
+--reference timm-train (default): timm's own training script (pytorch-image-models train.py; found at
+../shared/reference/timm_train.py from the repository root, or $TIMM_TRAIN_PY, or --timm-train PATH), run unchanged
+as a subprocess of this Python on the same images (train_images/<hotel>/<photo>.jpg is an ImageFolder:
+--data-dir <data> --train-split train_images; --val-split '' builds no validation), the same backbone, image size,
+batch, optimiser (plain SGD: its --opt momentum, same lr, momentum and weight decay; its `sgd` is Nesterov),
+workers, channels_last, pretrained off, one epoch, --warmup-epochs 0 and its default augmentation otherwise
+(PIL decode, RandomResizedCrop 0.08-1 with random interpolation, hflip, colour jitter 0.4, label smoothing 0.1).
+On the CPU --no-prefetcher (its workers normalise to float32); on CUDA its prefetcher, --pin-mem and --amp with
+our amp_dtype rule. Its figure: the avg img/s of its last `Train:` line. Its meter times each update from the end
+of the previous one (the first from before the loader's workers start), so data waiting is included, and every
+batch is full (drop_last): that figure is the epoch's images / the epoch's wall time, the measure our loop's
+metrics.csv gives (seen / seconds from before its loader starts). If train.py is missing, one line on stderr and
+the JSON say so, and the loop reference runs instead.
+Ours against it is configured as close to its model as our registries allow ("matched": neck=linear,
+embedding_dim = the backbone's feature width, the arcface head, augmentations off: aug_p_color = aug_p_affine =
+aug_p_dropout = mask_p = 0, crop_scale_min 0.08 as timm's), then rows each put back one difference, at full
+decode: our default neck (mlp, 4,096-d), our SPEC augmentations (and crop_scale_min 0.6), all our defaults
+(both; arcface is our default head already, so no row puts a head back), and compile=true (the torch.compile
+calls the loop made are counted: 0 means the key had no effect).
+
+--reference loop: a loop of ours fed by timm's data pipeline (timm.data.create_dataset + create_loader with its
+prefetcher: uint8 batches normalised on the device), training our default model (our embedder and ArcFace
+head), optimiser (SGD), batch, image size, worker count and memory format (channels_last); ours at our defaults.
 
 Datasets: (a) the demo images (320x240 rooms, 128-192 px photos), (b) 1024-px JPEGs (make-data --photo-size 1024).
 Ours runs three ways: full-size decoding as the reference does (image_scale=0), reduced decoding (image_scale=1.5:
 large JPEGs decoded at 1/2-1/8 scale), and the image cache (image_cache=true, memmap, built before timing). Also
 measured: reading the cache back, memmap against jpeg, img/s in one process, and bytes per image.
 
-Goals (issue 14): ours >= 1.0x the reference uncached; >= 1.5x with the cache on 1024-px photos.
+Goals (issue 14): ours >= 1.0x the reference uncached (demo and 1024 px); >= 1.5x with the cache on 1024-px photos.
 
-usage: python bench/train_speed.py [--device cpu|cuda] [--amp] [--quick] [--repeats 2]   -> JSON on stdout"""
+usage: python bench/train_speed.py [--reference timm-train|loop] [--timm-train PATH] [--device cpu|cuda] [--amp]
+                                   [--quick] [--repeats 2]   -> JSON on stdout"""
 import argparse
 import contextlib
 import io
 import json
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+TIMM_TRAIN = ROOT.parent / "shared" / "reference" / "timm_train.py"  # the default place of timm's train.py
+# its per-update line: "Train: 0 [   8/9 (100%)]  Loss: ...  Time: 3.131s,   10.22/s  (5.465s,    5.86/s)  LR: ..."
+TRAIN_LINE = re.compile(r"Train: \d+ \[\s*(\d+)/(\d+) .*?Time: [\d.]+s,\s+[\d.]+/s\s+\(([\d.]+)s,\s+([\d.]+)/s\)")
+SPEC_AUGS = {"aug_p_color": 0.5, "aug_p_affine": 0.3, "aug_p_dropout": 0.5, "mask_p": 1.0, "crop_scale_min": 0.6}
 
 
 def bench_data(name, hotels, photo_size, work):
@@ -56,14 +87,45 @@ def config(args, data, folds, work, **extra):
     return load_config("default", over)
 
 
-def ours(cfg):
-    """images/s of one epoch of our training loop (its own metrics.csv figure: the epoch's batches only)."""
+def matched(backbone):
+    """Our config keys closest to timm train.py's model and data: a linear neck to the backbone's own feature
+    width, the arcface head (a cosine classifier), no augmentation but the crop, timm's crop scale."""
+    import timm
+
+    width = timm.create_model(backbone, pretrained=False, num_classes=0).num_features
+    return {"neck": "linear", "embedding_dim": width, "head": "arcface", "aug_p_color": 0, "aug_p_affine": 0,
+            "aug_p_dropout": 0, "mask_p": 0, "crop_scale_min": 0.08}
+
+
+@contextlib.contextmanager
+def counting_compile():
+    """torch.compile wrapped to count its calls (Module.compile calls it too): did compile=true do anything?"""
+    import torch
+
+    real, calls = torch.compile, []
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    torch.compile = counted
+    try:
+        yield calls
+    finally:
+        torch.compile = real
+
+
+def ours(cfg, notes=None):
+    """images/s of one epoch of our training loop (its own metrics.csv figure: the epoch's batches only);
+    notes (a dict), when given, gets the torch.compile calls the loop made."""
     import pandas as pd
 
     from pipeline.training.loop import train
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), counting_compile() as calls:
         out = train(cfg)
+    if notes is not None:
+        notes["torch_compile_calls"] = len(calls)
     return float(pd.read_csv(out / "metrics.csv")["images_per_sec"].iloc[-1])
 
 
@@ -117,6 +179,48 @@ def reference(cfg, device, n_images):
     return seen / (time.time() - t0)
 
 
+def timm_train_path(args):
+    """(path of timm's train.py, found): --timm-train, else $TIMM_TRAIN_PY, else ../shared/reference/."""
+    path = Path(args.timm_train or os.environ.get("TIMM_TRAIN_PY") or TIMM_TRAIN)
+    return path, path.is_file()
+
+
+def timm_command(args, script, data, work):
+    """timm train.py's command line: our bench's settings in its flags (module docstring)."""
+    classes = sum(1 for d in (Path(data) / "train_images").iterdir() if d.is_dir())
+    cmd = [sys.executable, str(script), "--data-dir", str(data), "--train-split", "train_images", "--val-split", "",
+           "--model", args.backbone, "--num-classes", str(classes), "--img-size", str(args.size),
+           "-b", str(args.batch), "--opt", "momentum", "--lr", "0.01", "--momentum", "0.9", "--weight-decay", "0.0005",
+           "--warmup-epochs", "0", "--epochs", "1", "-j", str(workers(args)), "--channels-last", "--seed", "42",
+           "--log-interval", "1", "--output", str(work / "timm-out"), "--device", args.device]
+    if args.device == "cpu":
+        cmd.append("--no-prefetcher")
+    else:
+        cmd.append("--pin-mem")
+        if args.amp:
+            import torch
+
+            bf16 = torch.cuda.get_device_capability() >= (8, 0)  # our amp_dtype auto: bfloat16 from sm_80
+            cmd += ["--amp", "--amp-dtype", "bfloat16" if bf16 else "float16"]
+    return cmd
+
+
+def timm_train(cmd, work, notes):
+    """images/s of one run of timm's train.py: the avg img/s of its last Train: line (module docstring);
+    notes gets its images and updates."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [m for m in map(TRAIN_LINE.search, done.stdout.splitlines()) if m]
+    if done.returncode or not lines:
+        tail = "\n".join(done.stdout.splitlines()[-15:])
+        raise RuntimeError(f"timm train.py failed (exit {done.returncode}, {len(lines)} Train: lines):\n{tail}")
+    last = lines[-1]
+    updates, img_s = int(last.group(2)), float(last.group(4))
+    notes.update(updates=updates, images=updates * int(cmd[cmd.index("-b") + 1]),
+                 epoch_seconds=round(updates * float(last.group(3)), 2))
+    return img_s
+
+
 def cache_formats(cfg, items, side):
     """Reading the cache back in one process: img/s and bytes per image of each format."""
     from pipeline.data.image_cache import FORMATS, CacheSpec, ImageReader, build_cache
@@ -136,9 +240,25 @@ def cache_formats(cfg, items, side):
     return out
 
 
+def our_rows(args):
+    """{row name: config overrides} of our runs against the chosen reference (module docstring)."""
+    scaled = {"image_scale": 1.5}
+    if args.reference == "loop":
+        base = {}
+        extras = {}
+    else:
+        base = matched(args.backbone)
+        extras = {"ours_mlp_neck_4096": {**base, "neck": "mlp", "embedding_dim": 4096},
+                  "ours_spec_augs": {**base, **SPEC_AUGS},
+                  "ours_defaults": {},
+                  "ours_compile": {**base, "compile": "true"}}
+    return {"ours_full_decode": base, "ours_reduced_decode": {**base, **scaled},
+            "ours_cached": {**base, **scaled, "image_cache": "true"}, **extras}
+
+
 def measure(args, name, hotels, photo_size, work):
-    """One dataset: the reference and our three ways, interleaved --repeats times (the best of each: a shared
-    machine only ever slows a run down), then the cache formats' read speed."""
+    """One dataset: the reference and our rows, interleaved --repeats times (the best of each), then the cache
+    formats' read speed."""
     from pipeline.data.folds import split
     from pipeline.data.image_cache import CacheSpec, build_cache, short_side
 
@@ -146,19 +266,28 @@ def measure(args, name, hotels, photo_size, work):
     base = config(args, data, folds, work)
     _, items, _, _ = split(base)
     n = len(items) // args.batch * args.batch
-    scaled = dict(image_scale=1.5)
     side = short_side({"image_scale": 1.5}, args.size)
     with contextlib.redirect_stdout(io.StringIO()):
         build_cache({"train": items}, CacheSpec(side), base["image_cache_dir"])  # built ahead: not in the timing
-    runs = {"reference": lambda: reference(base, args.device, n)}
-    for key, extra in (("ours_full_decode", {}), ("ours_reduced_decode", scaled),
-                       ("ours_cached", {**scaled, "image_cache": "true"})):
-        runs[key] = lambda extra=extra: ours(config(args, data, folds, work, **extra))
+    notes = {}
+    if args.reference == "timm-train":
+        cmd = timm_command(args, args.timm_train_path, data, work)
+        runs = {"reference": lambda: timm_train(cmd, work, notes.setdefault("reference", {}))}
+    else:
+        runs = {"reference": lambda: reference(base, args.device, n)}
+    for key, extra in our_rows(args).items():
+        runs[key] = lambda extra=extra, key=key: ours(config(args, data, folds, work, **extra),
+                                                      notes.setdefault(key, {}))
     best = best_of(runs, args.repeats)
     row = {"images": n, "short_side": side, "reference_img_s": round(best["reference"], 1)}
+    if "reference" in notes:
+        row["reference_images"] = notes["reference"]["images"]  # timm's ImageFolder: all of train_images
+        row["reference_epoch_seconds"] = notes["reference"]["epoch_seconds"]
     for key in list(runs)[1:]:
         row[f"{key}_img_s"] = round(best[key], 1)
         row[f"{key}_ratio"] = round(best[key] / best["reference"], 3)
+    if "ours_compile" in notes:
+        row["ours_compile_torch_compile_calls"] = notes["ours_compile"]["torch_compile_calls"]
     row["cache_formats"] = cache_formats(dict(base, image_cache_dir=str(work / f"formats-{name}")), items[:400], side)
     return row
 
@@ -177,6 +306,12 @@ def arguments(doc, repeats):
     return p
 
 
+def workers(args):
+    from pipeline.data.images import default_workers
+
+    return default_workers() if args.workers < 0 else args.workers
+
+
 def best_of(runs, repeats):
     """{name: the best img/s of its run} over interleaved repeats: a shared machine only ever slows a run down."""
     best = {key: 0.0 for key in runs}
@@ -186,28 +321,57 @@ def best_of(runs, repeats):
     return best
 
 
+def pick_reference(args):
+    """The reference to run and its JSON: timm-train, or the loop when timm's train.py is missing (said once)."""
+    info = {"name": args.reference}
+    if args.reference == "timm-train":
+        args.timm_train_path, found = timm_train_path(args)
+        info.update(path=str(args.timm_train_path), found=found)
+        if not found:
+            print(f"train_speed: timm train.py not found at {args.timm_train_path} (--timm-train PATH or "
+                  "$TIMM_TRAIN_PY): measuring against --reference loop instead", file=sys.stderr)
+            args.reference = info["name"] = "loop"
+            info["note"] = "timm train.py missing: the loop reference ran instead"
+        else:
+            info["figure"] = ("avg img/s of its last Train: line = the epoch's images / its wall time (update "
+                              "times include data waiting, the first from before the workers start; full batches)")
+            info["matched_config"] = matched(args.backbone)
+    return info
+
+
+def goals(result):
+    d, ph = result["demo"], result["photos_1024"]
+    out = {"uncached_vs_reference_ge_1.0": min(d["ours_full_decode_ratio"], ph["ours_full_decode_ratio"]),
+           "cached_1024_vs_reference_ge_1.5": ph["ours_cached_ratio"]}
+    if "ours_compile_ratio" in ph:  # no goal: the ratio compile=true gives, its compile time inside the epoch
+        out["compile_vs_reference"] = {"demo": d["ours_compile_ratio"], "photos_1024": ph["ours_compile_ratio"]}
+        if not ph["ours_compile_torch_compile_calls"]:
+            out["compile_note"] = "compile=true made no torch.compile call: the key had no effect in the loop"
+    return out
+
+
 def main():
-    args = arguments(__doc__, repeats=2).parse_args()
+    p = arguments(__doc__, repeats=2)
+    p.add_argument("--reference", default="timm-train", choices=["timm-train", "loop"],
+                   help="timm-train: timm's train.py as a subprocess (default); loop: our loop on timm's loader")
+    p.add_argument("--timm-train", default="",
+                   help=f"path of timm's train.py (default: $TIMM_TRAIN_PY, else {TIMM_TRAIN})")
+    args = p.parse_args()
     if args.quick:
         args.repeats = 1
     if args.device == "cuda":
         os.environ["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
     import torch
 
-    from pipeline.data.images import default_workers
-
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         result = {"device": args.device, "amp": args.amp, "backbone": args.backbone, "image_size": args.size,
-                  "batch_size": args.batch, "workers": default_workers() if args.workers < 0 else args.workers,
-                  "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                  "repeats": args.repeats,
-                  "demo": measure(args, "demo", 30 if args.quick else 120, 0, work),
-                  "photos_1024": measure(args, "photos1024", 30 if args.quick else 80, 1024, work)}
-    d, ph = result["demo"], result["photos_1024"]
-    result["goals"] = {"uncached_vs_reference_ge_1.0": min(d["ours_full_decode_ratio"], ph["ours_full_decode_ratio"]),
-                       "cached_1024_vs_reference_ge_1.5": ph["ours_cached_ratio"]}
+                  "batch_size": args.batch, "workers": workers(args), "torch_threads": torch.get_num_threads(),
+                  "cpus": os.cpu_count(), "repeats": args.repeats, "reference": pick_reference(args)}
+        result["demo"] = measure(args, "demo", 30 if args.quick else 120, 0, work)
+        result["photos_1024"] = measure(args, "photos1024", 30 if args.quick else 80, 1024, work)
+    result["goals"] = goals(result)
     result["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result, indent=1))
 

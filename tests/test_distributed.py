@@ -47,7 +47,7 @@ def test_every_head_under_ddp_gives_the_one_process_loss_and_gradients(name, ddp
 
 # BN-free (a ViT with a linear neck; torch's SyncBatchNorm needs CUDA), SGD (Adam turns float noise in the
 # exactly-zero gradient of a key bias into lr-sized steps), a constant lr (resumes change `epochs`)
-DDP = ["backbone=test_vit", "neck=linear", "optimizer=sgd", "scheduler=constant"]
+DDP = ["backbone=test_vit", "neck=linear", "optimizer=sgd", "scheduler=constant", "deterministic=true"]
 
 
 def _train(tiny, runs, *extra):

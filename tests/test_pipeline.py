@@ -104,7 +104,7 @@ def _final_state(run):
 @pytest.mark.parametrize("features", [[], ["accum_steps=2", "ema=0.9", "sampler=m_per_class", "m_per_class.n=2",
                                            "scheduler=plateau", "lr_mult.head=10"]], ids=["plain", "accum-ema-plateau"])
 def test_resume_after_sigkill_matches_uninterrupted(features, tiny_data, tmp_path):
-    extra = ["epochs=3", "save_every_steps=1", "batch_size=4", *features]
+    extra = ["epochs=3", "save_every_steps=1", "batch_size=4", "deterministic=true", *features]
     cfg = tmp_path / "r.yaml"
     cfg.write_text("epochs: 3\n")
     full = cli("train", cfg, *tiny_overrides(tiny_data, tmp_path / "full", *extra))

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_overrides
 
 # a constant lr: the resumes below change `epochs`, which a cosine schedule would read
-CONSTANT = ["scheduler=constant"]
+CONSTANT = ["scheduler=constant", "deterministic=true"]
 
 
 def _cfg(tiny_data, runs, *extra):
@@ -153,7 +153,8 @@ def test_rng_streams_restore_per_rank_and_old_files_are_one_process():
 
 
 @pytest.mark.parametrize("bad, needle", [("val_every=0", "val_every=0: give a whole number >= 1"),
-                                         ("val_gallery=-1", "val_gallery=-1: give a whole number >= 0")])
+                                         ("val_gallery=-1", "val_gallery=-1: give a whole number >= 0"),
+                                         ("val_gallery=many", "val_gallery='many': give a whole number >= 0")])
 def test_bad_validation_keys_are_one_line_errors(tiny_data, tmp_path, bad, needle):
     from pipeline.core.errors import UserError
 

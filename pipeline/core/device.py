@@ -139,3 +139,16 @@ def needs_scaler(device: str, enabled: bool, dtype: str = "auto") -> bool:
     import torch
 
     return enabled and device.startswith("cuda") and amp_dtype(device, dtype) is torch.float16
+
+
+def set_determinism(on: bool) -> None:
+    """deterministic=true: deterministic torch algorithms (warning where an op has none), a fixed cuBLAS workspace
+    and no cuDNN autotuning, so a GPU run repeats bit for bit; false: cuDNN benchmarks its algorithms per shape and
+    keeps the fastest (timm's default). Set both ways: a process may train several runs."""
+    import torch
+
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # else cuBLAS on CUDA >= 10.2 is not repeatable
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
+    torch.backends.cudnn.deterministic = on

@@ -47,8 +47,10 @@ def measure(model: "torch.nn.Module", size: int, batch: int, device: str, amp: b
 
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm running stats move
     was_training = model.training
+    # dropout draws from the global streams: a run must not depend on whether this decision was cached
+    rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
     model.train()
-    x = torch.randn(batch, 3, size, size, device=device)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator(device).manual_seed(0), device=device)
     out = {}
     for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
         model.to(memory_format=fmt)
@@ -69,6 +71,9 @@ def measure(model: "torch.nn.Module", size: int, batch: int, device: str, amp: b
     model.load_state_dict(saved)
     model.to(memory_format=torch.contiguous_format)
     model.train(was_training)
+    torch.random.set_rng_state(rng[0])
+    if rng[1] is not None:
+        torch.cuda.set_rng_state(rng[1], device)
     return out
 
 
@@ -78,7 +83,8 @@ def _key(cfg: dict, size: int, batch: int, device: str) -> str:
     from pipeline.core.device import amp_dtype
 
     dtype = str(amp_dtype(device, cfg["amp_dtype"])).split(".")[1] if cfg["amp"] else "float32"
-    return f"{cfg['backbone']}|{size}px|batch {batch}|{torch.cuda.get_device_name(device)}|{dtype}|torch {torch.__version__}"
+    gpu = torch.cuda.get_device_name(device)
+    return f"{cfg['backbone']}|{size}px|batch {batch}|{gpu}|{dtype}|torch {torch.__version__}"
 
 
 def use_channels_last(cfg: dict, model: "torch.nn.Module", device: str, size: int, batch: int = 0,
@@ -115,8 +121,8 @@ def use_channels_last(cfg: dict, model: "torch.nn.Module", device: str, size: in
         except OSError:
             pass  # a read-only home: measured again next time
         k = known[key]
-        log(f"channels_last=auto: {cfg['backbone']} at {size}px, batch {batch}: channels_last {k['channels_last_s']:.4f}"
-            f" s, contiguous {k['contiguous_s']:.4f} s per step -> {'channels_last' if k['use'] else 'contiguous'} "
-            f"(kept in {path})")
+        log(f"channels_last=auto: {cfg['backbone']} at {size}px, batch {batch}: channels_last "
+            f"{k['channels_last_s']:.4f} s, contiguous {k['contiguous_s']:.4f} s per step -> "
+            f"{'channels_last' if k['use'] else 'contiguous'} (kept in {path})")
     _DECIDED[memo] = known[key]["use"]
     return _DECIDED[memo]

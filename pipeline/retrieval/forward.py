@@ -19,6 +19,7 @@ from pipeline.core.device import autocast
 from pipeline.core.errors import UserError
 from pipeline.core.io import save_npy, write_text
 from pipeline.core.progress import Progress
+from pipeline.data import decode
 from pipeline.data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
 
 if TYPE_CHECKING:
@@ -78,16 +79,19 @@ def embed_items(model: torch.nn.Module, items: "list[Item]", transform: "A.Compo
     alone). reader: how images are read (data/image_cache.py; default: whole, from their files). rotation: every
     (square) view turned that many quarter turns (torch.rot90 over H, W) before the model, for rotation TTA;
     orient: an Orienter that turns each view back upright first. progress(n): n more images embedded, over all
-    processes (this one's batch times the world). The defaults change nothing."""
+    processes (this one's batch times the world). The defaults change nothing. cfg's decode=gpu: the workers read
+    the files' bytes and each batch is decoded and resized on the device (data/decode.py says where it applies)."""
     _check_rotation(rotation)
     model.eval()
     stop = len(items) if stop is None else stop
-    ds = ImageDataset(items, transform, codes, reader)
+    gpu = decode.plan(cfg, transform, reader, device)  # decode=gpu: workers read bytes, batches decode on device
+    ds = gpu.dataset(items, codes) if gpu else ImageDataset(items, transform, codes, reader)
     dl = loader(ds, batch_sampler=_batches(start, stop, images_per_batch(cfg)), num_workers=cfg["num_workers"],
-                device=device)
+                device=device, collate_fn=decode.collate if gpu else None)
     done = []  # per batch: (embeddings, loss x batch size, correct)
     logits = getattr(head, "logits", None)  # pair losses (supcon, triplet) have no classes to score
     for x, y in dl:
+        x = gpu.batch(x) if gpu else x
         e, emb = _forward(model, x, cfg, device, flip, rotation, orient)
         loss = correct = 0
         if head is not None:
@@ -125,6 +129,7 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
     norms are <= 1, equal to 1 only when a single view is kept). Of items[start:stop]; None on ranks other than 0.
     rotation, orient, progress: as embed_items, on each crop (so a crop is turned about its own centre)."""
     _check_rotation(rotation)
+    decode.plan(cfg, multicrop, reader, device)  # None: decode=gpu is checked, and said not to apply to crops
     model.eval()
     stop = len(items) if stop is None else stop
     ds = MultiCropDataset(items, multicrop, reader)

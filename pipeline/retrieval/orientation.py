@@ -134,7 +134,7 @@ def rotated_features(model: "Embedder", items: "list[Item]", transform, cfg: dic
                 device=device)
     out = []
     for x, _ in dl:
-        with autocast(device, cfg["amp"]):
+        with autocast(device, cfg["amp"], cfg["amp_dtype"]):
             out.append(view_features(model, x.to(device, non_blocking=True)).cpu())
     return torch.cat(out) if out else torch.zeros(0, ROTATIONS, 0)
 

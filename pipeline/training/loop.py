@@ -4,7 +4,6 @@ schedule and EMA from training/optimizers.py; validation (training/validation.py
 training images every val_every epochs. Under torchrun each process takes rows rank::N of the same global batches,
 draws its own dropout masks and only rank 0 writes."""
 import itertools
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from pipeline.config import run_dir, save_config
 from pipeline.core import checkpoint, distributed
-from pipeline.core.device import autocast, pick_device
+from pipeline.core.device import amp_dtype, autocast, needs_scaler, pick_device, set_determinism
 from pipeline.core.errors import UserError
 from pipeline.core.io import write_table
 from pipeline.core.progress import Progress
@@ -28,10 +27,11 @@ from pipeline.data.transforms import build_transform
 from pipeline.model import heads
 from pipeline.model.backbone import input_config
 from pipeline.model.embedder import build_model
+from pipeline.model.memory_format import use_channels_last
 from pipeline.text.captions import text_data
 from pipeline.training import logbook, validation
-from pipeline.training.optimizers import make_ema, make_optimizer
-from pipeline.training.schedulers import Plateau, check_scheduler, lr_factor
+from pipeline.training.optimizers import check_clipping, clip_gradients, make_ema, make_optimizer
+from pipeline.training.schedulers import Plateau, check_scheduler, check_size_schedule, image_size_at, lr_factor
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -67,6 +67,7 @@ class _Run:
     model: "Embedder | None" = None
     head: "torch.nn.Module | None" = None
     inputs: dict = field(default_factory=dict)  # image_size, mean, std: what a checkpoint's user feeds the model
+    base_size: int = 0  # image_size resolved; image_size_schedule may train an epoch at another
     tfms: "dict[str, A.Compose]" = field(default_factory=dict)
     reader: "ImageReader | None" = None  # the image cache or the source files
     fmt: "torch.memory_format" = torch.contiguous_format
@@ -108,10 +109,11 @@ def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> 
     if not run.rank:
         save_config(cfg, run.out / "config.yaml")
     run.book = logbook.Logbook(run)  # after a resume: it opens at the step the run goes on from
-    train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes, run.reader,
-                            targets=run.text.targets if run.text else None)
     while run.state["epoch"] < cfg["epochs"]:
         epoch, t0 = run.state["epoch"], time.time()
+        _set_image_size(run, image_size_at(cfg, epoch, run.base_size))
+        train_ds = ImageDataset(run.train_items, run.tfms["train"], run.codes, run.reader,
+                                targets=run.text.targets if run.text else None)
         seen = _train_epoch(run, train_ds, t0)
         _end_epoch(run, epoch, t0, seen, train_seconds=time.time() - t0)
     run.book.close()
@@ -130,13 +132,16 @@ def _setup(cfg, log):
     if cfg["nonfinite_loss"] not in ("stop", "skip"):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
     validation.check(cfg)
+    check_clipping(cfg), check_size_schedule(cfg)
     if cfg["device"] not in ("auto", "cuda", "cpu"):
         raise UserError(f"device={cfg['device']!r}: use auto, cuda or cpu (torchrun gives each process its GPU)")
     device = pick_device(cfg["device"], distributed.main_only(log))
+    amp_dtype(device, cfg["amp_dtype"])  # a bad value, or bfloat16 on a card without it, fails before the model
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
+    per_class = validation.per_class(cfg, len(train_items))
     return _Run(cfg, distributed.main_only(log), out, rank, world, device, train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
-                gallery=validation.gallery(labelled(train_items), cfg["val_gallery"], cfg["seed"]), text=text)
+                gallery=validation.gallery(labelled(train_items), per_class, cfg["seed"]), text=text)
 
 
 def _build(run, resume):
@@ -144,9 +149,7 @@ def _build(run, resume):
     The seed goes right before build_model: its random init, then the head's, must repeat for the same seed (and
     on every rank); each rank's own stream for dropout starts after them."""
     cfg, device, n = run.cfg, run.device, len(run.classes)
-    if cfg["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # else cuBLAS on CUDA >= 10.2 is not repeatable
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    set_determinism(cfg["deterministic"])
     torch.manual_seed(cfg["seed"])
     init = cfg["init_from"] and not resume  # a resume's last.pt wins over init_from
     model, source = build_model(cfg, with_weights=not (resume or init))  # those load their own weights
@@ -162,11 +165,14 @@ def _build(run, resume):
     source = checkpoint.init_from(model, head, cfg["init_from"], run.classes, run.log) if init else source
     distributed.seed_rank(cfg["seed"])
     size, mean, std = input_config(cfg, model.backbone)
-    run.inputs = {"image_size": size, "mean": list(mean), "std": list(std)}
-    run.tfms = {k: build_transform(k, cfg, size) for k in ("train", "val", "test")}
-    run.reader = image_reader(cfg, size, {"train": run.train_items + run.val_items}, run.log)
-    run.fmt = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
-    model.to(device, memory_format=run.fmt), head.to(device)
+    run.base_size, run.inputs = size, {"image_size": size, "mean": list(mean), "std": list(std)}
+    if cfg["grad_checkpointing"]:
+        _grad_checkpointing(model, cfg)
+    model.to(device), head.to(device)
+    last = use_channels_last(cfg, model, device, image_size_at(cfg, cfg["epochs"] - 1, size),
+                             cfg["batch_size"] // run.world, run.log)
+    run.fmt = torch.channels_last if last else torch.contiguous_format
+    model.to(memory_format=run.fmt)
     run.step_fn = distributed.wrap(heads.LossStep(model, head), device)
     run.opt = make_optimizer(cfg, model, head)
     run.plateau = plateau = Plateau(cfg)
@@ -174,10 +180,33 @@ def _build(run, resume):
     # the schedule's factor times the plateau cut, read each step: a resume swaps plateau.state, not plateau
     run.sched = torch.optim.lr_scheduler.LambdaLR(run.opt, lambda s: lr_factor(cfg, s, total) * plateau.scale)
     run.ema = make_ema(cfg, model)
-    run.scaler = torch.amp.GradScaler("cuda", enabled=cfg["amp"] and device == "cuda")
+    if cfg["compile"]:  # in place, after the EMA's copy: state_dict keys stay the plain module's
+        model.compile()
+    run.scaler = torch.amp.GradScaler("cuda", enabled=needs_scaler(device, cfg["amp"], cfg["amp_dtype"]))
     run.state = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "best_selected": -1.0, "history": [],
                  "plateau": plateau.state}
     return source
+
+
+def _grad_checkpointing(model, cfg):
+    """timm's set_grad_checkpointing on the backbone: its blocks' activations recomputed in backward."""
+    try:
+        model.backbone.set_grad_checkpointing(True)
+    except (AssertionError, NotImplementedError, AttributeError):
+        raise UserError(f"grad_checkpointing: timm's {cfg['backbone']} does not support it; set "
+                        "grad_checkpointing=false (or lower batch_size and raise accum_steps)") from None
+
+
+def _set_image_size(run, size):
+    """The epoch's training size (image_size_schedule): transforms and image reader rebuilt when it changes;
+    checkpoints then record it as the size to embed at. Validation embeds at the same size."""
+    if run.tfms and run.inputs["image_size"] == size:
+        return
+    if run.tfms:
+        run.log(f"image size {run.inputs['image_size']} -> {size} px from epoch {run.state['epoch'] + 1}")
+    run.inputs["image_size"] = size
+    run.tfms = {k: build_transform(k, run.cfg, size) for k in ("train", "val", "test")}
+    run.reader = image_reader(run.cfg, size, {"train": run.train_items + run.val_items}, run.log)
 
 
 def _resume(run):
@@ -239,6 +268,9 @@ def _train_epoch(run, train_ds, t0):
         if state["batch"] % cfg["accum_steps"]:
             continue
         run.book.step(loss.item())  # before the schedule moves on: the rates this step uses
+        if cfg["clip_grad"]:
+            run.scaler.unscale_(run.opt)  # clip the true gradients, not the loss-scaled ones
+            clip_gradients(cfg, run.model, run.head)
         run.scaler.step(run.opt), run.scaler.update(), run.sched.step(), run.opt.zero_grad(set_to_none=True)
         state["step"] += 1
         if run.ema is not None:
@@ -254,7 +286,7 @@ def _backward(run, x, y):
     cfg, state = run.cfg, run.state
     try:
         last_of_step = (state["batch"] + 1) % cfg["accum_steps"] == 0  # DDP all-reduces on that batch only
-        with autocast(run.device, cfg["amp"]), distributed.sync_gradients(run.step_fn, last_of_step):
+        with autocast(run.device, cfg["amp"], cfg["amp_dtype"]), distributed.sync_gradients(run.step_fn, last_of_step):
             loss = run.step_fn(x, y)
         if not torch.isfinite(loss):
             if cfg["nonfinite_loss"] != "skip":

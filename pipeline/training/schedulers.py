@@ -1,14 +1,10 @@
 """SCHEDULERS and the learning rate over training: the learning rate of group g at optimiser step s is
 lr * lr_mult[g] * warmup_then_schedule(s) * plateau_scale, so every schedule gets the same warm-up and a resume
-restores it exactly from (step, plateau state); ReduceLROnPlateau's state is a plain dict."""
+restores it exactly from (step, plateau state); ReduceLROnPlateau's state is a plain dict. Also the image size
+over training (image_size_schedule: progressive resizing), a function of the epoch alone, so a resume repeats it."""
 import math
-from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UserError
-
-if TYPE_CHECKING:
-    pass
-
 
 # Schedules map progress t in [0, 1] after warm-up and the floor min_lr/lr to a factor of the peak lr.
 SCHEDULERS = {
@@ -58,3 +54,24 @@ class Plateau:
             self.state.update(scale=self.state["scale"] * self.factor, bad=0)
             return True
         return False
+
+
+def check_size_schedule(cfg: dict) -> list[tuple[int, int]]:
+    """image_size_schedule as (first epoch, size) pairs, increasing epochs; a one-line error names a bad entry."""
+    sched, pairs = cfg["image_size_schedule"], []
+    for entry in sched:
+        ok = isinstance(entry, list) and len(entry) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 for v in entry)
+        if not ok or entry[0] < 0 or entry[1] < 8 or (pairs and entry[0] <= pairs[-1][0]):
+            raise UserError(f"image_size_schedule={sched!r}: give [[epoch, size], ...] with epochs >= 0 in increasing "
+                            f"order and sizes >= 8 (bad entry {entry!r}), e.g. [[0, 384], [8, 448], [14, 512]]")
+        pairs.append((entry[0], entry[1]))
+    return pairs
+
+
+def image_size_at(cfg: dict, epoch: int, size: int) -> int:
+    """The training image size of a 0-based epoch: the last schedule entry starting at or before it, else size."""
+    for first, s in check_size_schedule(cfg):
+        if first <= epoch:
+            size = s
+    return size
