@@ -142,7 +142,7 @@ def model_for(args, cfg):
 
         state = torch.load(Path(args.run) / "best.pt", weights_only=True, map_location="cpu")
         cfg["image_size"] = state["image_size"]
-        return load_model(state["config"], state["model"], cfg, args.device).eval()
+        return load_model(state["config"], state["model"], cfg, args.device, state["image_size"]).eval()
     torch.manual_seed(0)
     model, _ = build_model(cfg, with_weights=False)
     return model.to(args.device, memory_format=torch.channels_last).eval()

@@ -158,7 +158,7 @@ def _embed(ck, items, device, amp):
     from pipeline.retrieval.embeddings import Variant, embed_with, load_model
 
     cfg = {**ck["config"], "amp": amp}
-    model = load_model(ck["config"], ck["model"], cfg, device)
+    model = load_model(ck["config"], ck["model"], cfg, device, ck["image_size"])
     tfm, _ = Variant().transform("test", cfg, ck)
     return embed_with(model, items, tfm, 0, cfg, device).astype("float64")
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check of issue 14 (bench/gpu_check.py says what it measures) and bench/backbones.py: one JSON object on
-# stdout, progress on stderr, under 9 minutes on one H200.
+# The GPU check of issues 14 and 25 (bench/gpu_check.py says what it measures) and bench/backbones.py: one JSON object
+# on stdout, progress on stderr, about 8 minutes on one H100 or H200 (gpu_check.py's --budget, 420 s, then at most 75 s
+# of backbones; a piece the budget cannot fit says so in its entry: run it again with --only).
 #   bash bench/gpu_check.sh            on a CUDA machine
 #   bash bench/gpu_check.sh --cpu      every piece on the CPU, small: a smoke run of the check itself
 #   bash bench/gpu_check.sh --only resume,rank

@@ -124,7 +124,9 @@ def test_decode_gpu_embeddings_agree_with_decode_cpu(photos):
     a = embed_items(model, items + big, tfm, cfg, "cpu")[0].astype(np.float32)
     b = embed_items(model, items + big, tfm, {**cfg, "decode": "gpu", "num_workers": 1}, "cpu")[0].astype(np.float32)
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    assert cos.min() > 0.99, cos.min()  # measured 0.9999999
+    # measured 0.9999999 for this random model; a trained one is more sensitive to 1-level changes (the demo's
+    # lite0 after an epoch: min 0.97, mean 0.995, as for 10% of its pixels moved by 1 level: bench/decode_speed.py)
+    assert cos.min() > 0.99, cos.min()
 
 
 def test_files_the_device_decoder_does_not_take_get_exactly_the_cpu_path(photos, capsys):

@@ -9,13 +9,14 @@ import re
 import pytest
 import timm
 import torch
-from conftest import tiny_overrides
 
 from pipeline.config import load_config
 from pipeline.core import device
 from pipeline.core.errors import UserError
 from pipeline.model import memory_format
-from pipeline.training import optimizers, schedulers, validation
+from pipeline.training import optimizers, validation
+
+from conftest import tiny_overrides
 
 
 def _cfg(tiny_data, runs, *extra):
@@ -72,7 +73,8 @@ def test_deterministic_is_off_by_default_and_sets_torch_both_ways():
 def test_channels_last_auto_on_the_cpu_is_on_for_conv_nets_only():
     cfg = load_config("default", ["backbone=test_efficientnet"])
     assert memory_format.use_channels_last(cfg, timm.create_model("test_efficientnet"), "cpu", 32) is True
-    assert memory_format.use_channels_last(cfg, timm.create_model("test_vit"), "cpu", 32) is False
+    vit = {**cfg, "backbone": "test_vit"}
+    assert memory_format.use_channels_last(vit, timm.create_model("test_vit"), "cpu", 32) is False
     for value in (True, False):
         assert memory_format.use_channels_last({**cfg, "channels_last": value}, None, "cuda", 32) is value
     with pytest.raises(UserError, match="channels_last='yes': use auto, true or false"):

@@ -20,6 +20,7 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
     from pipeline.experiments.scoring import need_queries, score, searched_gallery
     from pipeline.model.backbone import create_backbone, input_config
     from pipeline.model.embedder import GeM, PixelNorm
+    from pipeline.model.memory_format import layout
     from pipeline.retrieval.embeddings import item_set
 
     zcfg = dict(cfg, backbone=backbone,  # a weights file belongs to the config's own backbone
@@ -42,7 +43,8 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
         st = Path(source[len("file:"):]).stat()
         ident += f"|{st.st_size}|{st.st_mtime_ns}"
     device = pick_device()
-    model.to(device, memory_format=torch.channels_last if zcfg["channels_last"] else torch.contiguous_format)
+    model.to(device)
+    model.to(memory_format=layout(zcfg, model, device, size))
     cache = Path(zcfg["runs_dir"]) / "zero-shot" / backbone.replace("/", "_") / str(size)
     embed = lambda name, items, kind: _embed_cached(model, items, build_transform(kind, zcfg, size),
                                                     zcfg, device, ident, size, cache / f"{name}.npy", log)

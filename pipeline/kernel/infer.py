@@ -53,7 +53,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
             by_id = {it.image_id: it for it in ds.test}
             items = [by_id[i] for i in ds.test_ids]
             log(f"kernel: {len(items)} test images, {len(ds.classes)} classes in {data_dir}")
-        model = load_model(train_cfg, load_file(str(mdir / spec.WEIGHTS)), cfg, device)
+        model = load_model(train_cfg, load_file(str(mdir / spec.WEIGHTS)), cfg, device, meta["image_size"])
         tfm, _ = variant.transform("test", cfg, meta)
         # image_scale as the gallery was embedded with; no image cache here: each test photo is read once
         reader = ImageReader(short_side(cfg, meta["image_size"]))

@@ -39,14 +39,17 @@ def check(value: object) -> None:
 def measure(model: "torch.nn.Module", size: int, batch: int, device: str, amp: bool, amp_dtype: str = "auto",
             steps: int = 3) -> dict[str, float]:
     """{'channels_last': s, 'contiguous': s}: the median seconds of a forward+backward of a random (batch, 3, size,
-    size) batch in each layout, after one warm-up pass each (cuDNN picks its kernels). The model's weights and
-    gradients are left as they were; its layout is left contiguous."""
+    size) batch in each layout, after one warm-up pass each (cuDNN picks its kernels). The model's weights,
+    gradients, layout and the random streams are left as they were."""
     import torch
 
     from pipeline.core.device import autocast
 
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm running stats move
     was_training = model.training
+    conv = next((p for p in model.parameters() if p.dim() == 4), None)
+    layout = (torch.channels_last if conv is not None and conv.is_contiguous(memory_format=torch.channels_last)
+              and not conv.is_contiguous() else torch.contiguous_format)
     # dropout draws from the global streams: a run must not depend on whether this decision was cached
     rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state(device) if device.startswith("cuda") else None)
     model.train()
@@ -69,7 +72,7 @@ def measure(model: "torch.nn.Module", size: int, batch: int, device: str, amp: b
         out[name] = sorted(times[1:])[len(times[1:]) // 2]
     model.zero_grad(set_to_none=True)
     model.load_state_dict(saved)
-    model.to(memory_format=torch.contiguous_format)
+    model.to(memory_format=layout)
     model.train(was_training)
     torch.random.set_rng_state(rng[0])
     if rng[1] is not None:
@@ -87,6 +90,13 @@ def _key(cfg: dict, size: int, batch: int, device: str) -> str:
     return f"{cfg['backbone']}|{size}px|batch {batch}|{gpu}|{dtype}|torch {torch.__version__}"
 
 
+def layout(cfg: dict, model: "torch.nn.Module", device: str, size: int) -> "torch.memory_format":
+    """The memory format embedding feeds this model at this size (use_channels_last's decision, made once)."""
+    import torch
+
+    return torch.channels_last if use_channels_last(cfg, model, device, size) else torch.contiguous_format
+
+
 def use_channels_last(cfg: dict, model: "torch.nn.Module", device: str, size: int, batch: int = 0,
                       log=print) -> bool:
     """The channels_last key resolved for this model on this device. batch: the training batch to measure with
@@ -95,14 +105,12 @@ def use_channels_last(cfg: dict, model: "torch.nn.Module", device: str, size: in
     check(value)
     if value != "auto":
         return value
-    if not device.startswith("cuda"):
-        return is_conv_net(model)
     memo = f"{cfg['backbone']}|{size}|{device}"
-    if memo in _DECIDED and not batch:
+    if memo in _DECIDED and not (batch and device.startswith("cuda")):
         return _DECIDED[memo]
-    if not is_conv_net(model):
-        _DECIDED[memo] = False
-        return False
+    if not device.startswith("cuda") or not is_conv_net(model):
+        _DECIDED[memo] = is_conv_net(model) and not device.startswith("cuda")
+        return _DECIDED[memo]
     batch = batch or max(1, cfg["eval_batch_size"] // 4)
     key, path = _key(cfg, size, batch, device), cache_file()
     try:

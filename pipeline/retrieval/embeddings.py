@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.data import decode
 from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS, SPLITS
 
 if TYPE_CHECKING:
@@ -191,14 +192,14 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
         size = state["image_size"]
         reader = reader or ImageReader(short_side(cfg, size))  # the cache itself is opened (built) only if needed
         tfm, text = variant.transform(name, cfg, state)
-        text += reader.describe()
+        text += reader.describe() + decode.describe(cfg, tfm, reader)  # decode=gpu's pixels differ by a level
         key = cache_key(ck_hash, items[name], text, size, made)
         st, parts = stems[name], out / f"{stems[name]}.parts"
         if manifest.get(st, {}).get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
             shutil.rmtree(parts, ignore_errors=True)  # left by a kill between the manifest and their removal
             continue
         if model is None:
-            model = load_model(state["config"], state["model"], cfg, device)
+            model = load_model(state["config"], state["model"], cfg, device, size)
             reader = image_reader(cfg, size, {"train": ds.train, "test": ds.test}, log)
         q = variant.query(name)
         if q.upright and orient is None:
@@ -263,15 +264,17 @@ def _save_stem(out: Path, stem: str, emb: np.ndarray, items: "list[Item]", manif
     shutil.rmtree(out / f"{stem}.parts", ignore_errors=True)
 
 
-def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict, device: str) -> "Embedder":
-    """The embedding model of a run (built without pretrained weights, then given its trained ones), on device."""
-    import torch
-
+def load_model(model_cfg: dict, state_dict: "dict[str, torch.Tensor]", cfg: dict, device: str,
+               size: int) -> "Embedder":
+    """The embedding model of a run (built without pretrained weights, then given its trained ones), on device in
+    the memory format cfg's channels_last gives it at this image size."""
     from pipeline.model.embedder import build_model
+    from pipeline.model.memory_format import layout
 
     model, _ = build_model(model_cfg, with_weights=False)
     model.load_state_dict(state_dict)
-    return model.to(device, memory_format=torch.channels_last if cfg["channels_last"] else torch.contiguous_format)
+    model.to(device)
+    return model.to(memory_format=layout(cfg, model, device, size))
 
 
 def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | MultiCrop", crops: int, cfg: dict,

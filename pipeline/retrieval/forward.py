@@ -21,6 +21,7 @@ from pipeline.core.io import save_npy, write_text
 from pipeline.core.progress import Progress
 from pipeline.data import decode
 from pipeline.data.dataset import ImageDataset, MultiCropDataset, collate_crops, loader
+from pipeline.model.memory_format import layout
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -58,11 +59,10 @@ def _forward(model, x, cfg, device, flip, rotation=0, orient=None):
     if rotation:
         x = torch.rot90(x, rotation, (2, 3)).contiguous()  # a plain layout, as a turned image file gives
     if orient is not None:
-        with autocast(device, cfg["amp"]):  # as train_orienter computed the features its head learned from
+        with autocast(device, cfg["amp"], cfg["amp_dtype"]):  # as train_orienter computed its head's features
             x = orient(x)
-    if cfg["channels_last"]:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, cfg["amp"]):
+    x = x.contiguous(memory_format=layout(cfg, model, device, x.shape[-1]))  # the model's own (load_model)
+    with autocast(device, cfg["amp"], cfg["amp_dtype"]):
         e = model(x).float()
         return e, (e + model(x.flip(3)).float() if flip else e)
 

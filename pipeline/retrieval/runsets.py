@@ -75,7 +75,7 @@ def ensure_run_orienter(cfg: dict, log=print) -> None:
     if has_orienter(run, ck_hash):
         return
     state, device, ds = checkpoint.load(ck_path, cfg), pick_device(cfg["device"], log), split(cfg)[0]
-    model = load_model(state["config"], state["model"], cfg, device)
+    model = load_model(state["config"], state["model"], cfg, device, state["image_size"])
     reader = image_reader(cfg, state["image_size"], {"train": ds.train, "test": ds.test}, log)
     ensure_orienter(cfg, model, ds.train, reader, device, run, ck_hash, log, state["image_size"])
 

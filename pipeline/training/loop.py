@@ -19,6 +19,7 @@ from pipeline.core.device import amp_dtype, autocast, needs_scaler, pick_device,
 from pipeline.core.errors import UserError
 from pipeline.core.io import write_table
 from pipeline.core.progress import Progress
+from pipeline.data import decode
 from pipeline.data.dataset import ImageDataset, loader
 from pipeline.data.folds import labelled, split
 from pipeline.data.image_cache import image_reader
@@ -132,7 +133,7 @@ def _setup(cfg, log):
     if cfg["nonfinite_loss"] not in ("stop", "skip"):
         raise UserError(f"nonfinite_loss={cfg['nonfinite_loss']!r}: use stop or skip")
     validation.check(cfg)
-    check_clipping(cfg), check_size_schedule(cfg)
+    check_clipping(cfg), check_size_schedule(cfg), decode.check(cfg)
     if cfg["device"] not in ("auto", "cuda", "cpu"):
         raise UserError(f"device={cfg['device']!r}: use auto, cuda or cpu (torchrun gives each process its GPU)")
     device = pick_device(cfg["device"], distributed.main_only(log))
