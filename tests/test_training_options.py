@@ -222,3 +222,14 @@ def test_compile_trains_with_inductor_and_keeps_plain_checkpoints(tiny_data, tmp
     assert max((a["model"][k] - b["model"][k]).abs().max().item() for k in weights) < 2e-3
     losses = [r["progress"]["history"][0]["train_loss"] for r in (a, b)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+@pytest.mark.parametrize("workers, fmt, dev, want", [(-1, "memmap", "cpu", 0), (-1, "jpeg", "cpu", -1),
+                                                     (-1, None, "cpu", -1), (-1, "memmap", "cuda", -1),
+                                                     (2, "memmap", "cpu", 2)])
+def test_embedding_reads_the_memmap_cache_in_the_main_process_by_default(tmp_path, workers, fmt, dev, want):
+    from pipeline.data.image_cache import ImageReader
+    from pipeline.retrieval.forward import loader_workers
+
+    reader = ImageReader(144, tmp_path if fmt else None, fmt or "memmap")
+    assert loader_workers({"num_workers": workers}, reader, dev) == want
