@@ -170,8 +170,8 @@ def _build(run, resume):
     if cfg["grad_checkpointing"]:
         _grad_checkpointing(model, cfg)
     model.to(device), head.to(device)
-    last = use_channels_last(cfg, model, device, image_size_at(cfg, cfg["epochs"] - 1, size),
-                             cfg["batch_size"] // run.world, run.log)
+    last = distributed.broadcast(use_channels_last(cfg, model, device, image_size_at(cfg, cfg["epochs"] - 1, size),
+                                                   cfg["batch_size"] // run.world, run.log))  # every rank alike
     run.fmt = torch.channels_last if last else torch.contiguous_format
     model.to(memory_format=run.fmt)
     run.step_fn = distributed.wrap(heads.LossStep(model, head), device)
