@@ -33,8 +33,11 @@ class ImageDataset(Dataset):
         x = torch.from_numpy(apply(self.transform, self.reader(item), seed))
         if self.targets is not None:
             return x, self.targets(item, seed)
-        y = self.codes[item.label] if self.codes is not None and item.label is not None else -1
-        return x, y
+        return x, self.code(item)
+
+    def code(self, item) -> int:
+        """The item's class code; -1 without codes or a label (test images)."""
+        return self.codes[item.label] if self.codes is not None and item.label is not None else -1
 
 
 class MultiCropDataset(Dataset):

@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 
 from pipeline.core import distributed
 from pipeline.core.errors import UserError
+from pipeline.data.dataset import ImageDataset
 from pipeline.data.image_cache import ImageReader
-from pipeline.data.transforms import apply
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -119,21 +119,19 @@ class BytesDataset(Dataset):
     CHW, as data/dataset.ImageDataset makes it, seeded with i); y the class code or -1."""
 
     def __init__(self, items, transform, label_codes=None, reader=None):
-        self.items, self.transform, self.codes = items, transform, label_codes
-        self.reader = reader or ImageReader()
+        self.items, self.cpu = items, ImageDataset(items, transform, label_codes, reader)
 
     def __len__(self):
         return len(self.items)
 
     def cpu_sample(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(apply(self.transform, self.reader(self.items[index]), index))
+        return self.cpu[index][0]
 
     def __getitem__(self, index):
         item = self.items[index]
         data = read_bytes(item.path)
         x = torch.from_numpy(data) if plain_jpeg(data) else self.cpu_sample(index)
-        y = self.codes[item.label] if self.codes is not None and item.label is not None else -1
-        return (index, x), y
+        return (index, x), self.cpu.code(item)
 
 
 def collate(batch: list) -> tuple[dict, torch.Tensor]:

@@ -39,8 +39,8 @@ def check(value: object) -> None:
 def measure(model: "torch.nn.Module", size: int, batch: int, device: str, amp: bool, amp_dtype: str = "auto",
             steps: int = 3) -> dict[str, float]:
     """{'channels_last': s, 'contiguous': s}: the median seconds of a forward+backward of a random (batch, 3, size,
-    size) batch in each layout, after one warm-up pass each (cuDNN picks its kernels). The model's weights,
-    gradients, layout and the random streams are left as they were."""
+    size) batch in each layout, after one warm-up pass each (cuDNN picks its kernels). The model's weights, layout,
+    mode and the random streams are left as they were; its gradients are cleared."""
     import torch
 
     from pipeline.core.device import autocast
@@ -105,11 +105,11 @@ def use_channels_last(cfg: dict, model: "torch.nn.Module", device: str, size: in
     check(value)
     if value != "auto":
         return value
-    memo = f"{cfg['backbone']}|{size}|{device}"
-    if memo in _DECIDED and not (batch and device.startswith("cuda")):
+    memo, on_gpu = f"{cfg['backbone']}|{size}|{device}", device.startswith("cuda")
+    if memo in _DECIDED and not (batch and on_gpu):
         return _DECIDED[memo]
-    if not device.startswith("cuda") or not is_conv_net(model):
-        _DECIDED[memo] = is_conv_net(model) and not device.startswith("cuda")
+    if not on_gpu or not is_conv_net(model):  # the CPU: channels_last for conv nets; a ViT: no matter
+        _DECIDED[memo] = not on_gpu and is_conv_net(model)
         return _DECIDED[memo]
     batch = batch or max(1, cfg["eval_batch_size"] // 4)
     key, path = _key(cfg, size, batch, device), cache_file()

@@ -27,7 +27,9 @@ def check(cfg: dict) -> None:
                            ("val_gallery", 0, "0 = every training image, n = at most n training images per class, "
                                               "auto")):
         v = cfg[key]
-        if (isinstance(v, bool) or not isinstance(v, int) or v < low) and not (key == "val_gallery" and v == "auto"):
+        if key == "val_gallery" and v == "auto":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise UserError(f"{key}={v!r}: give a whole number >= {low} ({what})")
 
 
