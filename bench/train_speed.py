@@ -81,8 +81,8 @@ def config(args, data, folds, work, **extra):
 
     over = [f"data={data}", f"folds_file={folds}", f"runs_dir={work / 'runs'}", f"backbone={args.backbone}",
             "pretrained=false", f"image_size={args.size}", f"batch_size={args.batch}", f"num_workers={args.workers}",
-            "epochs=1", "fold=99", f"amp={str(args.amp).lower()}", f"image_cache_dir={work / 'cache'}",
-            "lr=0.01", "deterministic=false"]  # fold 99: none, so no validation; deterministic off as in timm
+            "epochs=1", "fold=-1", f"amp={str(args.amp).lower()}", f"image_cache_dir={work / 'cache'}",
+            "lr=0.01", "deterministic=false"]  # fold -1: no validation; deterministic off as in timm
     over += [f"{k}={v}" for k, v in extra.items()]
     return load_config("default", over)
 

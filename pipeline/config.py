@@ -1,6 +1,9 @@
 """Configs: default.yaml holds every key; a model file holds what differs; `key=value` overrides both.
 An unknown key or a value of the wrong type is a UserError naming it."""
+import math
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +17,62 @@ if TYPE_CHECKING:
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: low/high inclusive, above/below exclusive, None = unbounded. NaN and
+    infinity are never in a range."""
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    below: float | None = None
+
+    def holds(self, v: float) -> bool:
+        return (math.isfinite(v) and (self.low is None or v >= self.low) and (self.high is None or v <= self.high)
+                and (self.above is None or v > self.above) and (self.below is None or v < self.below))
+
+    def __str__(self) -> str:
+        parts = [f"{op} {b:g}" for op, b in ((">=", self.low), (">", self.above), ("<=", self.high),
+                                              ("<", self.below)) if b is not None]
+        return " and ".join(parts)
+
+
+_P = Range(0, 1)  # a probability
+_POSITIVE, _COUNT, _NONNEG = Range(above=0), Range(low=1), Range(low=0)
+# Every numeric key of default.yaml (tests/test_config.py keeps the two in step): a value outside its range is
+# refused where the config is read, before a run folder exists, instead of failing deep inside torch or faiss.
+RANGES = {
+    "fold": Range(low=-1), "image_scale": _NONNEG, "kernel_test_images": _COUNT, "kernel_time_limit_hours": _POSITIVE,
+    "gem_p": _POSITIVE, "embedding_dim": _COUNT, "neck_dropout": Range(0, below=1), "image_size": _NONNEG,
+    "arcface.s": _POSITIVE, "arcface.m": Range(0, below=math.pi), "cosface.s": _POSITIVE, "cosface.m": _NONNEG,
+    "subcenter_arcface.s": _POSITIVE, "subcenter_arcface.k": _COUNT, "subcenter_arcface.m_min": _NONNEG,
+    "subcenter_arcface.m_max": _NONNEG, "subcenter_arcface.m": Range(0, below=math.pi),
+    "supcon.temperature": _POSITIVE, "triplet.margin": _NONNEG, "loss_transform": _NONNEG,
+    "clip.context": _COUNT, "clip.width": _COUNT, "clip.layers": _COUNT, "clip.heads": _COUNT,
+    "clip.dropout": Range(0, below=1), "clip.temperature": _POSITIVE,
+    "m_per_class.n": _COUNT, "m_per_class.repeats": _COUNT, "repeated_aug.repeats": _COUNT,
+    "lr": _NONNEG, "lr_mult.backbone": _NONNEG, "lr_mult.neck": _NONNEG, "lr_mult.head": _NONNEG,
+    "lr_mult.text": _NONNEG, "weight_decay": _NONNEG, "momentum": Range(0, below=1), "min_lr": _NONNEG,
+    "warmup_steps": _NONNEG, "plateau.patience": _NONNEG, "plateau.factor": Range(above=0, below=1),
+    "accum_steps": _COUNT, "ema": Range(0, below=1), "epochs": _COUNT, "batch_size": _COUNT, "seed": _NONNEG,
+    "clip_grad": _NONNEG, "layer_decay": Range(0, below=1), "num_workers": Range(low=-1), "save_every_steps": _NONNEG,
+    "val_every": _COUNT, "val_gallery": _NONNEG, "crop_scale_min": Range(above=0, high=1), "aug_p_color": _P,
+    "aug_p_affine": _P, "aug_p_dropout": _P, "mask_p": _P, "occlusion_fill_p": _P, "eval_batch_size": _COUNT,
+    "embed_chunk": _COUNT, "max_memory": _COUNT, "search_candidates": _COUNT, "ivf.nlist": _NONNEG,
+    "ivf.nprobe": _COUNT, "hnsw.M": Range(low=2), "hnsw.ef_search": _COUNT, "hnsw.ef_construction": _COUNT,
+}
+# A run's name is a folder under runs_dir (and a file stem in reports): no separators, no leading dot, so no name
+# reaches outside it
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+
+
+def check_run_name(name: object, source: str) -> str:
+    """name, when it may name a run folder; else a UserError naming where it came from."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
+        raise UserError(f"{source}: run name {name!r} must be letters, digits, '_', '-', '.' or '+' (not starting "
+                        "with '.'; it becomes the folder <runs_dir>/<name>): rename it")
+    return name
+
+
 def _read_yaml(path):
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -25,7 +84,15 @@ def _read_yaml(path):
 
 
 def _coerce(key, value, default, source):
-    """Value checked against the default's type (ints are accepted where floats are)."""
+    """Value checked against the default's type (ints are accepted where floats are) and RANGES."""
+    value = _typed(key, value, default, source)
+    if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not RANGES[key].holds(value):
+        raise UserError(f"{source}: {key}={value!r}: must be {RANGES[key]} (see pipeline/configs/default.yaml)")
+    return value
+
+
+def _typed(key, value, default, source):
     if default == "auto" and (value == "auto" or isinstance(value, (bool, int, float))):
         return value  # an 'auto' key also takes the value it stands for (channels_last: true, val_gallery: 5)
     if isinstance(default, bool):
@@ -109,7 +176,7 @@ def load_config(name: str | Path, overrides: Iterable[str] = (), **cli: object) 
         _merge(cfg, parse_override(text), "command line")
     flags = {k: v for k, v in cli.items() if v is not None}
     _merge(cfg, flags, "command line")
-    cfg["name"] = saved_name or path.stem
+    cfg["name"] = check_run_name(saved_name or path.stem, str(path))
     return cfg
 
 
@@ -225,5 +292,5 @@ def config_from_dict(saved: dict, source: str) -> dict:
         raise UserError(f"{source}: a saved config must be a mapping with its name")
     cfg = _read_yaml(CONFIG_DIR / "default.yaml")
     _merge(cfg, {k: v for k, v in saved.items() if k != "name"}, source)
-    cfg["name"] = saved["name"]
+    cfg["name"] = check_run_name(saved["name"], source)
     return cfg

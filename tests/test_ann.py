@@ -70,8 +70,8 @@ def test_exact_is_the_default_and_unchanged_and_a_full_search_is_exact(tmp_path)
     assert (got[0] == want[0]).all() and np.abs(got[1] - want[1]).max() < 1e-5
 
 
-@pytest.mark.parametrize("override, key", [("search=ivff", "'search'"), ("ivf.nprobe=0", "'ivf.nprobe'"),
-                                           ("hnsw.M=1", "'hnsw.M'"), ("search_candidates=0", "'search_candidates'")])
+@pytest.mark.parametrize("override, key", [("search=ivff", "'search'"), ("ivf.nprobe=0", "ivf.nprobe=0"),
+                                           ("hnsw.M=1", "hnsw.M=1"), ("search_candidates=0", "search_candidates=0")])
 def test_a_bad_search_key_is_one_line_naming_it(override, key):
     with pytest.raises(UserError) as e:
         Search.of(load_config("default", [override]))

@@ -143,11 +143,11 @@ def test_clipping_is_timms_with_the_head_left_out_of_agc(mode):
 
 
 @pytest.mark.parametrize("bad, needle", [("clip_mode=l1", "clip_mode='l1': use agc | norm | value"),
-                                         ("clip_grad=-1", "clip_grad=-1.0: give a threshold > 0"),
+                                         ("clip_grad=-1", "clip_grad=-1.0: must be >= 0"),
                                          ("image_size_schedule=[[2,64],[1,96]]", "bad entry [1, 96]"),
                                          ("image_size_schedule=[64]", "bad entry 64"),
                                          ("compile=1", "'compile' must be bool, got 1"),
-                                         ("layer_decay=1.5", "layer_decay=1.5: give a factor in (0, 1)"),
+                                         ("layer_decay=1.5", "layer_decay=1.5: must be >= 0 and < 1"),
                                          ("amp_dtype=half", "amp_dtype='half': use auto | bfloat16 | float16"),
                                          ("channels_last=fast", "channels_last='fast': use auto, true or false")])
 def test_bad_training_options_are_one_line_errors(tiny_data, tmp_path, bad, needle):
@@ -209,9 +209,9 @@ def test_a_size_schedule_trains_each_epoch_at_its_size_and_resumes_into_it(tiny_
 
 
 def test_compile_trains_with_inductor_and_keeps_plain_checkpoints(tiny_data, tmp_path):
-    # no dropout (inductor draws its masks from its own generator), no validation fold (fold 9: none): the
+    # no dropout (inductor draws its masks from its own generator), no validation fold (fold -1): the
     # training graphs alone are compiled
-    same = ["epochs=1", "neck_dropout=0", "fold=9", "lr=0.002"]
+    same = ["epochs=1", "neck_dropout=0", "fold=-1", "lr=0.002"]
     eager, _ = _train(_cfg(tiny_data, tmp_path / "eager", *same))
     compiled, _ = _train(_cfg(tiny_data, tmp_path / "compiled", *same, "compile=true"))
     a, b = _weights(eager), _weights(compiled)

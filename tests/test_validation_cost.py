@@ -152,8 +152,8 @@ def test_rng_streams_restore_per_rank_and_old_files_are_one_process():
     assert checkpoint.restore_rng(saved[0]["cpu"], 0, "cpu") and torch.equal(torch.rand(3), want)  # old form
 
 
-@pytest.mark.parametrize("bad, needle", [("val_every=0", "val_every=0: give a whole number >= 1"),
-                                         ("val_gallery=-1", "val_gallery=-1: give a whole number >= 0"),
+@pytest.mark.parametrize("bad, needle", [("val_every=0", "val_every=0: must be >= 1"),
+                                         ("val_gallery=-1", "val_gallery=-1: must be >= 0"),
                                          ("val_gallery=many", "val_gallery='many': give a whole number >= 0")])
 def test_bad_validation_keys_are_one_line_errors(tiny_data, tmp_path, bad, needle):
     from pipeline.core.errors import UserError

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, damaged
 
 # Keys that change the model's shape or meaning: a checkpoint made under other values cannot be resumed/used.
 ARCH_KEYS = ("backbone", "pooling", "neck", "embedding_dim", "head")
@@ -17,15 +17,30 @@ def save(state: dict, path: str | Path) -> None:
         torch.save(state, tmp)
 
 
-def load(path: str | Path, cfg: dict | None = None) -> dict:
+# What every checkpoint of a run holds (what embed, ensemble and init_from read), and what last.pt adds for a resume
+ENTRIES = ("model", "head", "config", "classes")
+RESUME_ENTRIES = ENTRIES + ("optimizer", "scheduler", "progress", "rng")
+
+
+def load(path: str | Path, cfg: dict | None = None, entries: tuple[str, ...] = ENTRIES) -> dict:
+    """A checkpoint of this pipeline, read with weights_only=True; a missing file, a file torch cannot read, one
+    without the entries a checkpoint has (a bare state dict, another tool's file) or made for another model (cfg's
+    ARCH_KEYS) is a one-line UserError naming it."""
     path = Path(path)
+    name = cfg["name"] if cfg else "<config>"
     if not path.is_file():
-        name = cfg["name"] if cfg else "<config>"
         raise UserError(f"checkpoint {path} not found (train first: ./run.sh train {name})")
+    fix = f"retrain: ./run.sh train {name}" + (f" --fold {cfg['fold']}" if cfg else "")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"{path}: unreadable checkpoint ({type(e).__name__}); delete it and retrain") from None
+        raise damaged(path, f"unreadable checkpoint: {type(e).__name__}", fix) from None
+    missing = [k for k in entries if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise damaged(path, f"no {', '.join(repr(k) for k in missing)} entry: not a checkpoint of this pipeline's "
+                      "training", fix)
+    if not isinstance(state["config"], dict):
+        raise damaged(path, "its 'config' entry is not a mapping", fix)
     if cfg is not None:
         for key in ARCH_KEYS:
             if state["config"].get(key) != cfg.get(key):

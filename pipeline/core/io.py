@@ -1,5 +1,6 @@
 """Files in and out: an artifact is either the old one or the complete new one, never half-written (temp file,
 then rename), and tables are pandas DataFrames whose cells are read as strings (ids such as '007' stay ids)."""
+import codecs
 import contextlib
 import errno
 import os
@@ -55,6 +56,19 @@ def write_table(path, frame) -> None:
         frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
+def read_text(path: str | Path) -> str:
+    """A text file we did not write (a CSV of the competition's or the user's) as UTF-8, a byte-order mark dropped.
+    Other bytes are a UserError naming the row: no encoding is guessed, because latin-1 or cp1252 decode any bytes
+    at all and would hand on ids that differ from the data's without a word."""
+    data = Path(path).read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        row = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{path} row {row}: not UTF-8 text (byte 0x{data[e.start]:02x}, e.g. saved as latin-1 or "
+                        "cp1252 by a spreadsheet); save it as UTF-8") from None
+
+
 def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "") -> "pd.DataFrame":
     """A CSV as a DataFrame of strings (empty cells are ''); a missing file, a missing column or a malformed row is
     a UserError naming it. fix: what to add to a missing-column error."""
@@ -72,10 +86,47 @@ def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "") ->
                                 index_col=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:  # pandas does not say where; read_text does
+        read_text(path)
+        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except pd.errors.ParserError as e:
         raise UserError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         cols = ", ".join(map(str, frame.columns)) or "none"
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {cols}){fix}")
     return frame
+
+
+def damaged(path: str | Path, what: str, fix: str) -> UserError:
+    """The one message for a file of ours that is there but broken: what is wrong with it and how to remake it
+    (fix: a command, e.g. 're-embed: ./run.sh embed m1')."""
+    return UserError(f"{path} is damaged ({' '.join(str(what).split())}): delete it and {fix}")
+
+
+def read_json(path: str | Path, fix: str, kind: type = dict):
+    """A JSON file we wrote (a manifest, a marker, a record), parsed; a file that is not UTF-8 JSON or whose top
+    level is not `kind` is damaged(path, ..., fix). A missing file is the caller's to handle."""
+    import json
+
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise damaged(path, f"not JSON: {e}", fix) from None
+    if not isinstance(value, kind):
+        raise damaged(path, f"a JSON {type(value).__name__}, not a {kind.__name__}", fix)
+    return value
+
+
+def load_npy(path: str | Path, fix: str, mmap: bool = True, ndim: int | None = None):
+    """A .npy array we wrote (embeddings, class centers), memory-mapped by default; a cut, unparseable or
+    object-dtype file, or one of another number of dimensions, is damaged(path, ..., fix)."""
+    import numpy as np
+
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise damaged(path, f"not a readable .npy: {e}", fix) from None
+    if ndim is not None and array.ndim != ndim:
+        raise damaged(path, f"{array.ndim}-d, expected {ndim}-d", fix)
+    return array

@@ -2,6 +2,7 @@
 the train / validation split of a config's fold. Classes with one image get fold -1: always in training, never
 validated. A config's `pseudo` file (./run.sh pseudo) adds pseudo-labelled test images to the training items only:
 never to a validation fold, the folds file or a gallery."""
+import re
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -58,11 +59,27 @@ def write_folds(ds: Dataset, out: str | Path, n_folds: int = 10, seed: int = 42,
     return rows
 
 
+def read_fold_table(path: str | Path, data: str | Path = "DATA") -> tuple[dict[str, int], dict[str, str]]:
+    """({image_id: fold}, {image_id: label}) of a folds file as write_folds writes it: every image on one row, every
+    fold -1 or a fold number. Anything else (a hand edit, a merge) is a UserError naming the row and the command
+    that writes the file again for the data folder `data`: a second row for an image would otherwise move it to
+    another fold unnoticed."""
+    rows = read_table(path, required=["image_id", "label", "fold"])
+    fix = f"rerun ./run.sh folds --data {data} --out {path}"
+    folds, labels, first = {}, {}, {}
+    for row_no, (image_id, label, cell) in enumerate(zip(rows["image_id"], rows["label"], rows["fold"]), start=2):
+        if not re.fullmatch(r"-1|[0-9]+", cell.strip()):
+            raise UserError(f"{path} row {row_no}: fold '{cell}' of '{image_id}' is not -1 or a fold number: {fix}")
+        if image_id in folds:
+            raise UserError(f"{path} row {row_no}: '{image_id}' listed twice (also row {first[image_id]}, fold "
+                            f"{folds[image_id]}): {fix}")
+        folds[image_id], labels[image_id], first[image_id] = int(cell), label, row_no
+    return folds, labels
+
+
 def read_folds(path: str | Path, ds: Dataset) -> dict[str, int]:
     """{image_id: fold} checked against the dataset: a stale or foreign folds file is a UserError."""
-    rows = read_table(path, required=["image_id", "label", "fold"])
-    folds = dict(zip(rows["image_id"], map(int, rows["fold"])))
-    labels = dict(zip(rows["image_id"], rows["label"]))
+    folds, labels = read_fold_table(path, ds.root)
     ids = {it.image_id for it in ds.train}
     fix = f"rerun ./run.sh folds --data {ds.root} --out {path}"
     if set(folds) != ids:
@@ -80,8 +97,15 @@ def split(cfg: dict, log: Callable[[str], object] | None = None) -> tuple[Datase
     images (PseudoItem) come last among the train items."""
     ds = load_dataset(cfg["data"], cfg)
     folds = read_folds(cfg["folds_file"], ds)
-    train_items = [it for it in ds.train if folds[it.image_id] != cfg["fold"]]
-    val_items = [it for it in ds.train if folds[it.image_id] == cfg["fold"]]
+    present = set(folds.values()) - {-1}
+    if cfg["fold"] not in present | {-1}:  # else the run would train on everything and validate on nothing, unsaid
+        from pipeline.config import fold_text
+
+        raise UserError(f"fold {cfg['fold']} is not in {cfg['folds_file']} (its folds: {fold_text(present) or 'none'}):"
+                        " give one of them (or fold=-1: train on every image, no validation)")
+    # fold -1 holds the images that always train: as the config's fold it means no validation fold at all
+    val_items = [it for it in ds.train if folds[it.image_id] == cfg["fold"] != -1]
+    train_items = [it for it in ds.train if folds[it.image_id] != cfg["fold"] or cfg["fold"] == -1]
     if cfg.get("pseudo"):  # .get: a config saved before the key existed has none
         added = read_pseudo(cfg["pseudo"], ds)
         if log:

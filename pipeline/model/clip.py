@@ -54,8 +54,6 @@ class ClipHead(nn.Module):
 
         if neck not in NECKS:
             raise UserError(f"clip.neck={neck!r}: use one of {', '.join(NECKS)}")
-        if not temperature > 0:
-            raise UserError(f"clip.temperature={temperature}: must be > 0 (seed 002: 1.0; CLIP starts at 0.07)")
         self.context, self.normalize, self.soft_targets = int(context), bool(normalize), bool(soft_targets)
         self.dim = embedding_dim
         self.text = nn.Module()

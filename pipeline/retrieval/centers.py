@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import read_table, save_npy, write_table, write_text
+from pipeline.core.io import load_npy, read_table, save_npy, write_table, write_text
 
 CENTERS = "centers"  # the stem of a run's class centers beside its embeddings
 
@@ -55,7 +55,8 @@ def load_centers(path_stem) -> ClassCenters:
     if not npy.is_file():
         raise UserError(f"{npy}: class centers not found (they are cached beside the run's embeddings: embed again)")
     labels = read_table(csv, ["label"])["label"].tolist()
-    array = np.load(npy, mmap_mode="r")  # a few MB to ~100 MB per model at Hotel-ID scale: read on use
+    # a few MB to ~100 MB per model at Hotel-ID scale: read on use
+    array = load_npy(npy, "embed again (./run.sh embed: the centers are cached with the embeddings)")
     if array.ndim != 3 or array.shape[0] != len(labels):
         raise UserError(f"{npy}: centers of shape {array.shape} for the {len(labels)} labels of {csv} (expected "
                         f"({len(labels)}, K, D)): delete both files and embed again")

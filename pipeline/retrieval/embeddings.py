@@ -195,7 +195,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
         text += reader.describe() + decode.describe(cfg, tfm, reader)  # decode=gpu's pixels differ by a level
         key = cache_key(ck_hash, items[name], text, size, made)
         st, parts = stems[name], out / f"{stems[name]}.parts"
-        if manifest.get(st, {}).get("key") == key and (out / f"{st}.npy").is_file() and (out / f"{st}.csv").is_file():
+        if manifest.get(st, {}).get("key") == key and _intact(out, st, manifest[st]):
             shutil.rmtree(parts, ignore_errors=True)  # left by a kill between the manifest and their removal
             continue
         if model is None:
@@ -235,8 +235,37 @@ def run_checkpoint(cfg: dict) -> Path:
 
 
 def read_manifest(out: Path) -> dict:
-    """embeddings/manifest.json: each stem's cache entry (empty before the first embed)."""
-    return json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    """embeddings/manifest.json: each stem's cache entry (empty before the first embed); a damaged one is a
+    UserError saying so."""
+    from pipeline.core.io import damaged, read_json
+
+    path = out / "manifest.json"
+    if not path.is_file():
+        return {}
+    manifest = read_json(path, refill(out))
+    bad = next((k for k, v in manifest.items() if not isinstance(v, dict)), None)
+    if bad is not None:
+        raise damaged(path, f"entry {bad!r} is not a mapping", refill(out))
+    return manifest
+
+
+def refill(out: Path) -> str:
+    """The fix for a damaged file of a run's embedding cache (<runs_dir>/<config>/fold<k>/embeddings)."""
+    return f"re-embed: ./run.sh embed {out.parent.parent.name} --fold {out.parent.name.removeprefix('fold')}"
+
+
+def _intact(out: Path, stem: str, entry: dict) -> bool:
+    """Whether a stem's files are there; a .npy that is damaged or holds other than its manifest entry's rows is a
+    UserError (its key would otherwise vouch for it)."""
+    from pipeline.core.io import damaged, load_npy
+
+    path = out / f"{stem}.npy"
+    if not (path.is_file() and (out / f"{stem}.csv").is_file()):
+        return False
+    rows = len(load_npy(path, refill(out), ndim=2))
+    if rows != entry.get("rows", rows):
+        raise damaged(path, f"{rows} rows, its manifest entry says {entry['rows']}", refill(out))
+    return True
 
 
 def _orienter(model, run, ck_hash, device, log):
@@ -294,13 +323,13 @@ def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | 
 def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:
     """The cached embeddings of one stem (a split name, or RunEmbeddings.stems[split]) as a one-model EmbeddingSet
     (a float16 memmap); each stem has its own .npy and .csv, written together."""
-    from pipeline.core.io import read_table
+    from pipeline.core.io import load_npy, read_table
 
     path = Path(emb_dir) / f"{stem}.npy"
     if not path.is_file():
         raise UserError(f"{path} not found: run ./run.sh embed first")
     rows = read_table(Path(emb_dir) / f"{stem}.csv", required=["image_id", "label"])
-    emb = np.load(path, mmap_mode="r")
+    emb = load_npy(path, refill(Path(emb_dir)), ndim=2)
     if len(rows) != len(emb):
         raise UserError(f"{path}: {len(emb)} rows but {stem}.csv has {len(rows)}: delete {emb_dir} and re-embed")
     return EmbeddingSet([emb], rows["image_id"].tolist(), rows["label"].tolist())

@@ -162,8 +162,6 @@ def embed_multicrop(model: torch.nn.Module, items: "list[Item]", multicrop: "Mul
 def chunking(cfg: dict, crops: int, rows: int) -> dict:
     """How a split of `rows` images is cut: images per batch, and per chunk (embed_chunk rounded down to whole
     batches, at least one), so every chunk starts where a batch of the uninterrupted pass does."""
-    if cfg["embed_chunk"] < 1:
-        raise UserError(f"embed_chunk={cfg['embed_chunk']}: give the number of images per saved chunk (1 or more)")
     batch = images_per_batch(cfg, crops)
     return {"batch": batch, "chunk": max(1, cfg["embed_chunk"] // batch) * batch, "rows": rows}
 

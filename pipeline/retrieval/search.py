@@ -48,12 +48,6 @@ class Search:
         kind, ivf, hnsw = cfg["search"], cfg["ivf"], cfg["hnsw"]
         if kind not in SEARCHES:
             raise UserError(f"config key 'search': {kind!r} is not one of {', '.join(SEARCHES)} (e.g. search=ivf)")
-        for key, value, low in (("search_candidates", cfg["search_candidates"], 1), ("ivf.nlist", ivf["nlist"], 0),
-                                ("ivf.nprobe", ivf["nprobe"], 1), ("hnsw.M", hnsw["M"], 2),
-                                ("hnsw.ef_search", hnsw["ef_search"], 1),
-                                ("hnsw.ef_construction", hnsw["ef_construction"], 1)):
-            if value < low:
-                raise UserError(f"config key '{key}': must be an integer >= {low}, got {value!r}")
         if kind != "exact":
             try:
                 import faiss  # noqa: F401

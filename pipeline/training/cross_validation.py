@@ -13,7 +13,7 @@ def progress(cfg: dict) -> dict | None:
     """The progress saved in the fold's last.pt (epoch, batch, ...), None without one; a last.pt of another model
     is a UserError."""
     last = run_dir(cfg) / "last.pt"
-    return checkpoint.load(last, cfg)["progress"] if last.is_file() else None
+    return checkpoint.load(last, cfg, checkpoint.RESUME_ENTRIES)["progress"] if last.is_file() else None
 
 
 def train_folds(cfgs: list[dict], resume: bool = False, log: Callable[..., None] = print) -> list[Path]:

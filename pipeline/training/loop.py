@@ -3,7 +3,9 @@ metrics.csv and curves.png. Batches come from the sampler registry, the loss fro
 schedule and EMA from training/optimizers.py; validation (training/validation.py) scores the val fold against the
 training images every val_every epochs. Under torchrun each process takes rows rank::N of the same global batches,
 draws its own dropout masks and only rank 0 writes."""
+import contextlib
 import itertools
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +87,6 @@ class _Run:
 def _plan(cfg, labels, world=1):
     """(optimiser steps per epoch, batches per epoch): batches beyond a whole number of accumulations are unused."""
     accum = cfg["accum_steps"]
-    if accum < 1:
-        raise UserError(f"accum_steps={accum}: must be 1 or more")
     batches = build_sampler(cfg, labels, 0, world=world).num_batches
     steps = batches // accum
     if steps == 0:
@@ -96,8 +96,23 @@ def _plan(cfg, labels, world=1):
 
 
 def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> Path:
-    """Run (or resume) training; returns the run folder."""
+    """Run (or resume) training; returns the run folder. A run that fails before its first checkpoint leaves no
+    folder it created (a config.yaml alone would look like a run, and there is nothing to resume)."""
     run = _setup(cfg, log)
+    fresh = not run.out.exists()
+    try:
+        _train(run, resume)
+    except BaseException:
+        if fresh and not run.rank and not (run.out / "last.pt").exists():
+            shutil.rmtree(run.out, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                run.out.parent.rmdir()  # runs/<config>/ too, when this fold was its only one
+        raise
+    return run.out
+
+
+def _train(run, resume):
+    cfg = run.cfg
     source = _build(run, resume)
     if resume:
         _resume(run)
@@ -118,7 +133,6 @@ def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> 
         seen = _train_epoch(run, train_ds, t0)
         _end_epoch(run, epoch, t0, seen, train_seconds=time.time() - t0)
     run.book.close()
-    return run.out
 
 
 def _setup(cfg, log):
@@ -213,7 +227,7 @@ def _set_image_size(run, size):
 def _resume(run):
     """Weights, optimiser, schedule, EMA, AMP scaler, progress and each rank's RNG streams from last.pt: the rest is
     an unbroken run's. Files from before the scaler and per-rank streams were kept resume as they always did."""
-    ck = checkpoint.load(run.out / "last.pt", run.cfg)
+    ck = checkpoint.load(run.out / "last.pt", run.cfg, checkpoint.RESUME_ENTRIES)
     if ck["classes"] != run.classes:
         raise UserError(f"{run.out / 'last.pt'} was trained on other classes than {run.cfg['data']}: start afresh")
     run.model.load_state_dict(ck["model"]), run.head.load_state_dict(ck["head"])
@@ -238,8 +252,7 @@ def _snapshot(run, kind="last"):
         return
     weights = run.ema.module if kind == "ema" else run.model
     if not all(torch.isfinite(p).all() for p in weights.parameters()):  # never overwrite a good state
-        raise UserError(f"the weights became NaN/inf by step {run.state['step']}; {run.out / kind}.pt keeps the "
-                        "last good state: lower lr, then --resume")
+        raise UserError(f"the weights became NaN/inf by step {run.state['step']}; {_kept(run, kind)}")
     ck = {"model": weights.state_dict(), "head": run.head.state_dict(), "config": run.cfg, "classes": run.classes,
           "progress": dict(run.state), **run.inputs}
     if kind == "last":
@@ -248,6 +261,14 @@ def _snapshot(run, kind="last"):
         if run.ema is not None:
             ck["ema"] = run.ema.module.state_dict()
     checkpoint.save(ck, run.out / f"{kind}.pt")
+
+
+def _kept(run, kind, check=""):
+    """What a stop for non-finite numbers leaves to go on from: the checkpoint, or none yet."""
+    path = run.out / f"{kind}.pt"
+    if path.exists():
+        return f"{path} keeps the last good state: lower lr {check}then --resume"
+    return f"no checkpoint was written yet: lower lr {check}and train again"
 
 
 def _train_epoch(run, train_ds, t0):
@@ -291,8 +312,8 @@ def _backward(run, x, y):
             loss = run.step_fn(x, y)
         if not torch.isfinite(loss):
             if cfg["nonfinite_loss"] != "skip":
-                raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; last.pt keeps the "
-                                "last good state: lower lr or check the data, then --resume (or set "
+                kept = _kept(run, "last", "or check the data, ")
+                raise UserError(f"loss became {loss.item()} at step {state['step'] + 1}; {kept} (or set "
                                 "nonfinite_loss=skip)")
             state["skipped"] = state.get("skipped", 0) + 1  # the batch adds no gradient
             if run.world > 1:  # DDP waits for this batch's gradients on every rank: reduce zeros
