@@ -74,3 +74,36 @@ def test_saved_config_reloads_identically(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(str(tmp_path / "config.yaml"))
     assert again == cfg
+
+
+def _numeric_keys(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _numeric_keys(v, f"{prefix}{k}.")
+        elif (isinstance(v, (int, float)) and not isinstance(v, bool)) or v == "auto":
+            yield f"{prefix}{k}", v
+
+
+def test_every_numeric_key_has_a_range_holding_its_default():
+    from pipeline.config import RANGES
+
+    keys = dict(_numeric_keys(yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())))
+    autos = {"layout", "device", "amp_dtype", "channels_last"}  # 'auto' keys whose values are words or bools
+    assert set(RANGES) == set(keys) - autos
+    assert all(RANGES[k].holds(v) for k, v in keys.items() if k in RANGES and v != "auto")
+
+
+@pytest.mark.parametrize("key", sorted(__import__("pipeline.config", fromlist=["RANGES"]).RANGES))
+def test_a_value_outside_a_keys_range_is_one_line_naming_it(key):
+    from pipeline.config import RANGES
+
+    r = RANGES[key]
+    outside = [v for v in (None if r.low is None else r.low - 1, r.above, None if r.high is None else r.high + 1,
+                           r.below) if v is not None]
+    inside = r.low if r.low is not None else (r.above + 1 if r.below is None else (r.above + r.below) / 2)
+    default = dict(_numeric_keys(yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())))[key]
+    for value in outside + ([".nan", ".inf"] if isinstance(default, float) else []):  # an int key refuses floats
+        with pytest.raises(UserError) as e:
+            load_config("default", [f"{key}={value}"])
+        assert f"{key}=" in str(e.value) and f"must be {r}" in str(e.value) and "\n" not in str(e.value)
+    load_config("default", [f"{key}={inside}"])
