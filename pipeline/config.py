@@ -60,16 +60,16 @@ RANGES = {
     "embed_chunk": _COUNT, "max_memory": _COUNT, "search_candidates": _COUNT, "ivf.nlist": _NONNEG,
     "ivf.nprobe": _COUNT, "hnsw.M": Range(low=2), "hnsw.ef_search": _COUNT, "hnsw.ef_construction": _COUNT,
 }
-# A run's name is a folder under runs_dir (and a file stem in reports): no separators, no leading dot, so no name
-# reaches outside it
-_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")
+# A run's or an output's name becomes a folder or file name (runs/<name>/, submissions/<name>.csv): no separators,
+# no leading dot, so no name reaches outside the folder it is meant for
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]{0,119}")
 
 
-def check_run_name(name: object, source: str) -> str:
-    """name, when it may name a run folder; else a UserError naming where it came from."""
-    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
-        raise UserError(f"{source}: run name {name!r} must be letters, digits, '_', '-', '.' or '+' (not starting "
-                        "with '.'; it becomes the folder <runs_dir>/<name>): rename it")
+def check_name(name: object, source: str) -> str:
+    """name, when it may name a file or folder in ours; else a UserError naming where it came from."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise UserError(f"{source}: name {name!r} must be letters, digits, '_', '-', '.', '+' or '=' (not starting "
+                        "with '.'; it becomes a folder or file name, e.g. <runs_dir>/<name>): rename it")
     return name
 
 
@@ -176,7 +176,7 @@ def load_config(name: str | Path, overrides: Iterable[str] = (), **cli: object) 
         _merge(cfg, parse_override(text), "command line")
     flags = {k: v for k, v in cli.items() if v is not None}
     _merge(cfg, flags, "command line")
-    cfg["name"] = check_run_name(saved_name or path.stem, str(path))
+    cfg["name"] = check_name(saved_name or path.stem, str(path))
     return cfg
 
 
@@ -224,19 +224,21 @@ def load_run_set(positional: list[str], args: "argparse.Namespace") -> list[dict
 def load_folds(name: str | Path, folds: str, overrides: Iterable[str] = (), **cli: object) -> list[dict]:
     """The config `name` once per fold of the --folds value `folds` (parse_folds, read in the config's folds_file)."""
     base = load_config(name, overrides, **cli)
-    return [load_config(name, overrides, **cli, fold=k) for k in parse_folds(folds, base["folds_file"])]
+    return [load_config(name, overrides, **cli, fold=k)
+            for k in parse_folds(folds, base["folds_file"], base["data"])]
 
 
-def parse_folds(text: str, folds_file: str | Path) -> list[int]:
+def parse_folds(text: str, folds_file: str | Path, data: str | Path = "DATA") -> list[int]:
     """The folds of a --folds value: 'all' (every fold of the folds file but -1, whose images always train), or
-    folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file."""
-    from pipeline.core.io import read_table
+    folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file (data: the data folder an
+    error's ./run.sh folds command names)."""
+    from pipeline.data.folds import read_fold_table
 
     path = Path(folds_file)
     if not path.is_file():
         raise UserError(f"--folds {text}: the folds file {path} is not there (write it with ./run.sh folds or set "
                         "folds_file=...)")
-    present = sorted({int(f) for f in read_table(path, required=["fold"])["fold"]} - {-1})
+    present = sorted(set(read_fold_table(path, data)[0].values()) - {-1})
     if str(text).strip().lower() == "all":
         if not present:
             raise UserError(f"--folds all: {path} has no validation folds (rerun ./run.sh folds)")
@@ -292,5 +294,5 @@ def config_from_dict(saved: dict, source: str) -> dict:
         raise UserError(f"{source}: a saved config must be a mapping with its name")
     cfg = _read_yaml(CONFIG_DIR / "default.yaml")
     _merge(cfg, {k: v for k, v in saved.items() if k != "name"}, source)
-    cfg["name"] = check_run_name(saved["name"], source)
+    cfg["name"] = check_name(saved["name"], source)
     return cfg

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import check_name
 from pipeline.core.io import read_table
 
 
@@ -43,7 +44,7 @@ def compare(cfgs: list[dict], seeds: int, metrics: list[str], ks: list[int], out
     from pipeline.experiments.zero_shot import zero_shot_row
     from pipeline.training.loop import train
 
-    root = Path(cfgs[0]["runs_dir"]) / "compare" / out
+    root = Path(cfgs[0]["runs_dir"]) / "compare" / check_name(out, "--out")
     per_run = []
     total, t0 = len(cfgs) * seeds, time.time()
     for i, cfg in enumerate(cfgs):

@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.config import config_names, fold_text
+from pipeline.config import check_name, config_names, fold_text
 from pipeline.core.errors import UserError
 from pipeline.core.progress import Progress
 from pipeline.experiments.subsets import (
@@ -39,6 +39,8 @@ def ensemble(cfgs: list, out_name: str | None = None, log=print, tricks: dict | 
     from pipeline.retrieval.submission import read_truth, write_submission
 
     tricks = tricks or dict(DEFAULTS)
+    if out_name:  # the default, made of config names, is a name already
+        check_name(out_name, "--out")
     search = Search.of(cfgs[0])  # how the test images are ranked (validation scores stay exact); checked first
     sets = load_fold_sets(cfgs, tricks, log=log)
     several = len(sets.folds) > 1
@@ -106,6 +108,8 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
     from pipeline.data.layouts import load_dataset
 
     tricks = tricks or dict(DEFAULTS)
+    if out_name:
+        check_name(out_name, "--out")
     names = config_names(cfgs)
     total = count_subsets(len(names), max_size)
     if total > MAX_SUBSETS:
@@ -114,7 +118,7 @@ def ensemble_report(cfgs: list, max_size: int | None = None, out_name: str | Non
                         f"--max-size {fit} or fewer")
     sets = load_fold_sets(cfgs, tricks, log=log)
     several = len(sets.folds) > 1
-    out_name = (out_name or "+".join(names) + (f"-folds{fold_text(sets.folds)}" if several else "")).replace("/", "_")
+    out_name = out_name or "+".join(names) + (f"-folds{fold_text(sets.folds)}" if several else "")
     sets.need_val(cfgs[0])
     classes = load_dataset(cfgs[0]["data"], cfgs[0]).classes
     rows, t0 = [], time.time()

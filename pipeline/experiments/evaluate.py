@@ -4,7 +4,7 @@ the validation images and the gallery the training images without them (as `ense
 leave-one-out the validation images against each other, or labelled test images against every training image."""
 from pathlib import Path
 
-from pipeline.config import config_names, fold_text, run_names
+from pipeline.config import check_name, config_names, fold_text, run_names
 from pipeline.core.errors import UserError
 from pipeline.experiments.scoring import need_queries, score, searched_gallery
 from pipeline.inference.tricks import DEFAULTS, RANKING_TRICKS
@@ -41,7 +41,7 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
     default = config_names(cfgs) if oof else run_names(cfgs)
     out = out or "+".join(default + ([f"zero-shot-{zero_shot}"] if zero_shot else [])) + (f"-oof{folds}" if oof
                                                                                          else "")
-    out_dir = Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_")
+    out_dir = Path(base["runs_dir"]) / "evaluate" / check_name(out.replace("/", "_"), "--out")
     if oof:
         if not cfgs or ablate or leave_one_out or queries != "val" or zero_shot or metrics != ["map@5"]:
             raise UserError("--oof scores trained runs' map@5 on their validation folds: give runs, without "
