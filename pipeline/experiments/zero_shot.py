@@ -4,8 +4,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 
 def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], leave_one_out: bool = False,
                   log: Callable[[str], object] = print, queries: str = "val") -> dict:
@@ -61,15 +59,16 @@ def zero_shot_row(cfg: dict, backbone: str, metrics: list[str], ks: list[int], l
 def _embed_cached(model, items, tfm, cfg, device, ident, size, path, log):
     """The embeddings cache for the zero-shot features: recomputed only when the key (weights, image list, transform,
     size) in the .json beside the .npy changes."""
-    from pipeline.core.io import save_npy, write_text
+    from pipeline.core.io import load_npy, read_json, save_npy, write_text
     from pipeline.data.transforms import describe
     from pipeline.retrieval.embeddings import cache_key, made_by
     from pipeline.retrieval.forward import EMBEDDING_DTYPE, embed_items
 
     made = made_by(EMBEDDING_DTYPE, cfg["amp"], device)
     key, meta = cache_key(ident, items, describe(tfm), size, made), path.with_suffix(".json")
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
-        return np.load(path)
+    fix = "run the command again (it embeds them anew)"
+    if path.is_file() and meta.is_file() and read_json(meta, fix).get("key") == key:
+        return load_npy(path, fix, mmap=False, ndim=2)
     emb, _ = embed_items(model, items, tfm, cfg, device)
     save_npy(path, emb)
     write_text(meta, json.dumps({"key": key, "rows": len(emb), "transform": describe(tfm)}, indent=1))
