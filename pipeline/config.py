@@ -232,8 +232,6 @@ def parse_folds(text: str, folds_file: str | Path, data: str | Path = "DATA") ->
     """The folds of a --folds value: 'all' (every fold of the folds file but -1, whose images always train), or
     folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file (data: the data folder an
     error's ./run.sh folds command names)."""
-    from pipeline.data.folds import read_fold_table
-
     path = Path(folds_file)
     if not path.is_file():
         raise UserError(f"--folds {text}: the folds file {path} is not there (write it with ./run.sh folds or set "
@@ -258,6 +256,26 @@ def parse_folds(text: str, folds_file: str | Path, data: str | Path = "DATA") ->
     if missing:
         raise UserError(f"--folds {text}: fold {missing[0]} is not in {path} (its folds: {fold_text(present)})")
     return list(dict.fromkeys(folds))
+
+
+def read_fold_table(path: str | Path, data: str | Path = "DATA") -> tuple[dict[str, int], dict[str, str]]:
+    """({image_id: fold}, {image_id: label}) of a folds file as ./run.sh folds writes it: every image on one row,
+    every fold -1 or a fold number. Anything else (a hand edit, a merge) is a UserError naming the row and the
+    command that writes the file again for the data folder `data`: a second row for an image would otherwise move
+    it to another fold unnoticed."""
+    from pipeline.core.io import read_table
+
+    rows = read_table(path, required=["image_id", "label", "fold"])
+    fix = f"rerun ./run.sh folds --data {data} --out {path}"
+    folds, labels, first = {}, {}, {}
+    for row_no, (image_id, label, cell) in enumerate(zip(rows["image_id"], rows["label"], rows["fold"]), start=2):
+        if not re.fullmatch(r"-1|[0-9]+", cell.strip()):
+            raise UserError(f"{path} row {row_no}: fold '{cell}' of '{image_id}' is not -1 or a fold number: {fix}")
+        if image_id in folds:
+            raise UserError(f"{path} row {row_no}: '{image_id}' listed twice (also row {first[image_id]}, fold "
+                            f"{folds[image_id]}): {fix}")
+        folds[image_id], labels[image_id], first[image_id] = int(cell), label, row_no
+    return folds, labels
 
 
 def fold_text(folds: Iterable[int]) -> str:

@@ -130,3 +130,11 @@ def load_npy(path: str | Path, fix: str, mmap: bool = True, ndim: int | None = N
     if ndim is not None and array.ndim != ndim:
         raise damaged(path, f"{array.ndim}-d, expected {ndim}-d", fix)
     return array
+
+
+def within(folder: str | Path, name: str) -> Path | None:
+    """folder/name resolved, where it stays inside folder; None where the name leaves it ('..', an absolute path, a
+    symlink out). For file names that come from elsewhere (a server's listing), before anything is written there."""
+    root = Path(folder).resolve()
+    path = (root / name).resolve()
+    return path if root in path.parents else None

@@ -2,7 +2,6 @@
 the train / validation split of a config's fold. Classes with one image get fold -1: always in training, never
 validated. A config's `pseudo` file (./run.sh pseudo) adds pseudo-labelled test images to the training items only:
 never to a validation fold, the folds file or a gallery."""
-import re
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -59,26 +58,10 @@ def write_folds(ds: Dataset, out: str | Path, n_folds: int = 10, seed: int = 42,
     return rows
 
 
-def read_fold_table(path: str | Path, data: str | Path = "DATA") -> tuple[dict[str, int], dict[str, str]]:
-    """({image_id: fold}, {image_id: label}) of a folds file as write_folds writes it: every image on one row, every
-    fold -1 or a fold number. Anything else (a hand edit, a merge) is a UserError naming the row and the command
-    that writes the file again for the data folder `data`: a second row for an image would otherwise move it to
-    another fold unnoticed."""
-    rows = read_table(path, required=["image_id", "label", "fold"])
-    fix = f"rerun ./run.sh folds --data {data} --out {path}"
-    folds, labels, first = {}, {}, {}
-    for row_no, (image_id, label, cell) in enumerate(zip(rows["image_id"], rows["label"], rows["fold"]), start=2):
-        if not re.fullmatch(r"-1|[0-9]+", cell.strip()):
-            raise UserError(f"{path} row {row_no}: fold '{cell}' of '{image_id}' is not -1 or a fold number: {fix}")
-        if image_id in folds:
-            raise UserError(f"{path} row {row_no}: '{image_id}' listed twice (also row {first[image_id]}, fold "
-                            f"{folds[image_id]}): {fix}")
-        folds[image_id], labels[image_id], first[image_id] = int(cell), label, row_no
-    return folds, labels
-
-
 def read_folds(path: str | Path, ds: Dataset) -> dict[str, int]:
     """{image_id: fold} checked against the dataset: a stale or foreign folds file is a UserError."""
+    from pipeline.config import read_fold_table
+
     folds, labels = read_fold_table(path, ds.root)
     ids = {it.image_id for it in ds.train}
     fix = f"rerun ./run.sh folds --data {ds.root} --out {path}"

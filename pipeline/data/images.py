@@ -1,7 +1,11 @@
 """Reading images as RGB uint8 arrays with OpenCV: whole, or reduced so the shorter side is a given length (a large
 JPEG decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling, then resized with area averaging); and the red
-regions of the competition's masks (read_masks)."""
+regions of the competition's masks (read_masks). OpenCV refuses an image whose header claims more pixels than
+CV_IO_MAX_IMAGE_PIXELS (2^30 by default) at the decode scale: a JPEG that large is still read reduced (the scale
+chosen from its header), anything else is a one-line error naming the size."""
+import contextlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -44,12 +48,16 @@ def read_image(path: str | Path, short_side: int = 0) -> np.ndarray:
     """RGB uint8 (H, W, 3). cv2.IMREAD_COLOR applies the EXIF orientation and turns grayscale, RGBA, CMYK
     and 16-bit images into 8-bit BGR. short_side > 0: an image whose shorter side is longer is returned with that
     shorter side (aspect kept; decoded at the smallest JPEG scale still at least that long). An unreadable file is
-    a one-line UserError naming it; a file the decoder could only partly read (a truncated JPEG) is used as
-    decoded, with a one-line warning."""
+    a one-line UserError naming it, as is one larger than OpenCV decodes (its header's size named); a file the
+    decoder could only partly read (a truncated JPEG) is used as decoded, with a one-line warning."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: image file not found")
-    factor = _decode_factor(path, short_side) if short_side else 1
-    img, messages = _imread_quiet(path, _REDUCED[factor])
+    header = _header(path) if short_side else None
+    factor = _decode_factor(header, short_side)
+    try:
+        img, messages = _imread_quiet(path, _REDUCED[factor])
+    except cv2.error as e:  # OpenCV asserts, rather than returning None, on a size past its limit
+        raise _refused(path, header or _header(path), factor, short_side, e) from None
     if img is None:
         why = f" ({messages})" if messages else ""
         raise UserError(f"{path}: not a readable image{why} (corrupt, empty or not an image); remove or replace it")
@@ -63,19 +71,54 @@ def read_image(path: str | Path, short_side: int = 0) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _decode_factor(path, short_side):
-    """The largest JPEG decode scale 1/f (f in 8, 4, 2) that keeps the shorter side >= short_side: read from the
-    header alone (a 90-degree EXIF rotation swaps the sides, not the shorter one)."""
+@contextlib.contextmanager
+def _pil_open(path):
+    """PIL.Image.open without PIL's decompression-bomb refusal (past 179 Mpx), which would hide the size of exactly
+    the images whose size matters; opening decodes no pixels, and read_image decides what may be decoded."""
     from PIL import Image
 
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as im:
-            if im.format != "JPEG":
-                return 1  # cv2's reduced modes decode other formats whole, then resize: no gain
-            shorter = min(im.size)
-    except Exception:  # not readable by PIL: cv2's full decode gives the one-line error (or reads it)
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
+
+
+def _header(path):
+    """(format, width, height) from the file's header alone, or None when PIL cannot read it (cv2 then gives the
+    one-line error, or reads it)."""
+    try:
+        with _pil_open(path) as im:
+            return (im.format, *im.size)
+    except Exception:
+        return None
+
+
+def _decode_factor(header, short_side):
+    """The largest JPEG decode scale 1/f (f in 8, 4, 2) that keeps the shorter side >= short_side (a 90-degree EXIF
+    rotation swaps the sides, not the shorter one); 1 for other formats: cv2's reduced modes decode them whole, then
+    resize, so there is no gain."""
+    if not short_side or header is None or header[0] != "JPEG":
         return 1
+    shorter = min(header[1:])
     return next((f for f in (8, 4, 2) if shorter // f >= short_side), 1)
+
+
+def _refused(path, header, factor, short_side, err) -> UserError:
+    """The one-line error for an image cv2 refused with an exception (err): mostly a size past its limits, which it
+    checks at the decode scale, so a JPEG past them in full is still read reduced."""
+    limit = re.search(r"CV_IO_MAX_IMAGE_[A-Z]+", str(err))
+    if header is None or limit is None:
+        return UserError(f"{path}: not a readable image (OpenCV: {str(err).strip().splitlines()[-1]}); remove or "
+                         "replace it")
+    fmt, width, height = header
+    default = "2^30 px" if limit.group() == "CV_IO_MAX_IMAGE_PIXELS" else "2^20 px a side"
+    scale = f" at 1/{factor} scale" if factor > 1 else ""
+    other = ", or set image_scale > 0 to decode this JPEG reduced" if fmt == "JPEG" and not short_side else ""
+    return UserError(f"{path}: its header claims {width} x {height} px, more than OpenCV decodes{scale} "
+                     f"({limit.group()}: {default} by default); remove or replace it{other}")
 
 
 # --- the competition's masks (train_masks/*.png: one pure-red region each, the shape of the test occlusions) ---

@@ -7,11 +7,12 @@ rather than pandas: an error must name the row and cell count of a malformed lin
 correct label counts once, at its first position, and labels past the 5th are ignored; the ids and the header
 are checked as strictly as Kaggle does at submit time."""
 import csv
+import io
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path
+from pipeline.core.io import atomic_path, read_text
 
 
 def write_submission(path: str | Path, image_ids: Iterable[str], predictions: Iterable[Sequence[str]], *,
@@ -53,39 +54,41 @@ def validate_submission(path: str | Path, expected_ids: Collection[str], known_c
     return _validate(path, path, expected_ids, known_classes, id_column, label_column, n)
 
 
-def _header(path, shown):
-    """The first row of a submission file (its header); a missing file is a UserError."""
+def _reader(path, shown):
+    """csv rows of a submission file; a missing file or one that is not UTF-8 is a UserError."""
     if not Path(path).is_file():
         raise UserError(f"{shown}: file not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return next(csv.reader(f), None) or []
+    return csv.reader(io.StringIO(read_text(path), newline=""))
+
+
+def _header(path, shown):
+    """The first row of a submission file (its header)."""
+    return next(_reader(path, shown), None) or []
 
 
 def _rows(path, shown, expected_ids, columns):
     """Yields (where, image_id, labels) for each row under the header `columns`, after the checks Kaggle makes as
     well: the header, two cells per row, no duplicate or extra id; after the last row, no expected id missing."""
-    header = _header(path, shown)
+    reader = _reader(path, shown)
+    header = next(reader, None) or []
     if header != list(columns):
         raise UserError(f"{shown}: header is {','.join(header) or 'empty'}, expected {','.join(columns)}")
     expected = {str(i) for i in expected_ids}
     first_row = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for row_no, cells in enumerate(reader, start=2):
-            if not cells:
-                continue
-            where = f"{shown} row {row_no}"
-            if len(cells) != 2:
-                raise UserError(f"{where}: {len(cells)} cells, expected 2 ({','.join(columns)})")
-            image_id, labels = cells[0].strip(), cells[1].split()
-            where += f" (image id '{image_id}')"
-            if image_id in first_row:
-                raise UserError(f"{where}: duplicate image id (first at row {first_row[image_id]})")
-            first_row[image_id] = row_no
-            if image_id not in expected:
-                raise UserError(f"{where}: not an expected image id (extra row); remove it")
-            yield where, image_id, labels
+    for row_no, cells in enumerate(reader, start=2):
+        if not cells:
+            continue
+        where = f"{shown} row {row_no}"
+        if len(cells) != 2:
+            raise UserError(f"{where}: {len(cells)} cells, expected 2 ({','.join(columns)})")
+        image_id, labels = cells[0].strip(), cells[1].split()
+        where += f" (image id '{image_id}')"
+        if image_id in first_row:
+            raise UserError(f"{where}: duplicate image id (first at row {first_row[image_id]})")
+        first_row[image_id] = row_no
+        if image_id not in expected:
+            raise UserError(f"{where}: not an expected image id (extra row); remove it")
+        yield where, image_id, labels
     missing = [i for i in (str(e) for e in expected_ids) if i not in first_row]
     if missing:
         raise UserError(f"{shown}: {len(missing)} expected image id(s) missing, first '{missing[0]}'")
