@@ -17,6 +17,9 @@ Anything else answers 404 "the stand-in does not serve <Method>".
 
 Knobs (plain attributes; set them before or between client calls):
   competitions        {slug: {path: bytes}}; add_competition(slug, folder) reads a folder into it
+  archives            {slug: bytes}: the archive served for slug instead of the zip of competitions[slug] (which
+                      stays its listing): zip_of(files, fault) makes a damaged or hostile one
+  max_page_size       the most items a list call answers, whatever page size the client asks (None: no cap)
   download_delay      seconds to sleep after each 16 KiB of an archive (to interrupt a download);
                       `download_started` (threading.Event) is set once the first chunk went out
   fail_blobs          blob file names (e.g. "wheels.zip", "kernel.json") whose upload PUT is refused with 400: the
@@ -27,7 +30,8 @@ Knobs (plain attributes; set them before or between client calls):
   unsaved_kernels     kernel refs "owner/slug" that answer 404 to status, output and submission although pushed
                       (SPEC §6: not found until saved once in the web UI); a kernel never pushed answers 404 too
   add_kernel(ref)     registers a pushed kernel without a push (for tests that start after upload)
-  output, log         the kernel's output files {name: bytes} and its log text
+  output, log         the kernel's output files {name: bytes} (a name is sent as it is, '../x' too; its URL is
+                      its index) and its log text
   score_after         ListSubmissions calls for which a new submission stays PENDING (default 1)
   score               its publicScore once scored (default "0.61234"); submission_error: if set, it ends ERROR
                       with this errorDescription instead
@@ -44,6 +48,35 @@ from urllib.parse import urlsplit
 
 STORAGE = "http://storage.localhost"
 CHUNK = 16 * 1024
+LOCAL, CENTRAL = b"PK\x03\x04", b"PK\x01\x02"  # zip header signatures
+FAULTS = ("corrupt", "encrypted", "method99")
+
+
+def zip_of(files: dict, fault: str | None = None) -> bytes:
+    """files {path: bytes} as a deflated zip; fault breaks its last member as a damaged or foreign archive would:
+    'corrupt' (its deflate stream starts with an invalid block), 'encrypted' (its encryption flag set), 'method99'
+    (compression method 99, WinZip AES, which zipfile cannot read). Names and sizes stay as listed."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path, data in files.items():
+            z.writestr(path, data)
+    data = bytearray(buf.getvalue())
+    if fault is None:
+        return bytes(data)
+    assert fault in FAULTS, fault
+    last = zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()[-1]
+    local, central = last.header_offset, data.rindex(CENTRAL)  # the last central entry is the last member's
+    assert data[local:local + 4] == LOCAL
+    if fault == "corrupt":
+        start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + \
+            int.from_bytes(data[local + 28:local + 30], "little")
+        data[start:start + 4] = b"\xff" * 4  # BTYPE 11: a reserved block type
+    elif fault == "encrypted":
+        data[local + 6] |= 1
+        data[central + 8] |= 1
+    else:
+        data[local + 8:local + 10] = data[central + 10:central + 12] = (99).to_bytes(2, "little")
+    return bytes(data)
 
 
 class StandIn:
@@ -53,7 +86,8 @@ class StandIn:
         self.datasets, self.dataset_files = {}, {}
         self.kernels = {}
         self.submissions = {}
-        self.competitions = {}
+        self.competitions, self.archives = {}, {}
+        self.max_page_size = None
         self.download_delay = 0.0
         self.download_started = threading.Event()
         self.fail_blobs = set()
@@ -78,11 +112,7 @@ class StandIn:
         self.kernels.setdefault(ref, []).append({"slug": ref})
 
     def archive(self, slug):
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for path, data in self.competitions[slug].items():
-                z.writestr(path, data)
-        return buf.getvalue()
+        return self.archives.get(slug) or zip_of(self.competitions[slug])
 
     def env(self):
         """Environment for a client process: LOCALHOST API, proxied to this server, nothing else reachable."""
@@ -157,7 +187,8 @@ class StandIn:
             if missing:
                 return missing
             if method == "ListKernelSessionOutput":
-                return 200, {"files": [{"fileName": n, "url": f"{STORAGE}/output/{n}"} for n in self.output],
+                return 200, {"files": [{"fileName": n, "url": f"{STORAGE}/output/{i}"}
+                                       for i, n in enumerate(self.output)],
                              "log": self.log}
             state = self.kernel_states.pop(0) if len(self.kernel_states) > 1 else self.kernel_states[0]
             return 200, {"status": state, **({"failureMessage": self.kernel_failure} if self.kernel_failure else {})}
@@ -186,9 +217,9 @@ class StandIn:
             return 200, {"submissions": [self._submission(s) for s in reversed(subs)]}
         return 404, {"code": 404, "message": f"the stand-in does not serve {method}"}
 
-    @staticmethod
-    def _page(req, key, items):
+    def _page(self, req, key, items):
         start, size = int(req.get("pageToken") or 0), int(req.get("pageSize") or 20)
+        size = min(size, self.max_page_size or size)
         rest = start + size < len(items)
         return {key: items[start:start + size], "nextPageToken": str(start + size) if rest else ""}
 
@@ -243,8 +274,9 @@ class StandIn:
             def do_GET(self):
                 path = self._record()
                 folder, name = path.rsplit("/", 2)[-2:]
-                if folder == "output" and name in standin.output:
-                    return self._reply(200, raw=standin.output[name], ctype="application/octet-stream")
+                outputs = list(standin.output.values())
+                if folder == "output" and name.isdigit() and int(name) < len(outputs):
+                    return self._reply(200, raw=outputs[int(name)], ctype="application/octet-stream")
                 if folder == "competitions" and name.removesuffix(".zip") in standin.competitions:
                     return self._archive(standin.archive(name.removesuffix(".zip")))
                 self._reply(404, {"code": 404, "message": "not found"})

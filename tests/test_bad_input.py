@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_line_error, cli, tiny_overrides
+from conftest import PYPATH, ROOT, assert_one_line_error, cli, tiny_overrides
 
 # id -> how it is handled (the rows of docs/kaggle.md's table, in this order)
 CATALOGUE = {
@@ -42,6 +42,31 @@ CATALOGUE = {
     "checkpoint_from_other_config": "error naming the checkpoint and the differing key",
     "embeddings_from_other_checkpoint": "recomputed (the cache key holds the checkpoint's sha256)",
     "submission_with_wrong_ids": "error naming the row and the id",
+    "damaged_embeddings_cache": "error naming the file and what is wrong: delete it and re-embed",
+    "image_cache_index_damaged": "error naming the index: delete it and run ./run.sh cache-images again",
+    "epochs_not_positive": "error naming the key and its range; no run folder",
+    "checkpoint_without_config": "error naming the checkpoint and its missing entries: delete it and retrain",
+    "config_value_out_of_range": "error naming the key, the value and its range (config.RANGES: every numeric key)",
+    "fold_not_in_folds_file": "error listing the file's folds (fold=-1 trains on every image, no validation)",
+    "run_name_escapes_folder": "error stating the run-name rule; nothing written",
+    "train_failing_before_first_checkpoint": "error saying no checkpoint was written; the run folder removed",
+    "corrupt_download_archive": "error naming the member; archive and partial files deleted, the next run refetches",
+    "encrypted_archive_member": "error naming the archive and the member; nothing of it kept",
+    "unsupported_compression": "error naming the member and the method; nothing of it kept",
+    "oversize_archive_member": "error naming its size and the option, before anything is downloaded",
+    "archive_member_not_listed": "error naming the member; the archive deleted",
+    "listing_beyond_first_page": "every page is read; error naming the file",
+    "kernel_name_escapes_folder": "error stating the kernel-name rule; nothing read outside kernels/, nothing sent",
+    "kernel_output_name_escapes_folder": "error naming it; nothing fetched, nothing written outside kernels/<name>/",
+    "kaggle_json_is_a_list": "error naming the file and how to make a new token",
+    "kaggle_json_malformed": "error naming the file and how to make a new token; not 'no credentials'",
+    "kernel_check_env_without_credentials": "the kernel runs without any KAGGLE_* variable",
+    "verified_json_damaged": "error naming it: rebuild with ./run.sh kernel, or upload with --unverified",
+    "package_replace_killed": "the next command puts the old package back; rebuilds swap in one step where the OS can",
+    "image_header_too_large": "a JPEG with image_scale > 0: decoded at 1/8 scale; else error naming it and its size",
+    "fold_cell_not_integer": "error naming the file, the row, the id and ./run.sh folds",
+    "folds_file_duplicate_image": "error naming the file, both rows, the id and ./run.sh folds",
+    "submission_not_utf8": "error naming the file and the row: save it as UTF-8 (no encoding is guessed)",
 }
 
 
@@ -353,6 +378,438 @@ def test_submission_with_wrong_ids(data, tmp_path):
     sub.write_text("\n".join(rows) + "\n")
     p = cli("validate", sub, "--data", data)
     assert_one_line_error(p, "row 3", "'not_a_test_image.jpg'")
+
+
+def _claiming(path, width, height):
+    """path (a small JPEG or PNG) with its header rewritten to claim width x height px: the file stays a few KB."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    if data[:4] == b"\x89PNG":  # IHDR: the first chunk, its CRC over type and data
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    else:
+        i = 2
+        while data[i + 1] not in (0xC0, 0xC1, 0xC2):  # the segments before the frame header, skipped by length
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+        data[i + 5:i + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_image_header_too_large(data, tmp_path):
+    import cv2
+
+    # 3.6 Gpx: past OpenCV's limit (2^30 px) in full, within it at 1/8 scale; the file's data is that of a small
+    # JPEG, so the decode ends early: used as far as it decodes, as a truncated JPEG is
+    big = _claiming(_first_train_image(data), 60000, 60000)
+    p = cli("cache-images", "default", "--data", data, "--size", "32", f"image_cache_dir={tmp_path / 'cache'}")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.strip().startswith(f"warning: {big}:") and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    needles = (str(big), "60000 x 60000 px", "remove or replace it")
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, tmp_path / "newruns"))
+    assert_one_line_error(p, *needles, "set image_scale > 0")  # image_scale=0: read at full size
+    png = _claiming(_image(tmp_path, "big.png", lambda p: cv2.imwrite(str(p), np.zeros((8, 8, 3), np.uint8))),
+                    60000, 60000)
+    _error(lambda: _read(png), str(png), *needles[1:])  # no reduced decode for a PNG
+
+
+def _set_cell(path, row, column, value):
+    """The CSV at path with one cell replaced (row: 2 is the first under the header, as errors count them)."""
+    lines = path.read_text().splitlines()
+    cells = lines[row - 1].split(",")
+    cells[column] = value
+    lines[row - 1] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_fold_cell_not_integer(data, tmp_path):
+    folds = data.parent / "folds.csv"
+    good = folds.read_text()
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    for cell, how in (("x", []), ("", ["--folds", "all"]), ("0.0", [])):
+        folds.write_text(good)
+        _set_cell(folds, 4, 2, cell)
+        image_id = folds.read_text().splitlines()[3].split(",")[0]
+        p = cli("train", tmp_path / "fresh.yaml", *how, *tiny_overrides(data.parent, tmp_path / "newruns"))
+        assert_one_line_error(p, f"{folds} row 4", f"'{image_id}'", f"fold '{cell}'", "./run.sh folds --data")
+
+
+def test_folds_file_duplicate_image(data, tmp_path):
+    folds = data.parent / "folds.csv"
+    first = folds.read_text().splitlines()[1]
+    image_id, label, fold = first.split(",")
+    with open(folds, "a") as f:
+        f.write(f"{image_id},{label},{(int(fold) + 3) % 5}\n")
+    n = len(folds.read_text().splitlines())
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    for how in ([], ["--folds", "all"]):
+        p = cli("train", tmp_path / "fresh.yaml", *how, *tiny_overrides(data.parent, tmp_path / "newruns"))
+        assert_one_line_error(p, f"{folds} row {n}", f"'{image_id}'", "twice", "./run.sh folds --data")
+
+
+def test_submission_not_utf8(data, tmp_path):
+    lines = (data / "sample_submission.csv").read_text().splitlines()
+    lines[2] = "café_" + lines[2]  # as a spreadsheet saves it in latin-1: 'é' is the one byte 0xe9
+    sub = tmp_path / "sub.csv"
+    sub.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    needles = (str(sub), "row 3", "save it as UTF-8")
+    assert_one_line_error(cli("validate", sub, "--data", data), *needles)
+    assert_one_line_error(cli("score", sub, "--truth", data / "test_truth.csv"), *needles)
+    truth = tmp_path / "truth.csv"  # every CSV is read through the same decoding (core/io.read_text)
+    truth.write_bytes((data / "test_truth.csv").read_bytes().replace(b".jpg,", b".jpg,\xe9", 1))
+    assert_one_line_error(cli("score", data / "sample_submission.csv", "--truth", truth), str(truth), "row 2",
+                          "save it as UTF-8")
+
+
+# ---- Kaggle: downloaded archives, kernel names and outputs, credentials, the kernel package's own files
+
+COMPETITION = "tiny-competition"
+
+
+def _competition_files():
+    """A small competition's files, {path: bytes}; the last one (train.csv) is the member zip_of breaks."""
+    images = {f"train_images/{i}/{i}.jpg": bytes(range(256)) * (i + 1) for i in range(5)}
+    rows = "".join(f"{i}/{i}.jpg,{i}\n" for i in range(5))
+    return {**images, "train.csv": ("image,label\n" + rows).encode()}
+
+
+def _download(tmp_path, *args, files=None, archive=None, page=None, out="data/c", kaggle_json=None):
+    """./run.sh download of COMPETITION (files: its listing, default _competition_files()) from the stand-in serving
+    `archive` (default: the zip of the files) and at most `page` files per list call: (process, project, stand-in)."""
+    from test_upload import kaggle_env
+
+    from kaggle_standin import StandIn
+
+    work = tmp_path / "project"
+    work.mkdir(exist_ok=True)
+    with StandIn() as s:
+        s.competitions[COMPETITION] = files or _competition_files()
+        if archive is not None:
+            s.archives[COMPETITION] = archive
+        s.max_page_size = page
+        env = kaggle_env(tmp_path, s)
+        if kaggle_json is not None:
+            (tmp_path / "kcfg" / "kaggle.json").write_text(kaggle_json)
+        p = cli("download", "--competition", COMPETITION, "--out", out, *args, cwd=work, env=env)
+    return p, work, s
+
+
+def _error_after_progress(p, *needles):
+    """assert_one_line_error for a download that failed after the client's progress bars (on stderr too)."""
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stdout + p.stderr
+    error = p.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and all(n in error for n in needles), error
+
+
+def _refused_archive(tmp_path, archive, *needles):
+    """The download of `archive` is one line naming it, and leaves nothing: no archive, no file unpacked from it."""
+    p, work, _ = _download(tmp_path, archive=archive)
+    _error_after_progress(p, f"{COMPETITION}.zip", "run ./run.sh download again", *needles)
+    left = [f.relative_to(work).as_posix() for f in (work / "data").rglob("*") if f.is_file()]
+    assert left == [], left
+    return work
+
+
+def test_corrupt_download_archive(tmp_path):
+    from kaggle_standin import zip_of
+
+    work = _refused_archive(tmp_path, zip_of(_competition_files(), "corrupt"), "train.csv", "invalid block type")
+    p, _, s = _download(tmp_path)  # the next run fetches the archive again, whole
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert (work / "data" / "c" / "train.csv").read_bytes() == _competition_files()["train.csv"]
+
+
+def test_encrypted_archive_member(tmp_path):
+    from kaggle_standin import zip_of
+
+    _refused_archive(tmp_path, zip_of(_competition_files(), "encrypted"), "member train.csv", "encrypted")
+
+
+def test_unsupported_compression(tmp_path):
+    from kaggle_standin import zip_of
+
+    _refused_archive(tmp_path, zip_of(_competition_files(), "method99"), "member train.csv", "compression method 99")
+
+
+def test_oversize_archive_member(tmp_path):
+    files = {**_competition_files(), "huge.bin": bytes(2**20)}  # a few KB zipped
+    total = sum(map(len, files.values()))
+    p, work, s = _download(tmp_path, "--max-unpacked-gb", "0.0005", files=files)
+    assert_one_line_error(p, f"{total:,} B", "--max-unpacked-gb 0.0005")
+    assert not [r for r in s.requests if r[0] == "GET"] and not (work / "data" / "c").exists()  # not downloaded
+
+
+def test_archive_member_not_listed(tmp_path):
+    from kaggle_standin import zip_of
+
+    extra = {**_competition_files(), "extra.bin": bytes(2**20)}  # a member that unpacks to 1 MB, not in the listing
+    _refused_archive(tmp_path, zip_of(extra), f"extra.bin ({2**20:,} B), which Kaggle does not list")
+
+
+def test_listing_beyond_first_page(tmp_path):
+    from kaggle_standin import zip_of
+
+    files = _competition_files()
+    p, work, _ = _download(tmp_path, page=2)  # 6 files, 2 a page: every page is read, or the members are not listed
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert f"{len(files)} files listed" in p.stdout
+    last = list(files)[-1]  # on the third page
+    p, _, _ = _download(tmp_path, page=2, out="data/d", archive=zip_of({k: v for k, v in files.items() if k != last}))
+    _error_after_progress(p, f"Kaggle lists {last} ({len(files[last]):,} B), the archive lacks it")
+    assert not (work / "data" / "d").exists()
+
+
+def _kernel_package(pkg, slug="tinyk"):
+    """kernels/<name>/ as ./run.sh kernel leaves it, in miniature: package.json (kernel tester/<slug>) and one small
+    file per part."""
+    from pipeline.kernel.spec import Package
+
+    files = []
+    for part in ("models", "code", "kernel"):
+        (pkg / part).mkdir(parents=True)
+        (pkg / part / "notes.txt").write_text(part)
+        files.append({"path": f"{part}/notes.txt", "bytes": len(part)})
+    Package(["a"], "tester", {"models": f"{slug}-models", "code": f"{slug}-code", "kernel": slug},
+            "tiny-code-competition", {}, {}, "abc1234", "2026-01-01T00:00:00Z", files=files).write(pkg)
+    return pkg
+
+
+def test_kernel_name_escapes_folder(tmp_path):
+    from test_upload import kaggle_env
+
+    from kaggle_standin import StandIn
+
+    work = tmp_path / "project"
+    (work / "kernels").mkdir(parents=True)
+    _kernel_package(tmp_path / "x")  # what kernels/../../x reaches
+    with StandIn() as s:
+        env = kaggle_env(tmp_path, s)
+        for stage, *flags in (("upload", "--dry-run", "--unverified"), ("status",), ("submit",)):
+            p = cli(stage, "../../x", *flags, cwd=work, env=env)
+            assert_one_line_error(p, "kernel name '../../x'", "lower-case letters, digits and '-'")
+        assert s.requests == []
+
+
+def test_kernel_output_name_escapes_folder(tmp_path):
+    from test_upload import kaggle_env
+
+    from kaggle_standin import StandIn
+
+    work = tmp_path / "project"
+    pkg = _kernel_package(work / "kernels" / "tiny-k")
+    with StandIn() as s:
+        s.add_kernel("tester/tinyk")
+        s.output = {"submission.csv": b"image_id,hotel_id\n", "../../../ESCAPED_OUTPUT.txt": b"escaped"}
+        p = cli("status", "tiny-k", cwd=work, env=kaggle_env(tmp_path, s))
+    assert_one_line_error(p, "'../../../ESCAPED_OUTPUT.txt'", "leaves", "nothing was fetched")
+    assert not list(tmp_path.rglob("ESCAPED_OUTPUT.txt"))
+    assert sorted(f.name for f in pkg.iterdir()) == ["code", "kernel", "models", "package.json"]  # no output/, no temp
+
+
+def test_kaggle_json_is_a_list(tmp_path):
+    from test_upload import KEY
+
+    p, _, s = _download(tmp_path, kaggle_json=f'["tester", "{KEY}"]')
+    assert_one_line_error(p, str(tmp_path / "kcfg" / "kaggle.json"), "a JSON list", "Create New Token")
+    assert KEY not in p.stderr and s.requests == []
+
+
+def test_kaggle_json_malformed(tmp_path):
+    from test_upload import KEY
+
+    p, _, s = _download(tmp_path, kaggle_json=f'{{"username": "tester", "key": "{KEY}"')
+    assert_one_line_error(p, str(tmp_path / "kcfg" / "kaggle.json"), "not JSON", "Create New Token")
+    assert KEY not in p.stderr and s.requests == []
+
+
+def test_kernel_check_env_without_credentials(tmp_path, monkeypatch):
+    import sys
+
+    from test_upload import KEY
+
+    from pipeline.kernel.check import run_offline
+
+    pkg = _kernel_package(tmp_path / "kernels" / "tiny-k")
+    (pkg / "kernel" / "kernel.py").write_text(  # a kernel that shows what of Kaggle's it was given
+        "import os, pathlib\n"
+        "print('given:', sorted(k for k in os.environ if k.startswith('KAGGLE_')), os.environ.get('KAGGLE_KEY'))\n"
+        "pathlib.Path(os.environ['PIPELINE_OUTPUT_ROOT'], 'submission.csv').write_text('image_id,hotel_id\\n')\n")
+    for var, value in (("KAGGLE_USERNAME", "tester"), ("KAGGLE_KEY", KEY), ("KAGGLE_API_TOKEN", f"KGAT_{KEY}"),
+                       ("KAGGLE_CONFIG_DIR", str(tmp_path / "kcfg"))):
+        monkeypatch.setenv(var, value)
+    lines = []
+    got = run_offline(pkg, tmp_path / "data", tmp_path / "work", python=sys.executable, log=lines.append)
+    assert got.is_file() and "  | given: [] None" in lines, lines
+    assert not any(KEY in line for line in lines)
+
+
+def test_verified_json_damaged(tmp_path):
+    import json
+    from pathlib import Path
+
+    from test_upload import kaggle_env
+
+    work = tmp_path / "project"
+    pkg = _kernel_package(work / "kernels" / "tiny-k")
+    checked = {"data": "data/x", "matches": "runs/x.csv", "seconds": 1.0}
+    for text, needle in (('{"package": "', "is damaged (not JSON"), ("[]", "is damaged (a JSON list"),
+                         (json.dumps(dict(checked, package="0" * 64)), "another build of tiny-k")):
+        (pkg / "verified.json").write_text(text)
+        p = cli("upload", "tiny-k", "--dry-run", cwd=work, env=kaggle_env(tmp_path))
+        assert_one_line_error(p, str(Path("kernels", "tiny-k", "verified.json")), needle, "./run.sh kernel tiny-k",
+                              "--unverified")
+    from pipeline.kernel.spec import package_digest
+
+    (pkg / "verified.json").write_text(json.dumps(dict(checked, package=package_digest(pkg))))
+    p = cli("upload", "tiny-k", "--dry-run", cwd=work, env=kaggle_env(tmp_path))
+    assert p.returncode == 0 and "dry run: nothing was uploaded" in p.stdout, p.stdout + p.stderr
+
+
+def test_package_replace_killed(tmp_path):
+    from test_upload import kaggle_env
+
+    from pipeline.kernel.spec import Package
+
+    work = tmp_path / "project"
+    kernels = work / "kernels"
+    _kernel_package(kernels / ".tiny-k.old")  # a rebuild killed between its two renames: the good package aside
+    p = cli("upload", "tiny-k", "--dry-run", "--unverified", cwd=work, env=kaggle_env(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr  # put back, not "build it first"
+    assert sorted(f.name for f in kernels.iterdir()) == ["tiny-k"]
+    assert Package.read(kernels / "tiny-k").slugs["kernel"] == "tinyk"
+
+    from pipeline.kernel.package import install
+
+    install(_kernel_package(kernels / ".tiny-k.stage", slug="newer"), kernels / "tiny-k")  # a rebuild's last step
+    assert sorted(f.name for f in kernels.iterdir()) == ["tiny-k"]
+    assert Package.read(kernels / "tiny-k").slugs["kernel"] == "newer"
+    (kernels / "tiny-k").rename(kernels / ".tiny-k.old")  # killed again; the next rebuild swaps in its package
+    install(_kernel_package(kernels / ".tiny-k.stage", slug="newest"), kernels / "tiny-k")
+    assert sorted(f.name for f in kernels.iterdir()) == ["tiny-k"]
+    assert Package.read(kernels / "tiny-k").slugs["kernel"] == "newest"
+
+
+# ---- damaged run files, config values, folds, run names, failed runs
+
+def _embedded(data, runs):
+    """Run a's embeddings made (in process: quicker than the CLI), for a test to damage; its embeddings folder."""
+    from pipeline.config import load_config
+    from pipeline.retrieval.embeddings import ensure_embeddings
+
+    ensure_embeddings(load_config(str(runs / "a.yaml"), tiny_overrides(data.parent, runs, "epochs=1")),
+                      log=lambda *a: None)
+    return runs / "a" / "fold0" / "embeddings"
+
+
+def _cut_in_half(path):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+def _object_dtype(path):
+    np.save(path, np.array([{"row": 1}] * 3, dtype=object))
+
+
+@pytest.mark.parametrize("file, damage, what, stage", [
+    ("gallery.npy", _cut_in_half, "not a readable .npy", "ensemble"),
+    ("test.npy", _object_dtype, "not a readable .npy", "evaluate"),
+    ("manifest.json", lambda p: p.write_text('{"gallery": {"key": '), "not JSON", "embed")])
+def test_damaged_embeddings_cache(data, runs, file, damage, what, stage):
+    path = _embedded(data, runs) / file
+    damage(path)
+    extra = ["--out", "sub"] if stage == "ensemble" else []
+    p = cli(stage, runs / "a.yaml", *extra, *tiny_overrides(data.parent, runs, "epochs=1"), cwd=data.parent,
+            env=PYPATH)
+    assert_one_line_error(p, f"{path} is damaged ({what}", "delete it and re-embed: ./run.sh embed a --fold 0")
+
+
+def test_image_cache_index_damaged(data, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.data.image_cache import cache_dataset
+
+    cfg = load_config("default", [f"data={data}", f"image_cache_dir={tmp_path / 'cache'}", "image_scale=1.5"])
+    cache_dataset(cfg, 32, log=lambda *a: None)
+    index = next((tmp_path / "cache").rglob("train.index.csv"))
+    lines = index.read_text().splitlines()
+    for text in ("\n".join([*lines[:1], lines[1] + "zz", *lines[2:]]), "path,size\nx.jpg,1\n"):  # a cell; columns
+        index.write_text(text)
+        _error(lambda: cache_dataset(cfg, 32, log=lambda *a: None), str(index), "delete it and run ./run.sh "
+               "cache-images")
+
+
+def test_epochs_not_positive(data, tmp_path):
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, tmp_path / "newruns", "epochs=0"))
+    assert_one_line_error(p, "epochs=0: must be >= 1")
+    assert not (tmp_path / "newruns").exists()
+    p = cli("train", tmp_path / "fresh.yaml", "--folds", "all", *tiny_overrides(data.parent, tmp_path, "epochs=-3"))
+    assert_one_line_error(p, "epochs=-3: must be >= 1")
+
+
+def test_checkpoint_without_config(data, runs):
+    import torch
+
+    run = runs / "a" / "fold0"
+    for name in ("best.pt", "last.pt"):
+        torch.save({"w": torch.zeros(3)}, run / name)
+    over = tiny_overrides(data.parent, runs, "epochs=1")
+    assert_one_line_error(cli("embed", runs / "a.yaml", *over), f"{run / 'best.pt'} is damaged (no 'model'",
+                          "'config'", "delete it and retrain: ./run.sh train a --fold 0")
+    assert_one_line_error(cli("train", runs / "a.yaml", "--resume", *over), f"{run / 'last.pt'} is damaged",
+                          "'optimizer'", "delete it and retrain")
+
+
+def test_config_value_out_of_range(data, tmp_path):
+    from pipeline.config import load_config
+
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, tmp_path / "newruns", "lr=-1"))
+    assert_one_line_error(p, "command line: lr=-1.0: must be >= 0", "pipeline/configs/default.yaml")
+    assert not (tmp_path / "newruns").exists()
+    for bad, needle in (("lr=.nan", "lr=nan: must be >= 0"), ("embedding_dim=0", "embedding_dim=0: must be >= 1"),
+                        ("batch_size=0", "batch_size=0: must be >= 1"),
+                        ("batch_size=-8", "batch_size=-8: must be >= 1"),
+                        ("aug_p_color=1.5", "aug_p_color=1.5: must be >= 0 and <= 1")):
+        _error(lambda: load_config(str(tmp_path / "fresh.yaml"), [bad]), needle)  # tests/test_config.py: every key
+
+
+def test_fold_not_in_folds_file(data, tmp_path):
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    p = cli("train", tmp_path / "fresh.yaml", "--fold", "99", *tiny_overrides(data.parent, tmp_path / "newruns"))
+    assert_one_line_error(p, "fold 99 is not in", "folds.csv (its folds: 0-4)", "fold=-1")
+    assert not (tmp_path / "newruns").exists()
+
+
+def test_run_name_escapes_folder(data, tmp_path):
+    escaped = tmp_path / "x" / "ESCAPED_RUN"
+    runs = tmp_path / "deep" / "er" / "runs"
+    (tmp_path / "evil.yaml").write_text("name: ../../../x/ESCAPED_RUN\n")
+    p = cli("train", tmp_path / "evil.yaml", *tiny_overrides(data.parent, runs))
+    assert_one_line_error(p, str(tmp_path / "evil.yaml"), "name '../../../x/ESCAPED_RUN'", "rename it")
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    p = cli("ensemble", tmp_path / "fresh.yaml", "--out", "../../x/ESCAPED_RUN", "--overrides",
+            *tiny_overrides(data.parent, runs), cwd=tmp_path, env=PYPATH)  # every output name: the same rule
+    assert_one_line_error(p, "--out: name '../../x/ESCAPED_RUN'", "rename it")
+    best = tmp_path / "best.json"  # an ensemble-report's best.json feeds its configs back in by name too
+    from pipeline.config import config_from_dict
+
+    _error(lambda: config_from_dict({"name": "../../x/ESCAPED_RUN"}, str(best)), str(best), "name '../../x/")
+    assert not escaped.exists() and not runs.exists()
+
+
+def test_train_failing_before_first_checkpoint(data, tmp_path):
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    runs = tmp_path / "newruns"
+    p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, runs, "arcface.s=1e30"))
+    assert_one_line_error(p, "loss became nan at step", "no checkpoint was written yet: lower lr")
+    assert not (runs / "fresh").exists()  # a folder of config.yaml alone would look like a run
+    bad = _first_train_image(data)
+    bad.write_bytes(b"not an image")
+    p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, runs))
+    assert_one_line_error(p, str(bad), "remove or replace it")
+    assert not (runs / "fresh").exists()
 
 
 def test_docs_table_matches():

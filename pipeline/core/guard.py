@@ -5,13 +5,13 @@ bytes hold: the key of the Kaggle credentials found on this machine (KAGGLE_KEY,
 the client reads); a kaggle.json-style {"username": ..., "key": <32 hex>} pair; a KAGGLE_KEY= / KAGGLE_API_TOKEN=
 assignment with a value; an access_token / api key field with a token-like value. The patterns need a value, so
 this module (which names them) and code that merely mentions them pass."""
-import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.io import damaged, read_json
 
 CREDENTIAL_FILES = {"kaggle.json", "access_token", "access_token.txt", "credentials.json"}
 _PATTERNS = [
@@ -22,6 +22,7 @@ _PATTERNS = [
     (re.compile(rb'access_token["\']?\s*[=:]\s*["\']?[A-Za-z0-9_.\-]{16,}'), "an access_token value"),
 ]
 _MIN_SECRET = 8  # shorter "secrets" (test placeholders) would match everywhere
+NEW_TOKEN = "put a new token in its place (kaggle.com > Settings > API > Create New Token), chmod 600"
 
 
 def kaggle_config_dirs() -> list[Path]:
@@ -31,15 +32,35 @@ def kaggle_config_dirs() -> list[Path]:
             Path(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "kaggle")]
 
 
+def kaggle_json_files() -> Iterator[tuple[Path, dict]]:
+    """(path, contents) of each kaggle.json the client may read, in its order. One that is not a JSON object is a
+    one-line UserError naming it: the client would fail on it with a traceback, or say there are no credentials."""
+    for d in kaggle_config_dirs():
+        path = Path(d, "kaggle.json")
+        if not path.is_file():
+            continue
+        try:
+            values = read_json(path, NEW_TOKEN)
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror}): chmod 600 it as its owner") from None
+        odd = [k for k in ("username", "key") if k in values and not isinstance(values[k], str)]
+        if odd:
+            raise damaged(path, f"its {odd[0]} is a JSON {type(values[odd[0]]).__name__}, not a string", NEW_TOKEN)
+        yield path, values
+
+
 def kaggle_json(field: str) -> Iterator[str]:
     """The values of `field` (username, key) in the kaggle.json files the client would read, in its order."""
-    for d in kaggle_config_dirs():
-        try:
-            value = json.loads(Path(d, "kaggle.json").read_text()).get(field)
-        except (OSError, ValueError, AttributeError):
-            continue
-        if value:
-            yield str(value)
+    for _, values in kaggle_json_files():
+        if values.get(field):
+            yield str(values[field])
+
+
+def without_credentials(env: Mapping[str, str] | None = None) -> dict:
+    """env (default: this process's) minus every KAGGLE_* variable (KAGGLE_KEY, KAGGLE_API_TOKEN, KAGGLE_USERNAME,
+    KAGGLE_CONFIG_DIR, ...): the environment of every subprocess that needs no Kaggle credential, so that none reaches
+    it, or its output where that is echoed."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if not k.upper().startswith("KAGGLE_")}
 
 
 def local_secrets() -> list[bytes]:

@@ -95,12 +95,18 @@ class _Store:
     def __init__(self, folder: Path, split: str, fmt: str):
         import pandas as pd
 
+        from pipeline.core.io import damaged, read_table
+
+        fix = "run ./run.sh cache-images again (train and embed with image_cache=true refill it too)"
         self.folder, self.split, self.format = folder, split, fmt
         self.index_path, self.data_path = folder / f"{split}.index.csv", folder / f"{split}.u8"
-        frame = (pd.read_csv(self.index_path, dtype={"path": str}) if self.index_path.is_file()
+        frame = (read_table(self.index_path, COLUMNS, fix=f": delete it and {fix}") if self.index_path.is_file()
                  else pd.DataFrame(columns=COLUMNS))
-        self.entries = {r.path: (int(r.size), int(r.mtime_ns), int(r.offset), int(r.height), int(r.width))
-                        for r in frame.itertuples(index=False)}
+        try:
+            self.entries = {r.path: (int(r.size), int(r.mtime_ns), int(r.offset), int(r.height), int(r.width))
+                            for r in frame.itertuples(index=False)}
+        except ValueError as e:
+            raise damaged(self.index_path, f"a cell is not a number: {e}", fix) from None
 
     def fresh(self, path: str) -> bool:
         e = self.entries.get(path)

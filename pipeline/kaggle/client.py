@@ -24,12 +24,14 @@ PUSHED_JSON, SUBMITTED_JSON = "pushed.json", "submitted.json"
 
 
 def _credentials_present():
+    from pipeline.core.guard import kaggle_config_dirs, kaggle_json_files
+
+    # read even where the variables give the credentials: the client parses kaggle.json whatever else it has
+    if list(kaggle_json_files()):
+        return True
     if os.environ.get("KAGGLE_API_TOKEN") or (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")):
         return True
-    from pipeline.core.guard import kaggle_config_dirs
-
-    names = ("kaggle.json", "access_token", "access_token.txt")
-    return any((d / n).is_file() for d in kaggle_config_dirs() for n in names)
+    return any((d / n).is_file() for d in kaggle_config_dirs() for n in ("access_token", "access_token.txt"))
 
 
 def api_url() -> str:
@@ -67,6 +69,18 @@ def scrub(text: str) -> str:
     for s in local_secrets():
         text = text.replace(s.decode(), "***")
     return " ".join(text.split())
+
+
+def pages(what: str, fn: Callable, *a, fixes: dict | None = None, **kw):
+    """Each response of a paged list call of the client, fn(*a, page_token=..., page_size=..., **kw), from the first
+    page to the last (a call as `call` makes it)."""
+    token = None
+    while True:
+        r = call(what, fn, *a, page_token=token, page_size=200, fixes=fixes, **kw)
+        yield r
+        token = r.next_page_token
+        if not token:
+            return
 
 
 def call(what: str, fn: Callable, *a, fixes: dict | None = None, **kw):

@@ -2,19 +2,26 @@
 arrives in data/.<name>.download/ (kept when interrupted, so the client resumes it), is unpacked and loaded as a
 competition folder there (layout auto-detected), gets its .download.json marker, and only then is renamed to
 data/<name>. So data/<name> exists only complete; a folder with its marker and every file intact is not fetched
-again."""
+again. The archive must hold exactly the files Kaggle lists, with their sizes, and a competition that unpacks to
+more than --max-unpacked-gb is refused before its download starts."""
 import json
+import lzma
 import os
 import shutil
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import UserError
 from pipeline.core.io import write_text
-from pipeline.kaggle.client import call, client, now
+from pipeline.kaggle.client import call, client, now, pages
 
 MARKER = ".download.json"
+MAX_UNPACKED_GB = 200.0  # GB = 10^9 bytes; the largest image competitions unpack to a few hundred GB
+# what zipfile raises on an archive it cannot unpack: damaged data (zlib, lzma, a short stream, a CRC or header that
+# does not match), a member encrypted (RuntimeError) or packed with a method it lacks (NotImplementedError)
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, ValueError, RuntimeError, NotImplementedError)
 
 
 def _rules(slug):
@@ -47,24 +54,61 @@ def present(out: Path, slug: str) -> dict | None:
     return marker
 
 
+def _listed(api, slug: str, fixes: dict, max_gb: float) -> dict:
+    """{name: bytes} of every file Kaggle lists for the competition (every page of the listing); more than max_gb
+    in all is a UserError, before anything is downloaded."""
+    listed = {f.name: f.total_bytes for r in pages(f"file list of the competition {slug}", api.competition_list_files,
+                                                   slug, fixes=fixes) for f in r.files or []}
+    total = sum(listed.values())
+    if total > max_gb * 1e9:
+        raise UserError(f"competition {slug}: Kaggle lists {len(listed)} files of {total:,} B unpacked, more than "
+                        f"--max-unpacked-gb {max_gb:g}: give a larger --max-unpacked-gb if the disk has the room")
+    return listed
+
+
+def _check_members(members: dict, listed: dict) -> None:
+    """The archive's files must be the files Kaggle lists, with their sizes (zipfile unpacks a member to no more
+    than its size), so that it unpacks to what the listing says; else a BadZipFile naming the first difference."""
+    for name in sorted(members.keys() | listed.keys()):
+        if name not in listed:
+            raise zipfile.BadZipFile(f"it holds {name} ({members[name]:,} B), which Kaggle does not list")
+        if members.get(name) != listed[name]:
+            raise zipfile.BadZipFile(f"Kaggle lists {name} ({listed[name]:,} B), the archive "
+                                     + ("lacks it" if name not in members else f"has {members[name]:,} B"))
+
+
+def _why(member: zipfile.ZipInfo, e: Exception) -> str:
+    if member.flag_bits & 0x1:
+        return f"member {member.filename} is encrypted"
+    if isinstance(e, NotImplementedError):
+        return f"member {member.filename} uses compression method {member.compress_type}, which zipfile cannot read"
+    return f"member {member.filename}: {' '.join(str(e).split()) or type(e).__name__}"
+
+
 def _unpack(archive: Path, dest: Path, listed: dict, log) -> list:
-    """archive unpacked into dest (emptied first); [{path, bytes}] of its files. The files Kaggle listed must be in
-    it with their sizes; a damaged archive is deleted so that the next run fetches it again."""
+    """archive unpacked into dest (emptied first); [{path, bytes}] of its files, which must be those Kaggle lists.
+    An archive that is damaged or cannot be unpacked here is deleted with what was unpacked of it, so that the next
+    run fetches it again."""
     shutil.rmtree(dest, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as z:
             members = {m.filename: m.file_size for m in z.infolist() if not m.is_dir()}
-            for name, size in sorted(listed.items()):
-                if members.get(name) != size:
-                    raise zipfile.BadZipFile(f"Kaggle lists {name} ({size:,} B), the archive "
-                                             + ("lacks it" if name not in members else f"has {members[name]:,} B"))
+            _check_members(members, listed)
             log(f"unpacking {len(members)} files ({sum(members.values()) / 2**20:.1f} MB) into {dest}")
-            z.extractall(dest)  # extractall drops '..' and absolute parts of member names
-    except zipfile.BadZipFile as e:
+            for m in z.infolist():
+                try:
+                    z.extract(m, dest)  # extract drops '..' and absolute parts of member names
+                except (*_UNREADABLE, OSError) as e:
+                    if isinstance(e, OSError) and e.errno is not None:
+                        raise  # the disk's, not the archive's (bz2 reports bad data as an OSError without errno)
+                    raise zipfile.BadZipFile(_why(m, e)) from None
+    except _UNREADABLE as e:
         archive.unlink(missing_ok=True)
-        raise UserError(f"{archive}: not a complete competition archive ({e}); deleted it: run ./run.sh download "
-                        "again") from None
+        shutil.rmtree(dest, ignore_errors=True)
+        raise UserError(f"{archive}: not unpacked ({' '.join(str(e).split())}); deleted it and what was "
+                        "unpacked of it: run ./run.sh download again") from None
     except OSError as e:
+        shutil.rmtree(dest, ignore_errors=True)
         raise UserError(f"unpacking {archive} into {dest} failed ({e.strerror or e}): free space on {dest.parent} "
                         "and run ./run.sh download again (the archive is kept)") from None
     return [{"path": p.relative_to(dest).as_posix(), "bytes": p.stat().st_size}
@@ -72,12 +116,14 @@ def _unpack(archive: Path, dest: Path, listed: dict, log) -> list:
 
 
 def download(competition: str | None = None, out: str | Path | None = None, cfg: dict | None = None,
-             log: Callable[[str], object] = print) -> Path:
+             log: Callable[[str], object] = print, max_unpacked_gb: float = MAX_UNPACKED_GB) -> Path:
     """Download `competition` (default: cfg's) to `out` (default data/<competition>); cfg (default: the default
     config) gives the layout and its csv keys the unpacked folder is loaded with."""
     from pipeline.config import load_config
     from pipeline.data.layouts import detect_layout, load_dataset
 
+    if not max_unpacked_gb > 0:  # NaN too
+        raise UserError(f"--max-unpacked-gb {max_unpacked_gb:g}: give a positive number of GB (10^9 bytes)")
     cfg = cfg or load_config("default")
     slug = competition or cfg["competition"]
     out = Path(out or Path("data") / slug)
@@ -89,10 +135,9 @@ def download(competition: str | None = None, out: str | Path | None = None, cfg:
         return out
     api = client(f"downloading the competition {slug}")
     fixes = {403: _rules(slug), 404: f"no competition '{slug}': check --competition (kaggle.com/competitions/<slug>)"}
-    r = call(f"file list of the competition {slug}", api.competition_list_files, slug, page_size=200, fixes=fixes)
-    listed = {f.name: f.total_bytes for f in r.files or []}
-    log(f"competition {slug}: {len(listed)} files listed{' (first page)' if r.next_page_token else ''}, "
-        f"{sum(listed.values()) / 2**20:.1f} MB; downloading the archive")
+    listed = _listed(api, slug, fixes, max_unpacked_gb)
+    log(f"competition {slug}: {len(listed)} files listed, {sum(listed.values()) / 2**20:.1f} MB; downloading the "
+        "archive")
     work = out.parent / f".{out.name}.download"
     work.mkdir(parents=True, exist_ok=True)
     call(f"download of the competition {slug}", api.competition_download_files, slug, path=str(work), quiet=False,

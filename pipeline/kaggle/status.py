@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.io import within
 from pipeline.kaggle.client import (
     PUSHED_JSON,
     SUBMITTED_JSON,
@@ -14,6 +15,7 @@ from pipeline.kaggle.client import (
     client,
     enum_name,
     not_found_fix,
+    pages,
     poll,
     read_record,
     write_record,
@@ -31,12 +33,55 @@ def kernel_state(api, name: str, ref: str, pushed: dict | None) -> tuple[str, st
     return enum_name(r.status), " ".join(str(getattr(r, "failure_message", "") or "").split())
 
 
+def _output_listing(api, ref: str) -> tuple[list, str]:
+    """([(file name, URL)] of the kernel's output as Kaggle names it, every page; its log text). Listed here, not by
+    the client's kernels_output, which writes each file at <folder>/<its name> whatever the name holds."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    owner, slug = ref.split("/", 1)
+    with api.build_kaggle_client() as kaggle:
+        def page(page_token, page_size):
+            request = ApiListKernelSessionOutputRequest()
+            request.user_name, request.kernel_slug, request.page_size = owner, slug, page_size
+            if page_token:
+                request.page_token = page_token
+            return kaggle.kernels.kernels_api_client.list_kernel_session_output(request)
+
+        responses = list(pages(f"output of kernel {ref}", page))
+    return [(f.file_name, f.url) for r in responses for f in r.files or []], responses[0].log or ""
+
+
+def _get(url: str, path: Path) -> None:
+    import requests
+
+    with requests.get(url, stream=True, timeout=60) as r, open(path, "wb") as f:
+        r.raise_for_status()
+        for chunk in r.iter_content(1 << 20):
+            f.write(chunk)
+
+
 def _fetch_output(api, pkg: Path, ref: str, log) -> Path:
-    """The kernel's output files and log into pkg/output/, replacing the previous ones only once all arrived."""
+    """The kernel's output files and log into pkg/output/, replacing the previous ones only once all arrived. A file
+    whose name would leave pkg/output/ is a UserError before anything is fetched."""
     out = pkg / OUTPUT
-    tmp = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.", suffix=".tmp", dir=pkg))
+    listed, kernel_log = _output_listing(api, ref)
+    if kernel_log:
+        listed.append((f"{ref.split('/', 1)[1]}.log", None))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.", suffix=".tmp", dir=pkg)).resolve()
     try:
-        files, _ = call(f"output of kernel {ref}", api.kernels_output, ref, str(tmp), force=True, quiet=True)
+        files = []
+        for name, url in listed:
+            path = within(tmp, name)
+            if path is None:
+                raise UserError(f"kernel {ref}: Kaggle names an output file {name!r}, which leaves {out}; nothing "
+                                f"was fetched (see its output on kaggle.com/code/{ref})")
+            files.append((path, url))
+        for path, url in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if url is None:
+                path.write_text(kernel_log)
+            else:
+                call(f"output file {path.relative_to(tmp)} of kernel {ref}", _get, url, path)
         old = None
         if out.exists():  # a folder cannot be swapped atomically: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}.", suffix=".old", dir=pkg))
@@ -46,8 +91,8 @@ def _fetch_output(api, pkg: Path, ref: str, log) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for f in sorted(files or []):
-        p = out / Path(f).relative_to(tmp)
+    for path in sorted(p for p, _ in files):
+        p = out / path.relative_to(tmp)
         log(f"downloaded {p} ({p.stat().st_size:,} B)")
     return out / f"{ref.split('/', 1)[1]}.log"
 

@@ -4,8 +4,9 @@ still makes the version, SPEC §6), and only then the kernel pushed; its version
 from collections.abc import Callable
 
 from pipeline.core.errors import UserError
-from pipeline.kaggle.client import PUSHED_JSON, call, client, now, poll, scrub, write_record
-from pipeline.kernel.spec import DATASET_METADATA, DATASETS, PARTS, VERIFIED_JSON, load_package
+from pipeline.core.io import read_json
+from pipeline.kaggle.client import PUSHED_JSON, call, client, now, pages, poll, scrub, write_record
+from pipeline.kernel.spec import DATASET_METADATA, DATASETS, PARTS, VERIFIED_JSON, load_package, package_digest
 
 READY_INTERVAL, READY_TIMEOUT = 5.0, 1800.0  # seconds: Kaggle processes a new dataset version for minutes
 
@@ -20,6 +21,18 @@ def _state(api, ref):
         if e.response is not None and e.response.status_code == 404:
             return None
         raise UserError(scrub(f"dataset {ref}: status check failed ({e})")) from None
+
+
+def _check_verified(pkg, name):
+    """A UserError unless pkg's verified.json records a passed offline check of this very build of it."""
+    path, rebuild = pkg / VERIFIED_JSON, f"rebuild it with ./run.sh kernel {name} ..., or upload with --unverified"
+    if not path.is_file():
+        raise UserError(f"{pkg} has not passed its offline check (no {VERIFIED_JSON}): {rebuild} (without "
+                        "--no-verify)")
+    record = read_json(path, rebuild)
+    if record.get("package") != package_digest(pkg):  # a check of an earlier build, or a hand-made file
+        raise UserError(f"{path}: records the offline check of another build of {name}, not of its package.json: "
+                        f"{rebuild}")
 
 
 def _listing(pkg, package, log):
@@ -38,15 +51,12 @@ def _listing(pkg, package, log):
 
 def remote_files(api, ref: str) -> dict:
     """{path: bytes} of the dataset's current version as Kaggle lists it (every page)."""
-    files, token = {}, None
-    while True:
-        r = call(f"file list of dataset {ref}", api.dataset_list_files, ref, page_token=token, page_size=200)
+    files = {}
+    for r in pages(f"file list of dataset {ref}", api.dataset_list_files, ref):
         if r.error_message:
             raise UserError(scrub(f"file list of dataset {ref}: {r.error_message}"))
         files.update({f.name: f.total_bytes for f in r.dataset_files or []})
-        token = r.next_page_token
-        if not token:
-            return files
+    return files
 
 
 def local_files(package, part: str) -> dict:
@@ -96,9 +106,8 @@ def upload(name: str, dry_run: bool = False, unverified: bool = False, log: Call
 
     pkg, package = load_package(name)
     guard.check_tree(pkg)  # again: the folder may have been edited since it was built
-    if not unverified and not (pkg / VERIFIED_JSON).is_file():
-        raise UserError(f"{pkg} has not passed its offline check (no verified.json): rebuild without --no-verify, "
-                        "or upload with --unverified")
+    if not unverified:
+        _check_verified(pkg, name)
     api = None if dry_run else client(f"uploading {name}")  # no credential or no network: before the listing
     _listing(pkg, package, log)
     if dry_run:

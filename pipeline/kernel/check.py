@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import UserError
+from pipeline.core.guard import without_credentials
+from pipeline.core.io import write_text
 from pipeline.kernel import spec
 
 
@@ -42,14 +44,16 @@ def run_offline(pkg: Path, data_dir: str | Path, work: str | Path, python: str |
         log(f"kernel check: baseline-only venv in {time.time() - t:.1f}s")
     wheels = _wheels_for(python, package, pkg, Path(work), log)
     # pip sees the package's wheels folder and nothing else: none of this machine's pip settings (find-links,
-    # extra indexes), no user site-packages; and the kernel runs the packaged pipeline, not this checkout's
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
+    # extra indexes), no user site-packages; the kernel runs the packaged pipeline, not this checkout's; and it gets
+    # no Kaggle credential, as on Kaggle (its output is echoed below)
+    env = {k: v for k, v in without_credentials().items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
     env.update(PIPELINE_INPUT_ROOT=str(inputs), PIPELINE_OUTPUT_ROOT=str(out), HF_HUB_OFFLINE="1",
                NO_ALBUMENTATIONS_UPDATE="1", PIP_CONFIG_FILE=os.devnull, PYTHONNOUSERSITE="1")
     if wheels:
         env["PIPELINE_WHEELS"] = str(wheels)
     cmd = [str(python), str((pkg / "kernel" / spec.KERNEL_SCRIPT).resolve())]
-    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True,
+                                                  env=env).returncode == 0:
         cmd = ["unshare", "-n"] + cmd
     else:
         log("kernel check: `unshare -n` is not available here; running with HF_HUB_OFFLINE=1 only")
@@ -75,7 +79,7 @@ def _wheels_for(python, package: spec.Package, pkg: Path, work: Path, log) -> Pa
     # one call: the interpreter's X.Y and the wheel tags it installs
     here, *ok = subprocess.run([str(python), "-c", "import sys; from packaging.tags import sys_tags; "
                                 "print('%d.%d' % sys.version_info[:2], *sys_tags())"],
-                               capture_output=True, text=True, check=True).stdout.split()
+                               capture_output=True, text=True, check=True, env=without_credentials()).stdout.split()
     target = package.target.get("python", here)
     if target == here:
         return None
@@ -97,7 +101,7 @@ def _wheels_for(python, package: spec.Package, pkg: Path, work: Path, log) -> Pa
 
 def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], object] = print) -> None:
     """Run the kernel offline on the configs' data; its submission must equal ./run.sh ensemble's for the same
-    models and tricks. Writes pkg/verified.json."""
+    models and tricks. Writes pkg/verified.json, which names the package.json it checked (by its sha256)."""
     from pipeline.experiments.ensemble import ensemble
 
     local = ensemble(cfgs, out_name=f"kernel-{pkg.name}", log=lambda *a: None, tricks=tricks)["submission"]
@@ -110,6 +114,7 @@ def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], objec
         seconds = time.time() - t
     if not same:
         raise UserError(f"the kernel's offline submission differs from {local} (./run.sh ensemble); do not upload")
-    (pkg / spec.VERIFIED_JSON).write_text(json.dumps({"data": str(cfgs[0]["data"]), "matches": str(local),
-                                                   "seconds": round(seconds, 1)}, indent=1))
+    record = {"package": spec.package_digest(pkg), "data": str(cfgs[0]["data"]), "matches": str(local),
+              "seconds": round(seconds, 1)}
+    write_text(pkg / spec.VERIFIED_JSON, json.dumps(record, indent=1))
     log(f"kernel check: offline run in {seconds:.1f}s; its submission equals {local}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from pipeline.core.errors import UserError
+from pipeline.core.guard import without_credentials
 
 SOURCES_DIR = Path(__file__).resolve().parents[2] / "docs" / "kaggle-image"
 SOURCES = "sources.txt"
@@ -105,7 +106,7 @@ def resolve_closure(image: Image, roots: list[str], timeout: int = 20) -> list[s
         for tag in image.platforms():
             cmd += ["--platform", tag]
         r = subprocess.run(cmd + [f"{image.names[canonicalize_name(x)]}" for x in roots],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, env=without_credentials())
         if r.returncode != 0:
             raise UserError(f"pip could not resolve the baseline against the image's versions "
                             f"({pip_error(r.stderr)}); check PyPI access")

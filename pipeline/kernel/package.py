@@ -15,8 +15,8 @@ from pipeline.config import run_names
 from pipeline.core.errors import UserError
 from pipeline.inference.tricks import DEFAULTS
 from pipeline.kernel import spec
-from pipeline.kernel.spec import KERNELS_DIR, Package
-from pipeline.retrieval.embeddings import Variant
+from pipeline.kernel.spec import KERNELS_DIR, Package, check_name
+from pipeline.retrieval.embeddings import Variant, read_manifest
 
 # what the kernel's code imports (kernel/infer.py and the floors under it), each with the oldest version that code is
 # proven on: Kaggle's image, whose versions bench/kaggle_image.py runs the kernel with. A need the image meets
@@ -26,13 +26,6 @@ NEEDS = ("torch>=2.10", "torchvision>=0.25", "timm>=1.0.26", "numpy>=2.0.2", "pa
          "albumentations>=2.0.8", "opencv-python-headless>=4.13", "pillow>=11.3", "PyYAML>=6.0.3",
          "safetensors>=0.7", "joblib>=1.5.3", "huggingface_hub>=1.11")
 LICENSE = "CC0-1.0"
-
-
-def check_name(name: str) -> None:
-    ok = 5 <= len(name) <= 44 and all(c.islower() or c.isdigit() or c == "-" for c in name)
-    if not ok or name[0] == "-" or name[-1] == "-":
-        raise UserError(f"kernel name '{name}': use 5-44 lower-case letters, digits and '-' (it becomes the "
-                        "Kaggle slugs <name>, <name>-models, <name>-code)")
 
 
 def default_owner() -> str | None:
@@ -85,12 +78,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
                              dict(python=python_version, platforms=platforms, accelerator=accelerator,
                                   projected_seconds=round(projection.total_s)))
         dest = KERNELS_DIR / name
-        old = dest.with_name(f".{name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if dest.exists():
-            dest.rename(old)
-        stage.rename(dest)
-        shutil.rmtree(old, ignore_errors=True)
+        install(stage, dest)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -112,6 +100,38 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
         verify(dest, cfgs, tricks, log=log)
     log(f"wrote {dest}; next: ./run.sh upload {name}")
     return dest
+
+
+def install(stage: Path, dest: Path) -> None:
+    """Put the complete package `stage` at dest; the previous one is deleted only once the new one is in place.
+    Where the OS can, the two are swapped in one step, so dest is never missing; elsewhere the previous one is renamed
+    aside first, and a kill between the two renames leaves it there for spec.restore to put back."""
+    spec.restore(dest)
+    if dest.exists() and _exchange(stage, dest):
+        shutil.rmtree(stage, ignore_errors=True)  # the previous package now
+        return
+    old = spec.aside(dest)
+    if dest.exists():
+        dest.rename(old)
+    stage.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where the OS or filesystem cannot."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def refresh_baseline(folder: str | Path, log: Callable[[str], object] = print) -> Path:
@@ -147,7 +167,7 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
         stem = run.stems["gallery"]
         for suffix in (".npy", ".csv"):
             shutil.copyfile(run.dir / f"{stem}{suffix}", mdir / f"{stem}{suffix}")
-        manifest = json.loads((run.dir / spec.MANIFEST).read_text())
+        manifest = read_manifest(run.dir)
         (mdir / spec.MANIFEST).write_text(json.dumps({stem: manifest[stem]}, indent=1))
         _trick_files(run, cfg, mdir, tricks)
         meta = {"name": cfg["name"], "fold": cfg["fold"], "image_size": state["image_size"], "mean": state["mean"],
@@ -183,12 +203,9 @@ def _dataset_metadata(root, owner, slug, title):
 
 
 def _projection(cfgs, runs, tricks, accelerator, names):
-    import numpy as np
-
     from pipeline.kernel.runtime import project_runs
-    from pipeline.retrieval.embeddings import read_manifest
 
-    gallery = len(np.load(runs[0].dir / f"{runs[0].stems['gallery']}.npy", mmap_mode="r"))
+    gallery = len(runs[0].load("gallery"))
     sizes = [read_manifest(r.dir)[r.stems["gallery"]]["image_size"] for r in runs]
     return project_runs(cfgs, sizes, tricks, accelerator, gallery, names)
 
@@ -230,11 +247,13 @@ def _kernel(root, owner, slugs, competition, requires, accelerator):
 
 
 def git_commit() -> str:
+    from pipeline.core.guard import without_credentials
+
+    here, env = Path(__file__).parent, without_credentials()
     try:
-        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                           cwd=Path(__file__).parent)
+        r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=here, env=env)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
+                               text=True, cwd=here, env=env).stdout.strip()
         return (r.stdout.strip() + ("-dirty" if dirty else "")) if r.returncode == 0 else "unknown"
     except OSError:
         return "unknown"

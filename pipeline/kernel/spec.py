@@ -6,7 +6,11 @@ kernel itself (kernel/infer.py): file names, and the typed records behind kernel
                            requirements-kernel.txt
   kernels/<name>/kernel/   kernel.py + kernel-metadata.json
   kernels/<name>/package.json (Package), verified.json (the offline check passed), output/ (status)"""
+import hashlib
 import json
+import os
+import re
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -87,9 +91,41 @@ def _record(cls, path: Path):
                         "./run.sh kernel") from None
 
 
+def check_name(name: str) -> None:
+    """The rule for a kernel name, which every stage that takes one applies: it is a folder under kernels/ and
+    Kaggle slugs, so nothing but lower-case letters, digits and inner '-' (no '/', no '..')."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{3,42}[a-z0-9]", name):  # ASCII only: 'é'.islower() holds
+        raise UserError(f"kernel name '{name}': use 5-44 lower-case letters, digits and '-' (it becomes the "
+                        "Kaggle slugs <name>, <name>-models, <name>-code)")
+
+
+def package_digest(pkg: Path) -> str:
+    """sha256 of pkg's package.json: the build that verified.json records as checked."""
+    return hashlib.sha256((Path(pkg) / PACKAGE_JSON).read_bytes()).hexdigest()
+
+
+def aside(pkg: Path) -> Path:
+    """Where a rebuild that cannot swap folders in one step keeps the previous kernels/<name> meanwhile."""
+    return pkg.with_name(f".{pkg.name}.old")
+
+
+def restore(pkg: Path) -> None:
+    """Undo a rebuild killed between its two renames: the previous package, kept aside, goes back to pkg. Beside
+    a pkg (which appears only whole) the copy aside is stale, and goes."""
+    old = aside(pkg)
+    if not old.is_dir():
+        return
+    if pkg.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(old, pkg)
+
+
 def load_package(name: str):
     """(package folder, Package) of kernels/<name>; a missing one is a UserError saying how to build it."""
+    check_name(name)
     pkg = KERNELS_DIR / name
+    restore(pkg)
     if not (pkg / PACKAGE_JSON).is_file():
         raise UserError(f"{pkg / PACKAGE_JSON} not found: build the package first "
                         f"(./run.sh kernel {name} --models ...)")

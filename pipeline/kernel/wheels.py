@@ -17,6 +17,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from pipeline.core.errors import UserError
+from pipeline.core.guard import without_credentials
 from pipeline.kernel.image import pip_error, platforms_for
 
 BASELINE = Path(__file__).with_name("kaggle_baseline.txt")
@@ -139,7 +140,8 @@ def fetch(pins: dict[str, str], dest: Path, python_version: str, platforms: Sequ
     for is_pure, specs in groups.items():
         if not specs:
             continue
-        r = subprocess.run(base + (pure if is_pure else binary) + specs, capture_output=True, text=True)
+        r = subprocess.run(base + (pure if is_pure else binary) + specs, capture_output=True, text=True,
+                           env=without_credentials())
         if r.returncode != 0:
             raise UserError(f"cannot download the kernel's wheels for Python {python_version} {' / '.join(platforms)} "
                             f"({pip_error(r.stderr)}); check PyPI access or the --platform tags")
@@ -204,7 +206,7 @@ def baseline_venv(dest: Path, baseline: Path = BASELINE, log: Callable[[str], ob
     _link_files([*have.values(), importlib.metadata.distribution(INSTALLER)], overlay)
     purelib = subprocess.run([str(Path(dest) / "bin" / "python"), "-c",
                               "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+                             capture_output=True, text=True, check=True, env=without_credentials()).stdout.strip()
     Path(purelib, "kernel_baseline.pth").write_text(f"{overlay.resolve()}\n")
     return Path(dest) / "bin" / "python"
 
