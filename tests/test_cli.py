@@ -29,7 +29,9 @@ def test_run_sh_is_a_fast_noop_when_set_up():
     t = time.time()
     p = subprocess.run([str(ROOT / "run.sh"), "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "<stage>" in p.stdout
-    assert time.time() - t < 5  # the venv check itself is a hash compare
+    assert "setting up" not in p.stderr  # the venv check is a hash compare, not a reinstall
+    # ~2 s idle, ~7 s beside the suite's other worker; a reinstall takes minutes
+    assert time.time() - t < 30
 
 
 def test_missing_data_folder(tmp_path):

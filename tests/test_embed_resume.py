@@ -126,6 +126,7 @@ def test_a_resume_under_torchrun_is_byte_identical(trained, reference, tmp_path)
 
 
 def test_the_cache_key_tells_apart_dtype_amp_and_device():
+    from pipeline.config import load_config
     from pipeline.retrieval.embeddings import cache_key, made_by
     from pipeline.retrieval.forward import chunking
 
@@ -137,5 +138,5 @@ def test_the_cache_key_tells_apart_dtype_amp_and_device():
     assert key(np.float16, True, "cuda:1") == cuda
     assert key(np.float16, True, "cpu") == key(np.float16, False, "cpu")  # AMP never runs on the CPU
     assert chunking({"eval_batch_size": 16, "embed_chunk": 40}, 5, 100) == {"batch": 3, "chunk": 39, "rows": 100}
-    with pytest.raises(UserError, match="embed_chunk=0"):
-        chunking({"eval_batch_size": 16, "embed_chunk": 0}, 0, 100)
+    with pytest.raises(UserError, match="embed_chunk=0: must be >= 1"):  # the config's range, where it is read
+        load_config("default", ["embed_chunk=0"])
