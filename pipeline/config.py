@@ -31,9 +31,8 @@ class Range:
                 and (self.above is None or v > self.above) and (self.below is None or v < self.below))
 
     def __str__(self) -> str:
-        parts = [f"{op} {b:g}" for op, b in ((">=", self.low), (">", self.above), ("<=", self.high),
-                                              ("<", self.below)) if b is not None]
-        return " and ".join(parts)
+        bounds = ((">=", self.low), (">", self.above), ("<=", self.high), ("<", self.below))
+        return " and ".join(f"{op} {b if isinstance(b, int) else format(b, 'g')}" for op, b in bounds if b is not None)
 
 
 _P = Range(0, 1)  # a probability
@@ -53,7 +52,8 @@ RANGES = {
     "lr": _NONNEG, "lr_mult.backbone": _NONNEG, "lr_mult.neck": _NONNEG, "lr_mult.head": _NONNEG,
     "lr_mult.text": _NONNEG, "weight_decay": _NONNEG, "momentum": Range(0, below=1), "min_lr": _NONNEG,
     "warmup_steps": _NONNEG, "plateau.patience": _NONNEG, "plateau.factor": Range(above=0, below=1),
-    "accum_steps": _COUNT, "ema": Range(0, below=1), "epochs": _COUNT, "batch_size": _COUNT, "seed": _NONNEG,
+    "accum_steps": _COUNT, "ema": Range(0, below=1), "epochs": _COUNT, "batch_size": _COUNT,
+    "seed": Range(0, 2**32 - 1),
     "clip_grad": _NONNEG, "layer_decay": Range(0, below=1), "num_workers": Range(low=-1), "save_every_steps": _NONNEG,
     "val_every": _COUNT, "val_gallery": _NONNEG, "crop_scale_min": Range(above=0, high=1), "aug_p_color": _P,
     "aug_p_affine": _P, "aug_p_dropout": _P, "mask_p": _P, "occlusion_fill_p": _P, "eval_batch_size": _COUNT,

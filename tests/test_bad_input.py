@@ -545,8 +545,21 @@ def test_oversize_archive_member(tmp_path):
 def test_archive_member_not_listed(tmp_path):
     from kaggle_standin import zip_of
 
+    import io
+    import warnings
+    import zipfile
+
+    for d in ("extra", "twice"):
+        (tmp_path / d).mkdir()
     extra = {**_competition_files(), "extra.bin": bytes(2**20)}  # a member that unpacks to 1 MB, not in the listing
-    _refused_archive(tmp_path, zip_of(extra), f"extra.bin ({2**20:,} B), which Kaggle does not list")
+    _refused_archive(tmp_path / "extra", zip_of(extra), f"extra.bin ({2**20:,} B), which Kaggle does not list")
+    twice = io.BytesIO()  # a listed name held twice: 1 MB unpacked, then overwritten by the listed size
+    with warnings.catch_warnings(), zipfile.ZipFile(twice, "w", zipfile.ZIP_DEFLATED) as z:
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name, which is the point
+        z.writestr("train.csv", bytes(2**20))
+        for path, data in _competition_files().items():
+            z.writestr(path, data)
+    _refused_archive(tmp_path / "twice", twice.getvalue(), "it holds train.csv twice")
 
 
 def test_listing_beyond_first_page(tmp_path):

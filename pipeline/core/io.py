@@ -69,14 +69,20 @@ def read_text(path: str | Path) -> str:
                         "cp1252 by a spreadsheet); save it as UTF-8") from None
 
 
-def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "") -> "pd.DataFrame":
+def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "",
+               ours: str | None = None) -> "pd.DataFrame":
     """A CSV as a DataFrame of strings (empty cells are ''); a missing file, a missing column or a malformed row is
-    a UserError naming it. fix: what to add to a missing-column error."""
+    a UserError naming it. fix: what to add to a missing-column error. ours: for a file the pipeline wrote (an
+    embeddings table, the image cache's index), how to remake it: any damage is then damaged(path, ..., ours)."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+
+    def refuse(what, told):
+        return damaged(path, what, ours) if ours else UserError(f"{path}: {told}")
+
     try:
         # index_col=False: rows with a trailing extra field must not shift the columns under the header; the extra
         # field is ignored, as extra columns are (pandas warns about it: silenced, it is not the user's concern)
@@ -86,15 +92,17 @@ def read_table(path: str | Path, required: Iterable[str] = (), fix: str = "") ->
                                 index_col=False)
     except pd.errors.EmptyDataError:
         frame = pd.DataFrame()
-    except UnicodeDecodeError:  # pandas does not say where; read_text does
-        read_text(path)
-        raise UserError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except UnicodeDecodeError:
+        if not ours:
+            read_text(path)  # pandas does not say where; read_text's error does
+        raise refuse("not UTF-8 text", "not UTF-8 text; save it as UTF-8") from None
     except pd.errors.ParserError as e:
-        raise UserError(f"{path}: not a readable CSV ({' '.join(str(e).split())})") from None
+        what = f"not a readable CSV ({' '.join(str(e).split())})"
+        raise refuse(what, what) from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        cols = ", ".join(map(str, frame.columns)) or "none"
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)} (has: {cols}){fix}")
+        what = f"missing column(s) {', '.join(missing)} (has: {', '.join(map(str, frame.columns)) or 'none'})"
+        raise refuse(what, what + fix)
     return frame
 
 

@@ -100,7 +100,7 @@ class _Store:
         fix = "run ./run.sh cache-images again (train and embed with image_cache=true refill it too)"
         self.folder, self.split, self.format = folder, split, fmt
         self.index_path, self.data_path = folder / f"{split}.index.csv", folder / f"{split}.u8"
-        frame = (read_table(self.index_path, COLUMNS, fix=f": delete it and {fix}") if self.index_path.is_file()
+        frame = (read_table(self.index_path, COLUMNS, ours=fix) if self.index_path.is_file()
                  else pd.DataFrame(columns=COLUMNS))
         try:
             self.entries = {r.path: (int(r.size), int(r.mtime_ns), int(r.offset), int(r.height), int(r.width))

@@ -3,6 +3,7 @@ ablation row of the trick table (inference/tricks.py: TRICKS) alone on top; abla
 import time
 from pathlib import Path
 
+from pipeline.config import check_name
 from pipeline.inference.predict import val_map5
 from pipeline.inference.tricks import ABLATIONS, describe
 from pipeline.retrieval.embeddings import Variant
@@ -66,7 +67,7 @@ def ablate_seeds(cfgs: list, tricks: dict, seeds: int, compare_out: str | None, 
     from pipeline.reports.tables import write_tables
 
     names = config_names(cfgs)
-    compare_out = compare_out or "+".join(names)
+    compare_out = check_name(compare_out, "--compare") if compare_out else "+".join(names)
     root = Path(cfgs[0]["runs_dir"]) / "compare" / compare_out
     per_seed = []
     for s in range(1, seeds + 1):

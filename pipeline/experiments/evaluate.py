@@ -37,11 +37,13 @@ def evaluate(cfgs: list, base: dict, metrics: list, ks: list, tricks: dict, leav
     """The evaluate stage: the metrics table of the runs (and the zero-shot row) in runs/evaluate/<out>/, or with
     ablate the runs' ensemble once per inference trick, or with oof each config's out-of-fold MAP@5 over its runs
     on several folds. base: cfgs[0], or the default config without runs."""
+    if out:  # the default is made of run names and folds: ours, and may hold ',' (folds 0,2) or ':' (hf-hub:)
+        check_name(out, "--out")
     folds = fold_text(c["fold"] for c in cfgs)
     default = config_names(cfgs) if oof else run_names(cfgs)
     out = out or "+".join(default + ([f"zero-shot-{zero_shot}"] if zero_shot else [])) + (f"-oof{folds}" if oof
                                                                                          else "")
-    out_dir = Path(base["runs_dir"]) / "evaluate" / check_name(out.replace("/", "_"), "--out")
+    out_dir = Path(base["runs_dir"]) / "evaluate" / out.replace("/", "_")
     if oof:
         if not cfgs or ablate or leave_one_out or queries != "val" or zero_shot or metrics != ["map@5"]:
             raise UserError("--oof scores trained runs' map@5 on their validation folds: give runs, without "

@@ -66,15 +66,22 @@ def _listed(api, slug: str, fixes: dict, max_gb: float) -> dict:
     return listed
 
 
-def _check_members(members: dict, listed: dict) -> None:
-    """The archive's files must be the files Kaggle lists, with their sizes (zipfile unpacks a member to no more
-    than its size), so that it unpacks to what the listing says; else a BadZipFile naming the first difference."""
+def _check_members(infos: list, listed: dict) -> dict:
+    """{name: bytes} of the archive's files, which must be the files Kaggle lists, each once, with their sizes
+    (zipfile unpacks a member to no more than its size), so that it unpacks to what the listing says; else a
+    BadZipFile naming the first difference. Once: a second member of a name would be unpacked over the first."""
+    members = {}
+    for m in (m for m in infos if not m.is_dir()):
+        if m.filename in members:
+            raise zipfile.BadZipFile(f"it holds {m.filename} twice")
+        members[m.filename] = m.file_size
     for name in sorted(members.keys() | listed.keys()):
         if name not in listed:
             raise zipfile.BadZipFile(f"it holds {name} ({members[name]:,} B), which Kaggle does not list")
         if members.get(name) != listed[name]:
             raise zipfile.BadZipFile(f"Kaggle lists {name} ({listed[name]:,} B), the archive "
                                      + ("lacks it" if name not in members else f"has {members[name]:,} B"))
+    return members
 
 
 def _why(member: zipfile.ZipInfo, e: Exception) -> str:
@@ -92,8 +99,7 @@ def _unpack(archive: Path, dest: Path, listed: dict, log) -> list:
     shutil.rmtree(dest, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as z:
-            members = {m.filename: m.file_size for m in z.infolist() if not m.is_dir()}
-            _check_members(members, listed)
+            members = _check_members(z.infolist(), listed)
             log(f"unpacking {len(members)} files ({sum(members.values()) / 2**20:.1f} MB) into {dest}")
             for m in z.infolist():
                 try:

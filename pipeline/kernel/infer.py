@@ -9,6 +9,8 @@ from pathlib import Path
 from pipeline.kernel import spec
 
 VERSIONS = ("torch", "timm", "numpy", "pandas", "albumentations", "opencv-python-headless")  # logged: the image's
+# a damaged file of the models dataset was packaged so (or uploaded so): only a new package mends it
+REBUILD = "rebuild and upload the package (./run.sh kernel NAME ..., ./run.sh upload NAME)"
 
 
 def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
@@ -67,9 +69,9 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         for turn in range(len(views)):  # rotation TTA: each quarter turn of the queries is a view
             views[turn].append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip,
                                           reader=reader, rotation=turn, orient=orient, progress=bar))
-        centers.append(load_centers(mdir / CENTERS) if kernel.tricks["knn_alpha"] < 1 else None)
+        centers.append(load_centers(mdir / CENTERS, REBUILD) if kernel.tricks["knn_alpha"] < 1 else None)
         del model
-        g = load_split(mdir, kernel.gallery_stem)
+        g = load_split(mdir, kernel.gallery_stem, REBUILD)
         if gallery is not None and g.labels != gallery.labels:
             raise SystemExit(f"kernel: {mdir / kernel.gallery_stem}.csv lists other gallery images than the first "
                              "model's")

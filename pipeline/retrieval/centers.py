@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import load_npy, read_table, save_npy, write_table, write_text
+from pipeline.core.io import damaged, load_npy, read_table, save_npy, write_table, write_text
 
 CENTERS = "centers"  # the stem of a run's class centers beside its embeddings
 
@@ -50,16 +50,16 @@ def save_centers(path_stem, centers: ClassCenters) -> None:
     write_table(csv, pd.DataFrame({"label": list(centers.labels)}))
 
 
-def load_centers(path_stem) -> ClassCenters:
+def load_centers(path_stem, fix: str = "embed again (./run.sh embed: the centers are cached with the embeddings)"
+                 ) -> ClassCenters:
     npy, csv = _paths(path_stem)
     if not npy.is_file():
         raise UserError(f"{npy}: class centers not found (they are cached beside the run's embeddings: embed again)")
-    labels = read_table(csv, ["label"])["label"].tolist()
-    # a few MB to ~100 MB per model at Hotel-ID scale: read on use
-    array = load_npy(npy, "embed again (./run.sh embed: the centers are cached with the embeddings)")
+    labels = read_table(csv, ["label"], ours=fix)["label"].tolist()
+    array = load_npy(npy, fix)  # a few MB to ~100 MB per model at Hotel-ID scale: read on use
     if array.ndim != 3 or array.shape[0] != len(labels):
-        raise UserError(f"{npy}: centers of shape {array.shape} for the {len(labels)} labels of {csv} (expected "
-                        f"({len(labels)}, K, D)): delete both files and embed again")
+        raise damaged(npy, f"centers of shape {array.shape} for the {len(labels)} labels of {csv.name}, expected "
+                      f"({len(labels)}, K, D)", fix)
     return ClassCenters(labels, array)
 
 

@@ -320,16 +320,17 @@ def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | 
     return embed_items(model, items, tfm, cfg, device, **kw)[0]
 
 
-def load_split(emb_dir: Path, stem: str) -> EmbeddingSet:
+def load_split(emb_dir: Path, stem: str, fix: str | None = None) -> EmbeddingSet:
     """The cached embeddings of one stem (a split name, or RunEmbeddings.stems[split]) as a one-model EmbeddingSet
     (a float16 memmap); each stem has its own .npy and .csv, written together."""
-    from pipeline.core.io import load_npy, read_table
+    from pipeline.core.io import damaged, load_npy, read_table
 
     path = Path(emb_dir) / f"{stem}.npy"
     if not path.is_file():
         raise UserError(f"{path} not found: run ./run.sh embed first")
-    rows = read_table(Path(emb_dir) / f"{stem}.csv", required=["image_id", "label"])
-    emb = load_npy(path, refill(Path(emb_dir)), ndim=2)
+    fix = fix or refill(Path(emb_dir))  # fix: how to remake a damaged file (a run's cache: re-embed)
+    rows = read_table(Path(emb_dir) / f"{stem}.csv", required=["image_id", "label"], ours=fix)
+    emb = load_npy(path, fix, ndim=2)
     if len(rows) != len(emb):
-        raise UserError(f"{path}: {len(emb)} rows but {stem}.csv has {len(rows)}: delete {emb_dir} and re-embed")
+        raise damaged(path, f"{len(emb)} rows but {stem}.csv has {len(rows)}", fix)
     return EmbeddingSet([emb], rows["image_id"].tolist(), rows["label"].tolist())

@@ -88,7 +88,8 @@ def ensure_run_centers(cfg: dict) -> None:
 
     out, ck_path = run_dir(cfg) / "embeddings", run_checkpoint(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_centers(out, CENTERS, read_manifest(out), checkpoint.file_hash(ck_path), lambda: checkpoint.load(ck_path))
+    ensure_centers(out, CENTERS, read_manifest(out), checkpoint.file_hash(ck_path),
+                   lambda: checkpoint.load(ck_path, cfg))
 
 
 def _combine(names, runs, splits) -> RunSetEmbeddings:
