@@ -815,6 +815,9 @@ def test_run_name_escapes_folder(data, tmp_path):
 def test_train_failing_before_first_checkpoint(data, tmp_path):
     (tmp_path / "fresh.yaml").write_text("# a new config\n")
     runs = tmp_path / "newruns"
+    left = runs / "fresh" / "fold0" / "events.out.tfevents.1"  # what a SIGKILL before any checkpoint leaves
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"")
     p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, runs, "arcface.s=1e30"))
     assert_one_line_error(p, "loss became nan at step", "no checkpoint was written yet: lower lr")
     assert not (runs / "fresh").exists()  # a folder of config.yaml alone would look like a run

@@ -82,6 +82,7 @@ class _Run:
     scaler: "torch.amp.GradScaler | None" = None
     state: dict = field(default_factory=dict)  # the progress a checkpoint keeps and a resume restores
     book: "logbook.Logbook | None" = None  # the run's TensorBoard events
+    config_saved: bool = False  # config.yaml written by this process (with its first checkpoint)
 
 
 def _plan(cfg, labels, world=1):
@@ -96,14 +97,14 @@ def _plan(cfg, labels, world=1):
 
 
 def train(cfg: dict, resume: bool = False, log: Callable[..., None] = print) -> Path:
-    """Run (or resume) training; returns the run folder. A run that fails before its first checkpoint leaves no
-    folder it created (a config.yaml alone would look like a run, and there is nothing to resume)."""
+    """Run (or resume) training; returns the run folder. Its config.yaml is written with its first checkpoint, so a
+    folder with one is a run; one that fails before its first last.pt is removed (nothing in it can be resumed or
+    used: best.pt, if any, is an unfinished first epoch's), and a folder a SIGKILL left goes with the next failure."""
     run = _setup(cfg, log)
-    fresh = not run.out.exists()
     try:
         _train(run, resume)
     except BaseException:
-        if fresh and not run.rank and not (run.out / "last.pt").exists():
+        if not run.rank and not (run.out / "last.pt").exists():
             shutil.rmtree(run.out, ignore_errors=True)
             with contextlib.suppress(OSError):
                 run.out.parent.rmdir()  # runs/<config>/ too, when this fold was its only one
@@ -122,8 +123,6 @@ def _train(run, resume):
                 f"{run.inputs['image_size']}px, {run.device}, {cfg['head']} head, {cfg['sampler']} batches, "
                 f"{run.steps_per_epoch} steps/epoch" + (f", {run.world} processes" if run.world > 1 else "")
                 + validation.plan(cfg, len(run.gallery), len(run.train_items)))
-    if not run.rank:
-        save_config(cfg, run.out / "config.yaml")
     run.book = logbook.Logbook(run)  # after a resume: it opens at the step the run goes on from
     while run.state["epoch"] < cfg["epochs"]:
         epoch, t0 = run.state["epoch"], time.time()
@@ -253,6 +252,9 @@ def _snapshot(run, kind="last"):
     weights = run.ema.module if kind == "ema" else run.model
     if not all(torch.isfinite(p).all() for p in weights.parameters()):  # never overwrite a good state
         raise UserError(f"the weights became NaN/inf by step {run.state['step']}; {_kept(run, kind)}")
+    if not run.config_saved:  # with the first checkpoint of this process: the folder is a run from now on
+        save_config(run.cfg, run.out / "config.yaml")
+        run.config_saved = True
     ck = {"model": weights.state_dict(), "head": run.head.state_dict(), "config": run.cfg, "classes": run.classes,
           "progress": dict(run.state), **run.inputs}
     if kind == "last":
