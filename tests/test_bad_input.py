@@ -679,6 +679,12 @@ def test_verified_json_damaged(tmp_path):
     (pkg / "verified.json").write_text(json.dumps(dict(checked, package=package_digest(pkg))))
     p = cli("upload", "tiny-k", "--dry-run", cwd=work, env=kaggle_env(tmp_path))
     assert p.returncode == 0 and "dry run: nothing was uploaded" in p.stdout, p.stdout + p.stderr
+    edited = next(f for f in sorted((pkg / "kernel").rglob("*")) if f.is_file())
+    data = bytearray(edited.read_bytes())
+    data[0] ^= 1
+    edited.write_bytes(bytes(data))  # the same size, so package.json's record of it still holds
+    p = cli("upload", "tiny-k", "--dry-run", cwd=work, env=kaggle_env(tmp_path))
+    assert_one_line_error(p, "another build of tiny-k")
 
 
 def test_package_replace_killed(tmp_path):

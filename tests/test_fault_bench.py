@@ -64,7 +64,10 @@ def test_embed_kills_land_after_a_saved_chunk_and_the_rerun_resumes(trained, tmp
     # the first line a kill counts from follows a chunk of a split that has more
     assert re.fullmatch(r"embedded a gallery 16/\d+", [x for x in out.splitlines() if faults.SAVED.match(x)][0])
     rng = random.Random(0)
-    assert all(n >= 1 for n, _ in (faults._kill_point(rng, marks, seconds) for _ in range(100)))
+    drawn = [faults._kill_point(rng, marks, seconds) for _ in range(2000)]
+    gaps = [b - a for a, b in zip(marks, [*marks[1:], seconds])]  # each mark's stretch to the next (the last: end)
+    assert all(1 <= n <= len(marks) and 0 <= delay <= gaps[n - 1] for n, delay in drawn)
+    assert {n for n, _ in drawn} == set(range(1, len(marks) + 1))  # every saved chunk is a place a kill may follow
 
     shutil.rmtree(tmp_path / "a" / "fold0" / "embeddings")
     _, killed, _, _ = faults._run(cmd, kill=(1, 0.0))

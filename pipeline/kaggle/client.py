@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import write_text
+from pipeline.core.io import read_json, write_text
 from pipeline.core.network import reach
 
 if TYPE_CHECKING:
@@ -139,13 +139,7 @@ def read_record(pkg: Path, name: str) -> dict | None:
     path = Path(pkg) / name
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except ValueError as e:
-        raise UserError(f"{path}: not JSON ({e}); delete it and rerun the stage that writes it") from None
-    if not isinstance(record, dict):
-        raise UserError(f"{path}: not a record of this pipeline; delete it and rerun the stage that writes it")
-    return record
+    return read_json(path, "rerun the stage that writes it")
 
 
 def write_record(pkg: Path, name: str, record: dict) -> None:

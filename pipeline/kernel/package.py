@@ -15,7 +15,7 @@ from pipeline.config import run_names
 from pipeline.core.errors import UserError
 from pipeline.inference.tricks import DEFAULTS
 from pipeline.kernel import spec
-from pipeline.kernel.spec import KERNELS_DIR, Package, check_name
+from pipeline.kernel.spec import KERNELS_DIR, Package, check_kernel_name
 from pipeline.retrieval.embeddings import Variant, read_manifest
 
 # what the kernel's code imports (kernel/infer.py and the floors under it), each with the oldest version that code is
@@ -50,7 +50,7 @@ def build(name: str, cfgs: list[dict], tricks: dict | None = None, owner: str | 
     from pipeline.kernel.wheels import baseline_target
     from pipeline.retrieval.runsets import prepare_run
 
-    check_name(name)
+    check_kernel_name(name)
     accelerator = accelerator_key(accelerator, p100_confirmed)
     target = baseline_target()
     python_version, platforms = python_version or target[0], list(platforms or target[1])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline import FLOORS
 from pipeline.core.errors import UserError
+from pipeline.core.io import damaged, read_json
 
 KERNELS_DIR = Path("kernels")
 DATASETS = ("models", "code")  # uploaded before the kernel that mounts them
@@ -84,14 +85,14 @@ class Package:
 
 def _record(cls, path: Path):
     """cls from a JSON file; a file of another version or a hand edit is a UserError naming it."""
+    fix = "rebuild the package with ./run.sh kernel"
     try:
-        return cls(**json.loads(path.read_text()))
-    except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a {cls.__name__} file of this pipeline ({e}); rebuild the package with "
-                        "./run.sh kernel") from None
+        return cls(**read_json(path, fix))
+    except TypeError as e:  # another version's fields
+        raise damaged(path, f"not a {cls.__name__} file of this pipeline: {e}", fix) from None
 
 
-def check_name(name: str) -> None:
+def check_kernel_name(name: str) -> None:
     """The rule for a kernel name, which every stage that takes one applies: it is a folder under kernels/ and
     Kaggle slugs, so nothing but lower-case letters, digits and inner '-' (no '/', no '..')."""
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]{3,42}[a-z0-9]", name):  # ASCII only: 'é'.islower() holds
@@ -100,8 +101,17 @@ def check_name(name: str) -> None:
 
 
 def package_digest(pkg: Path) -> str:
-    """sha256 of pkg's package.json: the build that verified.json records as checked."""
-    return hashlib.sha256((Path(pkg) / PACKAGE_JSON).read_bytes()).hexdigest()
+    """sha256 over what is uploaded of pkg, package.json and every file of its parts (names and bytes): the build
+    that verified.json records as checked, so an edit after the check, of any size, is seen."""
+    pkg = Path(pkg)
+    files = [pkg / PACKAGE_JSON] + sorted(f for part in PARTS for f in (pkg / part).rglob("*") if f.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
+        with open(f, "rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def aside(pkg: Path) -> Path:
@@ -123,7 +133,7 @@ def restore(pkg: Path) -> None:
 
 def load_package(name: str):
     """(package folder, Package) of kernels/<name>; a missing one is a UserError saying how to build it."""
-    check_name(name)
+    check_kernel_name(name)
     pkg = KERNELS_DIR / name
     restore(pkg)
     if not (pkg / PACKAGE_JSON).is_file():
