@@ -228,7 +228,7 @@ def load_folds(name: str | Path, folds: str, overrides: Iterable[str] = (), **cl
             for k in parse_folds(folds, base["folds_file"], base["data"])]
 
 
-def parse_folds(text: str, folds_file: str | Path, data: str | Path = "DATA") -> list[int]:
+def parse_folds(text: str, folds_file: str | Path, data: str | Path) -> list[int]:
     """The folds of a --folds value: 'all' (every fold of the folds file but -1, whose images always train), or
     folds and ranges ('0-4', '0,2', '0-2,4'), each of which must be in the folds file (data: the data folder an
     error's ./run.sh folds command names)."""
@@ -258,7 +258,12 @@ def parse_folds(text: str, folds_file: str | Path, data: str | Path = "DATA") ->
     return list(dict.fromkeys(folds))
 
 
-def read_fold_table(path: str | Path, data: str | Path = "DATA") -> tuple[dict[str, int], dict[str, str]]:
+def refold(data: str | Path, path: str | Path) -> str:
+    """The fix for a folds file that does not fit its data: write it anew."""
+    return f"rerun ./run.sh folds --data {data} --out {path}"
+
+
+def read_fold_table(path: str | Path, data: str | Path) -> tuple[dict[str, int], dict[str, str]]:
     """({image_id: fold}, {image_id: label}) of a folds file as ./run.sh folds writes it: every image on one row,
     every fold -1 or a fold number. Anything else (a hand edit, a merge) is a UserError naming the row and the
     command that writes the file again for the data folder `data`: a second row for an image would otherwise move
@@ -266,7 +271,7 @@ def read_fold_table(path: str | Path, data: str | Path = "DATA") -> tuple[dict[s
     from pipeline.core.io import read_table
 
     rows = read_table(path, required=["image_id", "label", "fold"])
-    fix = f"rerun ./run.sh folds --data {data} --out {path}"
+    fix = refold(data, path)
     folds, labels, first = {}, {}, {}
     for row_no, (image_id, label, cell) in enumerate(zip(rows["image_id"], rows["label"], rows["fold"]), start=2):
         if not re.fullmatch(r"-1|[0-9]+", cell.strip()):

@@ -60,11 +60,11 @@ def write_folds(ds: Dataset, out: str | Path, n_folds: int = 10, seed: int = 42,
 
 def read_folds(path: str | Path, ds: Dataset) -> dict[str, int]:
     """{image_id: fold} checked against the dataset: a stale or foreign folds file is a UserError."""
-    from pipeline.config import read_fold_table
+    from pipeline.config import read_fold_table, refold
 
     folds, labels = read_fold_table(path, ds.root)
     ids = {it.image_id for it in ds.train}
-    fix = f"rerun ./run.sh folds --data {ds.root} --out {path}"
+    fix = refold(ds.root, path)
     if set(folds) != ids:
         extra, missing = set(folds) - ids, ids - set(folds)
         what = f"'{sorted(missing)[0]}' not in it" if missing else f"'{sorted(extra)[0]}' not in the data"
