@@ -120,6 +120,37 @@ def test_flip_equals_hand_computed(trained):
     assert _embed(trained, flip=True).computed == []
 
 
+def test_multiscale_equals_hand_computed_mean_of_each_scale(trained, tmp_path):
+    import shutil
+
+    from pipeline.config import run_dir
+    from pipeline.data.images import read_image
+    from pipeline.data.transforms import apply, build_transform
+    from pipeline.retrieval.embeddings import load_split
+
+    trained = dict(trained, cfg=dict(trained["cfg"], runs_dir=str(tmp_path)))  # a copy of the run: its own cache
+    shutil.copytree(run_dir(dict(trained["cfg"], runs_dir=trained["cfg_path"].parent)), run_dir(trained["cfg"]),
+                    ignore=shutil.ignore_patterns("embeddings"))
+    _embed(trained)  # the plain embeddings, which the scales must change
+    r = _embed(trained, scales=(0.75, 1.0, 1.25), gallery_scales=(0.5, 1.0))
+    assert r.stems == {"gallery": "gallery.ms0.5-1", "val": "val.ms0.75-1-1.25", "test": "test.ms0.75-1-1.25"}
+    cfg, st, model, size = trained["cfg"], trained["state"], trained["model"], trained["state"]["image_size"]
+    for name, kind, sides in (("gallery", "test", (16, 32)), ("val", "val", (24, 32, 40)),
+                              ("test", "test", (24, 32, 40))):  # 32 px x each scale, to a multiple of 8
+        items = trained["items"][name][:3]
+        each = []
+        for side in sides:
+            tfm = build_transform(kind, cfg, side)
+            x = np.stack([apply(tfm, read_image(it.path), i) for i, it in enumerate(items)])  # sample i, seed i
+            each.append(F.normalize(_e(model, x), dim=1))
+        want = F.normalize(sum(each) / len(each), dim=1).numpy()
+        got = load_split(r.dir, r.stems[name]).array[:3].astype(np.float32)
+        assert size == 32 and np.abs(got - want).max() < 2e-3, name
+        assert np.abs(load_split(r.dir, name).array[:3].astype(np.float32) - want).max() > 1e-2  # it changes them
+    assert _embed(trained, scales=(0.75, 1.0, 1.25), gallery_scales=(0.5, 1.0)).computed == []
+    assert _embed(trained, scales=(1.0,)).stems["val"] == "val"  # one scale of 1 is the plain embedding
+
+
 def test_red_crops_dropped():
     from pipeline.data.transforms import MultiCrop, crop_boxes, red_mask, select_crops
 
@@ -259,7 +290,8 @@ def test_bad_variant_values_are_user_errors(kw, needles, tmp_path):
     assert len(msg.splitlines()) == 1 and all(n in msg for n in needles), msg
 
 
-ON = {"flip": True, "multicrop": 5, "gallery_pipeline": "val", "fill": "blendflip", "rotation": 2, "upright": True}
+ON = {"flip": True, "multicrop": 5, "gallery_pipeline": "val", "fill": "blendflip", "rotation": 2, "upright": True,
+      "scales": (0.75, 1.25), "gallery_scales": (0.5, 1.0)}
 
 
 def test_variant_has_a_field_per_embedding_trick_in_stem_order():
@@ -284,6 +316,6 @@ def test_each_embedding_trick_names_only_the_splits_it_applies_to(name):
             assert v.manifest(split)[trick.manifest] == ON[name]
         else:
             assert v.stem(split) == split and v.manifest(split) == {}
-    if name in ("multicrop", "gallery_pipeline", "fill", "rotation"):
+    if name in ("multicrop", "gallery_pipeline", "fill", "rotation", "scales", "gallery_scales"):
         with pytest.raises(UserError, match=f"{name.replace('_', ' ')} 'bogus'"):
             Variant(**{name: "bogus"}).checked()

@@ -1,10 +1,10 @@
 """The inference-trick table. Each TRICKS entry holds the keys it owns in a tricks dict (with their defaults),
 its command-line flags, the check that turns parsed flags into its values, when it acts, and its rows in
-`evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline, the occlusion fill,
-rotation, upright queries) choose which cached embeddings are loaded: what each adds to a Variant's files is its
-entry in retrieval/embedding_tricks.py. Ranking-time ones (weights, PCA, DBA, QE, per-class aggregation, class
-centers) go to inference/predict.py. A new trick = its function + one TRICKS entry (+ one EMBEDDING_TRICKS entry
-and its Variant field when it changes the embeddings)."""
+`evaluate --ablate`. Embedding-time tricks (flip TTA, multi-crop queries, the gallery's pipeline, the occlusion
+fill, rotation, upright queries, multi-scale) choose which cached embeddings are loaded: what each adds to a
+Variant's files is its entry in retrieval/embedding_tricks.py. Ranking-time ones (weights, PCA, DBA, QE, per-class
+aggregation, class centers) go to inference/predict.py. A new trick = its function + one TRICKS entry (+ one
+EMBEDDING_TRICKS entry and its Variant field when it changes the embeddings)."""
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -65,6 +65,15 @@ def _parse_weights(args, n):
         raise UserError(f"--weights '{args.weights}': give {n} non-negative numbers (one per model, not all zero), "
                         "e.g. --weights " + ",".join(["1"] * n))
     return {"weights": weights}
+
+
+def _scale_list(flag, text):
+    """'0.75,1,1.25' -> (0.75, 1.0, 1.25), checked by its EMBEDDING_TRICKS entry; None or '' -> off."""
+    try:
+        values = tuple(float(x) for x in text.split(",")) if text else ()
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give scales like 0.75,1,1.25") from None
+    return EMBEDDING_TRICKS["scales"].check(values)
 
 
 def _off(name):
@@ -144,6 +153,17 @@ TRICKS = {
                    "self-supervised, on its training images: orientation.pt)"),
         lambda a, n: {"upright": a.upright},
         (("upright queries (rotation classifier)", {"upright": True}),)),
+    "scales": Trick(
+        {**_off("scales"), **_off("gallery_scales")}, "embedding",
+        _flags(_flag("--scales", metavar="S1,S2,...", help="multi-scale TTA of the queries: embedded at each scale of "
+                     "the run's input size, the normalised mean (e.g. 0.75,1,1.25)"),
+               _flag("--gallery-scales", metavar="S1,S2,...", help="the same for the gallery")),
+        lambda a, n: {"scales": _scale_list("--scales", a.scales),
+                      "gallery_scales": _scale_list("--gallery-scales", a.gallery_scales)},
+        (("multi-scale queries 0.75/1/1.25", {"scales": (0.75, 1.0, 1.25)}),
+         ("multi-scale queries and gallery 0.75/1/1.25", {"scales": (0.75, 1.0, 1.25),
+                                                           "gallery_scales": (0.75, 1.0, 1.25)})),
+        {"scales": tuple, "gallery_scales": tuple}),
     "knn_alpha": Trick(
         {"knn_alpha": 1.0}, "ranking",
         _flag("--knn-alpha", type=float, default=1.0, metavar="A",

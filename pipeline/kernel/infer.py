@@ -25,7 +25,7 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
     from pipeline.inference.predict import predict
     from pipeline.inference.tricks import describe
     from pipeline.retrieval.centers import CENTERS, load_centers
-    from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_with, load_model, load_split
+    from pipeline.retrieval.embeddings import EmbeddingSet, Variant, embed_variant, load_model, load_split
     from pipeline.retrieval.orientation import load_orienter
     from pipeline.retrieval.search import Search
     from pipeline.retrieval.submission import write_submission
@@ -56,7 +56,6 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
             items = [by_id[i] for i in ds.test_ids]
             log(f"kernel: {len(items)} test images, {len(ds.classes)} classes in {data_dir}")
         model = load_model(train_cfg, load_file(str(mdir / spec.WEIGHTS)), cfg, device, meta["image_size"])
-        tfm, _ = variant.transform("test", cfg, meta)
         # image_scale as the gallery was embedded with; no image cache here: each test photo is read once
         reader = ImageReader(short_side(cfg, meta["image_size"]))
         # packaged for this checkpoint, so it is loaded, never trained here
@@ -67,8 +66,8 @@ def run(models_dir, data_dir, out_csv, t0=None, log=print) -> list:
         bar = Progress(len(items) * len(views), f"kernel: embedding {name} test"
                        + (f" ({len(views)} turns)" if len(views) > 1 else ""), log=log)
         for turn in range(len(views)):  # rotation TTA: each quarter turn of the queries is a view
-            views[turn].append(embed_with(model, items, tfm, variant.crops("test"), cfg, device, variant.flip,
-                                          reader=reader, rotation=turn, orient=orient, progress=bar))
+            views[turn].append(embed_variant(model, items, variant, "test", cfg, meta, device, reader=reader,
+                                             rotation=turn, orient=orient, progress=bar))
         centers.append(load_centers(mdir / CENTERS, REBUILD) if kernel.tricks["knn_alpha"] < 1 else None)
         del model
         g = load_split(mdir, kernel.gallery_stem, REBUILD)

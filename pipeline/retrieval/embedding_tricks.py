@@ -36,6 +36,28 @@ def _one_of(what: str, allowed: tuple, hint: str = "") -> Callable[[object], obj
     return check
 
 
+MAX_SCALE = 4.0  # an input side past 4x the trained one is no test-time scale
+
+
+def _scales(value) -> tuple:
+    """Scales as a tuple of floats in (0, MAX_SCALE], each once; (1.0,) alone is the plain embedding: ()."""
+    try:
+        scales = tuple(float(s) for s in (value or ()))
+    except (TypeError, ValueError):
+        scales = None
+    if scales is None or not all(0 < s <= MAX_SCALE for s in scales) or len(set(scales)) != len(scales):
+        raise UserError(f"scales {value!r}: give distinct input scales in (0, {MAX_SCALE:g}], e.g. 0.75,1,1.25")
+    return () if scales == (1.0,) else scales
+
+
+def _scales_stem(scales) -> str:
+    return ".ms" + "-".join(f"{s:g}" for s in scales) if scales else ""
+
+
+def _scales_key(scales) -> str:
+    return f"|scales {','.join(f'{s:g}' for s in scales)}: mean of L2-normalised embeddings" if scales else ""
+
+
 def _turns(value) -> int:
     if value not in (0, 1, 2, 3):
         raise UserError(f"rotation {value!r}: give 0-3 quarter turns")
@@ -61,4 +83,8 @@ EMBEDDING_TRICKS = {
     # queries turned upright by the run's rotation classifier; the key's text is frozen so caches stay valid
     "upright": EmbeddingTrick(False, QUERY_SPLITS, bool, lambda v: ".upright" if v else "", "upright",
                               lambda v: "|upright: inference/orientation.py" if v else ""),
+    # multi-scale TTA (Hotel-ID 2022 1st: two input scales): each image embedded at each scale of the run's size,
+    # the L2-normalised mean of the L2-normalised embeddings; queries and gallery each their own scales
+    "scales": EmbeddingTrick((), QUERY_SPLITS, _scales, _scales_stem, "scales", _scales_key),
+    "gallery_scales": EmbeddingTrick((), ("gallery",), _scales, _scales_stem, "gallery_scales", _scales_key),
 }

@@ -42,13 +42,16 @@ class Variant:
     says what each adds to the file stem, the cache key and the manifest): flip TTA, multi-crop queries (0, 5 or 9
     crops), the gallery's pipeline (test, or val: with the simulated red hole); for the queries only: the red
     occlusion filled before resizing, the view turned `rotation` quarter turns (rotation TTA: a variant per turn)
-    or upright by the run's rotation classifier. The default is the plain gallery / val / test."""
+    or upright by the run's rotation classifier; multi-scale TTA, the queries' scales and the gallery's. The default
+    is the plain gallery / val / test."""
     flip: bool = False
     multicrop: int = 0
     gallery_pipeline: str = "test"
     fill: str = "none"
     rotation: int = 0
     upright: bool = False
+    scales: tuple = ()
+    gallery_scales: tuple = ()
 
     @classmethod
     def of(cls, tricks: dict, rotation: int = 0) -> "Variant":
@@ -70,6 +73,12 @@ class Variant:
 
     def crops(self, split: str) -> int:
         return self.query(split).multicrop
+
+    def sizes(self, split: str, size: int) -> list[int]:
+        """The input sides a split is embedded at: the run's size, or each of its scales' (multi-scale TTA), rounded
+        to a multiple of 8 as backbones' strides like."""
+        q = self.query(split)
+        return [max(8, round(size * s / 8) * 8) for s in q.scales or q.gallery_scales] or [size]
 
     def stem(self, split: str) -> str:
         """File stem of a split's embeddings; the default variant gives the plain split name."""
@@ -207,7 +216,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
         t0, crops = time.time(), variant.crops(name)
         meta = {"key": key, **chunking(cfg, crops, len(items[name]))}
         view = {"reader": reader, "rotation": q.rotation, "orient": orient if q.upright else None}
-        emb = embed_in_chunks(partial(embed_with, model, items[name], tfm, crops, cfg, device, variant.flip, **view),
+        emb = embed_in_chunks(partial(embed_variant, model, items[name], variant, name, cfg, state, device, **view),
                               meta, parts, log, f"{cfg['name']} {st}")
         computed.append(st)
         if emb is None:  # another rank's share: rank 0 has it now
@@ -318,6 +327,24 @@ def embed_with(model: "torch.nn.Module", items: "list[Item]", tfm: "A.Compose | 
     if crops:
         return embed_multicrop(model, items, tfm, cfg, device, **kw)
     return embed_items(model, items, tfm, cfg, device, **kw)[0]
+
+
+def embed_variant(model: "torch.nn.Module", items: "list[Item]", variant: Variant, split: str, cfg: dict, meta: dict,
+                  device: str, start: int = 0, stop: int | None = None, reader: "ImageReader | None" = None,
+                  rotation: int = 0, orient: "Orienter | None" = None, progress=None) -> np.ndarray | None:
+    """float16 embeddings of a split's items[start:stop] as `variant` makes them (embed_with: flip, crops, the
+    view); with multi-scale TTA at each of variant.sizes(split, ...) and the L2-normalised mean of the (unit) rows.
+    meta: what the model is fed (a checkpoint's or the kernel's image_size, mean, std). None on ranks but 0 (each
+    scale is a collective pass: every rank makes all of them). progress counts the last scale's images only."""
+    sizes = variant.sizes(split, meta["image_size"])
+    each = [embed_with(model, items, variant.transform(split, cfg, {**meta, "image_size": size})[0],
+                       variant.crops(split), cfg, device, variant.flip, start=start, stop=stop, reader=reader,
+                       rotation=rotation, orient=orient, progress=progress if i == len(sizes) - 1 else None)
+            for i, size in enumerate(sizes)]
+    if each[0] is None or len(each) == 1:
+        return each[0]
+    mean = np.mean([e.astype(np.float32) for e in each], axis=0)
+    return (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).astype(each[0].dtype)
 
 
 def load_split(emb_dir: Path, stem: str, fix: str | None = None) -> EmbeddingSet:
