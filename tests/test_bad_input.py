@@ -543,11 +543,11 @@ def test_oversize_archive_member(tmp_path):
 
 
 def test_archive_member_not_listed(tmp_path):
-    from kaggle_standin import zip_of
-
     import io
     import warnings
     import zipfile
+
+    from kaggle_standin import zip_of
 
     for d in ("extra", "twice"):
         (tmp_path / d).mkdir()
