@@ -134,7 +134,7 @@ def test_multiscale_equals_hand_computed_mean_of_each_scale(trained, tmp_path):
     _embed(trained)  # the plain embeddings, which the scales must change
     r = _embed(trained, scales=(0.75, 1.0, 1.25), gallery_scales=(0.5, 1.0))
     assert r.stems == {"gallery": "gallery.ms0.5-1", "val": "val.ms0.75-1-1.25", "test": "test.ms0.75-1-1.25"}
-    cfg, st, model, size = trained["cfg"], trained["state"], trained["model"], trained["state"]["image_size"]
+    cfg, model, size = trained["cfg"], trained["model"], trained["state"]["image_size"]
     for name, kind, sides in (("gallery", "test", (16, 32)), ("val", "val", (24, 32, 40)),
                               ("test", "test", (24, 32, 40))):  # 32 px x each scale, to a multiple of 8
         items = trained["items"][name][:3]

@@ -73,7 +73,7 @@ def _scale_list(flag, text):
         values = tuple(float(x) for x in text.split(",")) if text else ()
     except ValueError:
         raise UserError(f"{flag} {text!r}: give scales like 0.75,1,1.25") from None
-    return EMBEDDING_TRICKS["scales"].check(values)
+    return EMBEDDING_TRICKS[flag.removeprefix("--").replace("-", "_")].check(values)
 
 
 def _off(name):

@@ -39,15 +39,18 @@ def _one_of(what: str, allowed: tuple, hint: str = "") -> Callable[[object], obj
 MAX_SCALE = 4.0  # an input side past 4x the trained one is no test-time scale
 
 
-def _scales(value) -> tuple:
-    """Scales as a tuple of floats in (0, MAX_SCALE], each once; (1.0,) alone is the plain embedding: ()."""
-    try:
-        scales = tuple(float(s) for s in (value or ()))
-    except (TypeError, ValueError):
-        scales = None
-    if scales is None or not all(0 < s <= MAX_SCALE for s in scales) or len(set(scales)) != len(scales):
-        raise UserError(f"scales {value!r}: give distinct input scales in (0, {MAX_SCALE:g}], e.g. 0.75,1,1.25")
-    return () if scales == (1.0,) else scales
+def _scales(what: str) -> Callable[[object], tuple]:
+    """The check of a scales field: a tuple of floats in (0, MAX_SCALE], each once; (1.0,) alone is the plain
+    embedding, ()."""
+    def check(value):
+        try:
+            scales = tuple(float(s) for s in (value or ()))
+        except (TypeError, ValueError):
+            scales = None
+        if scales is None or not all(0 < s <= MAX_SCALE for s in scales) or len(set(scales)) != len(scales):
+            raise UserError(f"{what} {value!r}: give distinct input scales in (0, {MAX_SCALE:g}], e.g. 0.75,1,1.25")
+        return () if scales == (1.0,) else scales
+    return check
 
 
 def _scales_stem(scales) -> str:
@@ -85,6 +88,7 @@ EMBEDDING_TRICKS = {
                               lambda v: "|upright: inference/orientation.py" if v else ""),
     # multi-scale TTA (Hotel-ID 2022 1st: two input scales): each image embedded at each scale of the run's size,
     # the L2-normalised mean of the L2-normalised embeddings; queries and gallery each their own scales
-    "scales": EmbeddingTrick((), QUERY_SPLITS, _scales, _scales_stem, "scales", _scales_key),
-    "gallery_scales": EmbeddingTrick((), ("gallery",), _scales, _scales_stem, "gallery_scales", _scales_key),
+    "scales": EmbeddingTrick((), QUERY_SPLITS, _scales("scales"), _scales_stem, "scales", _scales_key),
+    "gallery_scales": EmbeddingTrick((), ("gallery",), _scales("gallery scales"), _scales_stem, "gallery_scales",
+                                     _scales_key),
 }
