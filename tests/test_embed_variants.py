@@ -149,6 +149,9 @@ def test_multiscale_equals_hand_computed_mean_of_each_scale(trained, tmp_path):
         assert np.abs(load_split(r.dir, name).array[:3].astype(np.float32) - want).max() > 1e-2  # it changes them
     assert _embed(trained, scales=(0.75, 1.0, 1.25), gallery_scales=(0.5, 1.0)).computed == []
     assert _embed(trained, scales=(1.0,)).stems["val"] == "val"  # one scale of 1 is the plain embedding
+    for flag, value, needle in (("--scales", "1,x", "--scales '1,x'"), ("--gallery-scales", "0,1", "gallery scales")):
+        p = cli("embed", trained["cfg_path"], flag, value, *trained["overrides"])
+        assert_one_line_error(p, needle, "0.75,1,1.25")
 
 
 def test_red_crops_dropped():

@@ -67,7 +67,7 @@ def _parse_weights(args, n):
     return {"weights": weights}
 
 
-def _scale_list(flag, text):
+def parse_scales(flag: str, text: str | None) -> tuple:
     """'0.75,1,1.25' -> (0.75, 1.0, 1.25), checked by its EMBEDDING_TRICKS entry; None or '' -> off."""
     try:
         values = tuple(float(x) for x in text.split(",")) if text else ()
@@ -158,8 +158,8 @@ TRICKS = {
         _flags(_flag("--scales", metavar="S1,S2,...", help="multi-scale TTA of the queries: embedded at each scale of "
                      "the run's input size, the normalised mean (e.g. 0.75,1,1.25)"),
                _flag("--gallery-scales", metavar="S1,S2,...", help="the same for the gallery")),
-        lambda a, n: {"scales": _scale_list("--scales", a.scales),
-                      "gallery_scales": _scale_list("--gallery-scales", a.gallery_scales)},
+        lambda a, n: {"scales": parse_scales("--scales", a.scales),
+                      "gallery_scales": parse_scales("--gallery-scales", a.gallery_scales)},
         (("multi-scale queries 0.75/1/1.25", {"scales": (0.75, 1.0, 1.25)}),
          ("multi-scale queries and gallery 0.75/1/1.25", {"scales": (0.75, 1.0, 1.25),
                                                            "gallery_scales": (0.75, 1.0, 1.25)})),

@@ -7,6 +7,9 @@ Embedding-time variants, each cached under its own file stem (the defaults are t
   --multicrop 5|9           the queries (val, test) as the mean of their kept crops' unit
                             embeddings, crops more than half red (the occlusion) dropped    stem <split>.mc5 / .mc9
   --gallery-pipeline val    the gallery embedded with the val pipeline (simulated red hole) stem gallery.galval
+  --scales 0.75,1,1.25      the queries embedded at each scale of the run's input size, the
+                            normalised mean of the unit embeddings (multi-scale TTA)      stem <split>.ms0.75-1-1.25
+  --gallery-scales S,...    the same for the gallery                                       stem gallery.ms<...>
 e.g. --flip --multicrop 9 gives gallery.flip, val.flip.mc9, test.flip.mc9.
 
 A stem is recomputed only when its cache key changes: the checkpoint's content hash, the image list (path, size,
@@ -33,6 +36,8 @@ def add_arguments(p):
                         "5 (corners + centre, 60%% side) or 9 (3x3 grid, 50%% side); 0 = off (default)")
     p.add_argument("--gallery-pipeline", default="test", metavar="{test,val}",
                    help="embed the gallery with the test pipeline (default) or the val one (simulated red hole)")
+    p.add_argument("--scales", metavar="S1,S2,...", help="multi-scale TTA of the queries, e.g. 0.75,1,1.25")
+    p.add_argument("--gallery-scales", metavar="S1,S2,...", help="multi-scale TTA of the gallery")
     p.add_argument("--nproc", type=int, metavar="N", help="processes (GPUs) under torchrun; default 1")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -40,9 +45,12 @@ def add_arguments(p):
 def run(args):
     from pipeline.config import load_config
     from pipeline.core.distributed import run_stage
+    from pipeline.inference.tricks import parse_scales
     from pipeline.retrieval.embeddings import Variant
     from pipeline.retrieval.runsets import prepare_run
 
     cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold, checkpoint=args.checkpoint)
-    variant = Variant(args.flip, args.multicrop, args.gallery_pipeline).checked()
+    variant = Variant(flip=args.flip, multicrop=args.multicrop, gallery_pipeline=args.gallery_pipeline,
+                      scales=parse_scales("--scales", args.scales),
+                      gallery_scales=parse_scales("--gallery-scales", args.gallery_scales)).checked()
     run_stage(args.nproc, args._argv, lambda: prepare_run(cfg, variant=variant), same_threads=True)
