@@ -75,7 +75,7 @@ def trained(tiny_data, tmp_path_factory):
 
 # the kernel fixture packages the tricks that need files beside the weights (class centers, the rotation classifier)
 # or views of the queries, so its offline check proves Kaggle's kernel computes them as ensemble does
-KERNEL_TRICKS = ["--rotate", "--upright", "--knn-alpha", "0.5", "--fill", "blendflip"]
+KERNEL_TRICKS = ["--rotate", "--upright", "--knn-alpha", "0.5", "--fill", "blendflip", "--scales", "0.75,1"]
 KERNEL_WHEELS = ["timm", "albumentations", "albucore", "stringzilla"]
 
 
