@@ -1,12 +1,11 @@
 """Checkpoints: written atomically, read with weights_only=True, checked against the config that reads them."""
 import functools
-import hashlib
 from pathlib import Path
 
 import torch
 
 from pipeline.core.errors import UserError
-from pipeline.core.io import atomic_path, damaged
+from pipeline.core.io import atomic_path, damaged, file_sha256
 
 # Keys that change the model's shape or meaning: a checkpoint made under other values cannot be resumed/used.
 ARCH_KEYS = ("backbone", "pooling", "neck", "embedding_dim", "head")
@@ -124,8 +123,4 @@ def file_hash(path: str | Path) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _hash(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)

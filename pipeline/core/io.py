@@ -140,6 +140,17 @@ def load_npy(path: str | Path, fix: str, mmap: bool = True, ndim: int | None = N
     return array
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MB blocks (weights and embeddings run to GBs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def within(folder: str | Path, name: str) -> Path | None:
     """folder/name resolved, where it stays inside folder; None where the name leaves it ('..', an absolute path, a
     symlink out). For file names that come from elsewhere (a server's listing), before anything is written there."""

@@ -31,7 +31,7 @@ def _check_verified(pkg, name):
                         "--no-verify)")
     record = read_json(path, rebuild)
     if record.get("package") != package_digest(pkg):  # a check of an earlier build, or a hand-made file
-        raise UserError(f"{path}: records the offline check of another build of {name}, not of its package.json: "
+        raise UserError(f"{path}: records the offline check of another build of {name}, not of the files there now: "
                         f"{rebuild}")
 
 

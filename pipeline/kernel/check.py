@@ -101,7 +101,7 @@ def _wheels_for(python, package: spec.Package, pkg: Path, work: Path, log) -> Pa
 
 def verify(pkg: Path, cfgs: list[dict], tricks: dict, log: Callable[[str], object] = print) -> None:
     """Run the kernel offline on the configs' data; its submission must equal ./run.sh ensemble's for the same
-    models and tricks. Writes pkg/verified.json, which names the package.json it checked (by its sha256)."""
+    models and tricks. Writes pkg/verified.json, which names the build it checked (spec.package_digest)."""
     from pipeline.experiments.ensemble import ensemble
 
     local = ensemble(cfgs, out_name=f"kernel-{pkg.name}", log=lambda *a: None, tricks=tricks)["submission"]

@@ -205,9 +205,8 @@ def _dataset_metadata(root, owner, slug, title):
 def _projection(cfgs, runs, tricks, accelerator, names):
     from pipeline.kernel.runtime import project_runs
 
-    gallery = len(runs[0].load("gallery"))
-    sizes = [read_manifest(r.dir)[r.stems["gallery"]]["image_size"] for r in runs]
-    return project_runs(cfgs, sizes, tricks, accelerator, gallery, names)
+    entries = [read_manifest(r.dir)[r.stems["gallery"]] for r in runs]  # _intact checked rows against the files
+    return project_runs(cfgs, [e["image_size"] for e in entries], tricks, accelerator, entries[0]["rows"], names)
 
 
 def _code_dataset(root, owner, slugs, wheels, python_version, platforms):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline import FLOORS
 from pipeline.core.errors import UserError
-from pipeline.core.io import damaged, read_json
+from pipeline.core.io import damaged, file_sha256, read_json
 
 KERNELS_DIR = Path("kernels")
 DATASETS = ("models", "code")  # uploaded before the kernel that mounts them
@@ -105,13 +105,8 @@ def package_digest(pkg: Path) -> str:
     that verified.json records as checked, so an edit after the check, of any size, is seen."""
     pkg = Path(pkg)
     files = [pkg / PACKAGE_JSON] + sorted(f for part in PARTS for f in (pkg / part).rglob("*") if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.relative_to(pkg).as_posix().encode() + b"\0")
-        with open(f, "rb") as data:
-            for block in iter(lambda: data.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    listing = "".join(f"{f.relative_to(pkg).as_posix()}\0{file_sha256(f)}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def aside(pkg: Path) -> Path:
