@@ -8,7 +8,8 @@ times, so six distinct embedding files are read) -> kernel build with its offlin
 test photos with all six models in a fresh venv and ranks them against the packaged galleries).
 
 Memory: the peak PSS of the stage's whole process tree (loader and joblib workers included; shared pages split
-between the processes that map them), sampled every 0.2 s from /proc; and the main process's peak RSS (wait4).
+between the processes that map them), sampled every 0.2 s from /proc, with its split at the peak into anonymous memory
+and mapped files (Pss_Anon, Pss_File); and the main process's peak RSS (wait4).
 GPU projection (a 16-core H200 machine): a model stage takes the slower of its data work (at most one full decode per
 image, at the per-image cost cache-images measured here, over 16 cores) and its model FLOPs at an assumed 35% of the
 H200's dense bf16 peak (989 TFLOP/s); any other stage is CPU work, spread over 16 cores instead of this machine's.
@@ -49,27 +50,37 @@ def _tree(pid):
     return out
 
 
+_PSS_FIELDS = ("Pss:", "Pss_Anon:", "Pss_File:")  # all, anonymous (heap, tensors), file-backed (memmaps, libraries)
+
+
 def _pss_kb(pid):
+    """(Pss, Pss_Anon, Pss_File) of one process in kB: the split says whether a peak is the process's own memory or
+    file pages it maps (clean ones the kernel can drop, but a tree-PSS goal counts them)."""
+    out = [0, 0, 0]
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+            for i, field in enumerate(_PSS_FIELDS):
+                if line.startswith(field):
+                    out[i] = int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return out
 
 
 def run_stage(name, args, cwd, log):
-    """(seconds, peak tree PSS GiB, main RSS GiB, stdout) of `python -m pipeline <args>`; a failure stops the bench."""
+    """(seconds, peak tree PSS GiB, its (anon, file) split GiB, main RSS GiB, stdout) of `python -m pipeline <args>`;
+    a failure stops the bench."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak, done = [0], threading.Event()
+    peak, done = [0, 0, 0], threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], sum(_pss_kb(p) for p in _tree(proc.pid)))
+            now = [sum(col) for col in zip(*(_pss_kb(p) for p in _tree(proc.pid)))]
+            if now and now[0] > peak[0]:
+                peak[:] = now
             time.sleep(0.2)
 
     threading.Thread(target=sample, daemon=True).start()
@@ -81,7 +92,8 @@ def run_stage(name, args, cwd, log):
     done.set()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"scale: {name} failed:\n{''.join(lines[-20:])}")
-    return time.time() - t0, peak[0] / 2**20, usage.ru_maxrss / 2**20, "".join(lines)
+    gib = [kb / 2**20 for kb in peak]
+    return time.time() - t0, gib[0], (gib[1], gib[2]), usage.ru_maxrss / 2**20, "".join(lines)
 
 
 def _du(*paths):
@@ -129,11 +141,12 @@ def main():
 
     def stage(name, *cmd, images=0):
         disk0 = _du(data, work)
-        seconds, pss, rss, out = run_stage(name, cmd, work, log)
+        seconds, pss, (anon, file), rss, out = run_stage(name, cmd, work, log)
         stages[name] = {"seconds": round(seconds, 1), "peak_tree_pss_gib": round(pss, 2),
+                        "peak_anon_gib": round(anon, 2), "peak_file_gib": round(file, 2),
                         "peak_main_rss_gib": round(rss, 2), "disk_added_gib": round(_du(data, work) - disk0, 2),
                         "images": images, "s_per_image": round(seconds / images, 5) if images else None}
-        log(f"scale: {name}: {seconds:.0f} s, peak {pss:.2f} GiB")
+        log(f"scale: {name}: {seconds:.0f} s, peak {pss:.2f} GiB ({anon:.2f} anon, {file:.2f} file)")
         return out
 
     marker = data / ".synth.json"

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.io import damaged
 from pipeline.data.images import default_workers, read_image
 
 VERSION = 1  # bump when what is stored changes (decode, resize)
@@ -95,7 +96,7 @@ class _Store:
     def __init__(self, folder: Path, split: str, fmt: str):
         import pandas as pd
 
-        from pipeline.core.io import damaged, read_table
+        from pipeline.core.io import read_table
 
         fix = "run ./run.sh cache-images again (train and embed with image_cache=true refill it too)"
         self.folder, self.split, self.format = folder, split, fmt
@@ -182,12 +183,15 @@ def _record(store, paths, stats, out):
 
 class ImageReader:
     """item -> RGB uint8 HWC: from the cache where its entry is fresh, else decoded from the source (reduced to
-    short_side when > 0). Picklable: loader workers get a copy and open the memmap themselves."""
+    short_side when > 0). Picklable: loader workers get a copy and open the cache file themselves. A memmap-format
+    image is read with pread into a fresh array rather than through a mapping of the file: a mapping keeps every
+    page an epoch touches in the loader workers' resident memory (Hotel-ID's 44k photos at shorter side 144 are
+    3.8 GB of cache), a read leaves them to the page cache."""
 
     def __init__(self, short_side: int = 0, folder: Path | None = None, fmt: str = "memmap",
                  splits: tuple = ("train", "test")):
         self.short_side, self.folder, self.format = short_side, folder, fmt
-        self.entries, self._maps = {}, {}
+        self.entries, self._files = {}, {}
         for split in splits if folder is not None else ():
             for path, e in _Store(folder, split, fmt).entries.items():
                 self.entries[path] = (split, *e)
@@ -199,7 +203,11 @@ class ImageReader:
         return f"|shorter side {self.short_side}" + (" via jpeg cache" if self.folder and self.format == "jpeg" else "")
 
     def __getstate__(self):
-        return {**self.__dict__, "_maps": {}}  # memmaps are reopened in each worker
+        return {**self.__dict__, "_files": {}}  # descriptors are reopened in each worker
+
+    def __del__(self):
+        for fd in getattr(self, "_files", {}).values():
+            os.close(fd)
 
     def __call__(self, item) -> np.ndarray:
         path = str(item.path)
@@ -209,9 +217,13 @@ class ImageReader:
         split, _, _, offset, h, w = e
         if self.format == "jpeg":
             return cv2.cvtColor(cv2.imread(str(_jpeg_name(self.folder, split, path))), cv2.COLOR_BGR2RGB)
-        if split not in self._maps:
-            self._maps[split] = np.memmap(self.folder / f"{split}.u8", np.uint8, "r")
-        return np.array(self._maps[split][offset:offset + h * w * 3]).reshape(h, w, 3)
+        if split not in self._files:
+            self._files[split] = os.open(self.folder / f"{split}.u8", os.O_RDONLY)
+        image = np.empty((h, w, 3), np.uint8)
+        if os.preadv(self._files[split], [image], offset) != image.nbytes:
+            raise damaged(self.folder / f"{split}.u8", "shorter than its index says",
+                          "rebuild it with ./run.sh cache-images")
+        return image
 
 
 def image_reader(cfg: dict, image_size: int, splits: dict | None = None, log=print) -> ImageReader:

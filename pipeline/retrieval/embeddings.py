@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.core.errors import UserError
+from pipeline.core.io import take_rows
 from pipeline.data import decode
 from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS, SPLITS
 
@@ -124,8 +125,8 @@ class EmbeddingSet:
         return len(self.ids)
 
     def rows(self, keep: np.ndarray) -> "EmbeddingSet":
-        """A copy of the rows where the boolean mask `keep` is true."""
-        return EmbeddingSet([np.asarray(a)[keep] for a in self.arrays], [i for i, k in zip(self.ids, keep) if k],
+        """A copy of the rows where the boolean mask `keep` is true (of a memmap: on disk, core/io.take_rows)."""
+        return EmbeddingSet([take_rows(a, keep) for a in self.arrays], [i for i, k in zip(self.ids, keep) if k],
                             [lab for lab, k in zip(self.labels, keep) if k])
 
     def without(self, ids) -> "EmbeddingSet":
@@ -180,7 +181,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     from pipeline.config import run_dir
     from pipeline.core import checkpoint, distributed
     from pipeline.core.device import pick_device
-    from pipeline.data.folds import split
+    from pipeline.data.folds import gallery_items, split
     from pipeline.data.image_cache import ImageReader, image_reader, short_side
     from pipeline.retrieval.forward import EMBEDDING_DTYPE, chunking, embed_in_chunks
 
@@ -190,7 +191,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     ck_hash = checkpoint.file_hash(ck_path)
     ds, _, val_items, _ = split(cfg)
     test_by_id = {it.image_id: it for it in ds.test}
-    items = {"gallery": ds.train, "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
+    items = {"gallery": gallery_items(ds), "val": val_items, "test": [test_by_id[i] for i in ds.test_ids]}
     stems = {name: variant.stem(name) for name in SPLITS}
     out = run / "embeddings"
     manifest = read_manifest(out)

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pipeline.core.io import drop_pages
+
 # Gallery blocks up to 128 MB (fp32) and 1024 rows, score tiles up to 16 MB. The buffers are reused across blocks:
 # page-faulting fresh memory every block cost more than the fp16 cast itself, and a tile under glibc's 32 MB mmap
 # threshold comes back from the heap without page faults. Larger blocks measured slower (bench/rank.py).
@@ -233,6 +235,8 @@ def _search(q, g, k, skip, budget, backend):
         for a in range(0, N, plan.block):
             b = min(N, a + plan.block)
             G = cast_into(gbuf[:(b - a) * D].reshape(b - a, D), g[a:b]) if cast_g else g[a:b]
+            if cast_g:
+                drop_pages(g)  # the block is in gbuf: a memmap gallery's pages need not stay in this process
             for s0 in range(0, q1 - q0, plan.tile):
                 s1 = min(q1 - q0, s0 + plan.tile)
                 S = gemm(X[s0:s1], G, None if sbuf is None else sbuf[:(s1 - s0) * (b - a)].reshape(s1 - s0, -1),

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.core.device import pick_device
 from pipeline.core.errors import UserError
+from pipeline.core.io import drop_pages
 from pipeline.retrieval.knn import Plan, cast_into, gemm, gemm_backend, top_columns
 from pipeline.retrieval.search import Search, build_index, rank_candidates
 from pipeline.retrieval.topk_sum import finish_sum, sum_block, sum_layout
@@ -168,6 +169,7 @@ def _rank_cpu(job, out_c, out_s):
                 # mode="clip" skips numpy's defensive copy of `out`; the indices are valid anyway
                 src = g[a:b] if perm is None else np.take(g, perm[a:b], axis=0, out=tmp16[m][:b - a], mode="clip")
                 cast_into(G[:, offs[m]:offs[m + 1]], src)
+                drop_pages(g)  # the block is in G: its pages need not stay in this process (a memmap)
             if K:  # class-sorted: only the block's first class can have rows in earlier blocks
                 carry = cs[a] if a and cs[a - 1] == cs[a] else None
                 sum_block(qcat, G, M, Qc, K, sum_layout(cs[a:b], K, 0), carry, bufs)
@@ -235,7 +237,10 @@ def _upload(arrays, a, b, dev):
 
     with warnings.catch_warnings():  # read-only memmaps: torch warns about writability; we only read
         warnings.simplefilter("ignore", UserWarning)
-        return [torch.from_numpy(np.ascontiguousarray(x[a:b])).to(dev, torch.float16) for x in arrays]
+        out = [torch.from_numpy(np.ascontiguousarray(x[a:b])).to(dev, torch.float16) for x in arrays]
+    for x in arrays:  # uploaded: a memmap's pages need not stay in this process
+        drop_pages(x)
+    return out
 
 
 def _cuda_chunk(job, plan, dev, cls_t, q0, q1):
