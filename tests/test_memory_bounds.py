@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_image_cache import _photo
 
 from pipeline.core.io import drop_pages, take_rows
 from pipeline.data.image_cache import CacheSpec, ImageReader, build_cache
 from pipeline.data.images import read_image
 from pipeline.data.layouts import Item
 from pipeline.retrieval.rank import rank
-
-from test_image_cache import _photo
 
 MB = 1 << 20
 
