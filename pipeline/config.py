@@ -42,6 +42,7 @@ _POSITIVE, _COUNT, _NONNEG = Range(above=0), Range(low=1), Range(low=0)
 RANGES = {
     "fold": Range(low=-1), "image_scale": _NONNEG, "kernel_test_images": _COUNT, "kernel_time_limit_hours": _POSITIVE,
     "gem_p": _POSITIVE, "embedding_dim": _COUNT, "neck_dropout": Range(0, below=1), "image_size": _NONNEG,
+    "crop_pct": Range(above=0, high=1),
     "arcface.s": _POSITIVE, "arcface.m": Range(0, below=math.pi), "cosface.s": _POSITIVE, "cosface.m": _NONNEG,
     "subcenter_arcface.s": _POSITIVE, "subcenter_arcface.k": _COUNT, "subcenter_arcface.m_min": _NONNEG,
     "subcenter_arcface.m_max": _NONNEG, "subcenter_arcface.m": Range(0, below=math.pi),

@@ -67,6 +67,11 @@ CATALOGUE = {
     "fold_cell_not_integer": "error naming the file, the row, the id and ./run.sh folds",
     "folds_file_duplicate_image": "error naming the file, both rows, the id and ./run.sh folds",
     "submission_not_utf8": "error naming the file and the row: save it as UTF-8 (no encoding is guessed)",
+    "extra_label_map_collision": "error naming the map, the row and both classes (several outside classes may "
+                                 "share one competition class)",
+    "extra_label_map_bad": "error naming the map, the extra_data entry and the missing columns, or the row and its "
+                           "unknown competition class",
+    "extra_data_not_a_layout": "error naming the entry and the known layouts; no run folder",
 }
 
 
@@ -832,6 +837,51 @@ def test_train_failing_before_first_checkpoint(data, tmp_path):
     p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, runs))
     assert_one_line_error(p, str(bad), "remove or replace it")
     assert not (runs / "fresh").exists()
+
+
+def _outside(data, tmp_path, label_map=None):
+    """An outside source (extra_data) made of the tiny data's own training folders, with this label map."""
+    folder = tmp_path / "outside"
+    shutil.copytree(data / "train_images", folder / "train_images")
+    if label_map is not None:
+        (folder / "label_map.csv").write_text(label_map)
+    return folder
+
+
+def _train_with_outside(data, tmp_path, folder):
+    (tmp_path / "fresh.yaml").write_text("# a new config\n")
+    return cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, tmp_path / "newruns",
+                                                                 f"extra_data=[{folder}]"))
+
+
+def test_extra_label_map_collision(data, tmp_path):
+    a, b = sorted(p.name for p in (data / "train_images").iterdir())[:2]
+    folder = _outside(data, tmp_path, f"extra_label,label\n{a},{a}\n{b},{a}\n{a},{b}\n")
+    p = _train_with_outside(data, tmp_path, folder)
+    assert_one_line_error(p, "label_map.csv row 4", f"'{a}' maps to '{b}' here and to '{a}' at row 2",
+                          "several outside classes may share a competition class")
+    assert not (tmp_path / "newruns").exists()
+
+
+def test_extra_label_map_bad(data, tmp_path):
+    folder = _outside(data, tmp_path, "outside,hotel\n1,2\n")
+    p = _train_with_outside(data, tmp_path, folder)
+    assert_one_line_error(p, "label_map.csv: missing column(s) extra_label, label", "extra_data entry 1")
+    from pipeline.config import load_config
+    from pipeline.data.folds import split
+
+    a = sorted(p.name for p in (data / "train_images").iterdir())[0]
+    (folder / "label_map.csv").write_text(f"extra_label,label\n{a},no_such_hotel\n")
+    cfg = load_config("demo_lite0", tiny_overrides(data.parent, tmp_path / "newruns", f"extra_data=[{folder}]"))
+    _error(lambda: split(cfg), "label_map.csv row 2", "label 'no_such_hotel' is not a competition class")
+
+
+def test_extra_data_not_a_layout(data, tmp_path):
+    (tmp_path / "photos").mkdir()
+    p = _train_with_outside(data, tmp_path, tmp_path / "photos")
+    assert_one_line_error(p, "extra_data entry 1", "not a folder of a known layout", "train_images/<class>/<image>",
+                          "train.csv", "gallery/<class>/<image>")
+    assert not (tmp_path / "newruns").exists()
 
 
 def test_docs_table_matches():

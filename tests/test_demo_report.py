@@ -24,7 +24,9 @@ def test_scores_and_goals_by_hand():
     assert g["ensemble_over_best_val"] == pytest.approx(0.56 / 0.50)
     assert g["ensemble_over_best_test"] == pytest.approx(0.52 / 0.38)
     assert g["abs_val_test_gap"] == pytest.approx(0.04)
-    assert g["met"] == {"val_gain_1.10": True, "test_gain_1.10": True, "gap_0.05": True}
+    assert g["met"] == {"val_gain_1.10": True, "test_gain_1.10": True, "gap_0.05": True,
+                        "model_gap_0.06": False}  # the models' gaps: 0.12 and 0.10
     report["ensemble"] = scores({"val_map5": 0.54, "val_map5_balanced": 0.5, "test_map5": 0.40})
-    assert goals(report)["met"] == {"val_gain_1.10": False, "test_gain_1.10": False, "gap_0.05": False}
+    assert goals(report)["met"] == {"val_gain_1.10": False, "test_gain_1.10": False, "gap_0.05": False,
+                                    "model_gap_0.06": False}
     assert report["ensemble"]["nearer_test"] == "class-balanced"

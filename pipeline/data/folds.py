@@ -1,7 +1,9 @@
 """Folds: a seeded split of the training images stratified by class (folds/folds.csv: image_id,label,fold), and
 the train / validation split of a config's fold. Classes with one image get fold -1: always in training, never
 validated. A config's `pseudo` file (./run.sh pseudo) adds pseudo-labelled test images to the training items only:
-never to a validation fold, the folds file or a gallery."""
+never to a validation fold, the folds file or a gallery. Its extra_data (data/extra.py) adds outside images to the
+training items and their own classes to the class space, or to the ranking gallery (gallery_items), as extra_images
+says: never to a validation fold or the folds file."""
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -12,6 +14,7 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.io import read_table, write_table
+from pipeline.data import extra
 from pipeline.data.layouts import Dataset, Item, load_dataset
 
 PSEUDO_COLUMNS = ["image_id", "label", "margin", "score"]  # what ./run.sh pseudo writes; split reads the first two
@@ -77,7 +80,9 @@ def read_folds(path: str | Path, ds: Dataset) -> dict[str, int]:
 
 def split(cfg: dict, log: Callable[[str], object] | None = None) -> tuple[Dataset, list[Item], list[Item], list[str]]:
     """(dataset, train items, val items, classes) for the config's data and fold; the config's pseudo-labelled test
-    images (PseudoItem) come last among the train items."""
+    images (PseudoItem), then its outside images (ExtraItem) come last among the train items, and the outside classes
+    of their own after the competition's classes. The outside images the ranking gallery adds: ds.gallery_extra."""
+    extra.check(cfg)
     ds = load_dataset(cfg["data"], cfg)
     folds = read_folds(cfg["folds_file"], ds)
     present = set(folds.values()) - {-1}
@@ -95,12 +100,24 @@ def split(cfg: dict, log: Callable[[str], object] | None = None) -> tuple[Datase
             log(f"pseudo-labels: {len(added)} test images of {cfg['pseudo']} added to the {len(train_items)} "
                 "training images (never validated, never in a gallery)")
         train_items += added
-    return ds, train_items, val_items, ds.classes
+    outside = extra.extra_items(cfg, ds.classes, ds.root, log) if cfg.get("extra_data") else []
+    taught, ds.gallery_extra = extra.trained(cfg, outside), extra.ranked(cfg, outside)
+    if outside and log:
+        log(f"outside data: {len(taught)} images trained on, {len(ds.gallery_extra)} in the ranking gallery "
+            f"(extra_images={cfg.get('extra_images', 'train')}); never validated")
+    return ds, train_items + taught, val_items, ds.classes + extra.classes_of(taught)
 
 
 def labelled(items: list[Item]) -> list[Item]:
-    """The items the data itself labels (pseudo-labelled test images left out): what a gallery may hold."""
-    return [it for it in items if not isinstance(it, PseudoItem)]
+    """The competition's own labelled items (pseudo-labelled test images and outside images left out): what
+    training's validation ranks against."""
+    return [it for it in items if not isinstance(it, (PseudoItem, extra.ExtraItem))]
+
+
+def gallery_items(ds: Dataset) -> list[Item]:
+    """The ranking gallery of embed and ensemble: every competition training image, then the outside images
+    extra_images puts there (split sets ds.gallery_extra; mapped onto competition classes only)."""
+    return ds.train + ds.gallery_extra
 
 
 def read_pseudo(path: str | Path, ds: Dataset) -> list[PseudoItem]:

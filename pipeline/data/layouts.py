@@ -34,6 +34,7 @@ class Dataset:
     label_column: str = "hotel_id"
     sample_submission: Path | None = None
     test_ids: list = field(default_factory=list)  # submission row order
+    gallery_extra: list = field(default_factory=list)  # outside images the ranking gallery adds (set by folds.split)
 
     @property
     def classes(self) -> list[str]:
@@ -226,6 +227,11 @@ def detect_layout(root: Path) -> str:
     if (root / "gallery").is_dir() and not (root / "train_images").is_dir():
         return "query_gallery"
     return "hotelid"
+
+
+def known_layout(root: Path) -> bool:
+    """Whether root holds what one of the layouts auto-detection picks needs (detect_layout falls back to hotelid)."""
+    return (root / "train.csv").is_file() or (root / "gallery").is_dir() or (root / "train_images").is_dir()
 
 
 def load_dataset(data_dir: str | Path, cfg: dict | None = None) -> Dataset:

@@ -391,12 +391,17 @@ def _check_out(out, shown):
                         "choose a new folder or empty this one")
 
 
-def _write_hotel(root, seed, i, hid, palette, photo_size, train_names, test_names):
-    """One hotel's room and photos (train_images/<hid>/, its test images); returns its test images' truth rows."""
-    hrng = np.random.default_rng([seed, 1, i])
+def _hotel_room(stream, palette):
+    """(its generator, the room, its facts) of the hotel drawn from `stream`: the generator goes on to its photos."""
+    hrng = np.random.default_rng(stream)
     pal = {k: np.clip(v + hrng.normal(0, 4, 3), 0, 255).astype(np.float32) for k, v in palette.items()}
     facts = {}
-    room = _room(hrng, pal, facts)
+    return hrng, _room(hrng, pal, facts), facts
+
+
+def _write_hotel(root, seed, i, hid, palette, photo_size, train_names, test_names):
+    """One hotel's room and photos (train_images/<hid>/, its test images); returns its test images' truth rows."""
+    hrng, room, facts = _hotel_room([seed, 1, i], palette)
     folder = root / "train_images" / str(hid)
     folder.mkdir()
     captions = []
@@ -414,18 +419,31 @@ def _write_hotel(root, seed, i, hid, palette, photo_size, train_names, test_name
     return truth, captions
 
 
-def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=0.0, test_per_hotel=0.0):
-    rng = np.random.default_rng([seed, 0])
+def _hotels(rng, hotels):
+    """(hotel ids, chain palettes, each hotel's chain): the first draws of a data set's stream, which the outside
+    source (make_extra) replays to photograph the same rooms again."""
     hotel_ids = [int(h) + 1000 for h in rng.choice(999000, size=hotels, replace=False)]
     n_chains = max(3, round(hotels / HOTELS_PER_CHAIN))
     palettes = [_chain_palette(rng) for _ in range(n_chains)]
-    chain = rng.integers(0, n_chains, hotels)
-    n_train = 2 + np.minimum(rng.geometric(1 / 7, hotels) - 1, 28)  # skewed: most hotels have few photos
+    return hotel_ids, palettes, rng.integers(0, n_chains, hotels)
+
+
+def _photo_counts(rng, hotels, per_hotel=0.0):
+    """Training photos per hotel, skewed (most hotels have few): mean ~8, or about per_hotel when given."""
+    if per_hotel:
+        return 2 + np.minimum(rng.geometric(1 / max(per_hotel - 1, 1.0), hotels) - 1, 98)
+    return 2 + np.minimum(rng.geometric(1 / 7, hotels) - 1, 28)
+
+
+def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=0.0, test_per_hotel=0.0):
+    rng = np.random.default_rng([seed, 0])
+    hotel_ids, palettes, chain = _hotels(rng, hotels)
+    n_train = _photo_counts(rng, hotels)
     r = rng.random(hotels)
     n_test = np.where(r < 0.08, 2, np.where(r < 0.78, 1, 0))
     counts = np.random.default_rng([seed, 3])  # other counts from their own stream: the default output is unchanged
     if train_per_hotel:
-        n_train = 2 + np.minimum(counts.geometric(1 / max(train_per_hotel - 1, 1.0), hotels) - 1, 98)
+        n_train = _photo_counts(counts, hotels, train_per_hotel)
     if test_per_hotel:
         n_test = counts.poisson(test_per_hotel, hotels)
     seen = set()
@@ -471,34 +489,28 @@ def _generate(root, seed, hotels, masks, verbose, photo_size=0, train_per_hotel=
     return len(train_names), len(truth)
 
 
-def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, masks: int | None = None,
-                 verbose: bool = False, photo_size: int = 0, train_per_hotel: float = 0.0,
-                 test_per_hotel: float = 0.0) -> Path:
-    """Write the synthetic competition folder at `out` (atomically) and return its Path. photo_size: the photos'
-    longer side (0 = the demo's 128-192 px); train/test_per_hotel: mean photos per hotel (0 = the demo's ~8 / 0.86;
-    Hotel-ID 2022: 44,703 / 3,116 = 14.3 train)."""
+def _check_args(seed, hotels, photo_size=0, train_per_hotel=0.0, test_per_hotel=0.0):
     if photo_size and not 64 <= photo_size <= 4096:
         raise UserError(f"--photo-size {photo_size}: must be between 64 and 4096 px (the longer side), or 0")
     if train_per_hotel and not 2 <= train_per_hotel <= 100 or test_per_hotel < 0:
         raise UserError(f"--train-per-hotel {train_per_hotel} / --test-per-hotel {test_per_hotel}: train must be "
                         "2-100 and test >= 0 (0 = the demo's counts)")
-    shown = str(out)
     if not isinstance(hotels, numbers.Integral) or not 5 <= hotels <= MAX_HOTELS:
         raise UserError(f"--hotels {hotels}: must be between 5 and {MAX_HOTELS} (default {DEFAULT_HOTELS})")
     if not isinstance(seed, numbers.Integral) or seed < 0:
         raise UserError(f"--seed {seed}: must be a non-negative integer, e.g. --seed 0")
-    seed, hotels = int(seed), int(hotels)
-    masks = min(300, 10 * hotels) if masks is None else int(masks)
-    out = Path(os.path.abspath(out))
+
+
+def _swap_in(out, shown, write):
+    """write(folder) fills a fresh folder beside `out`, which then replaces `out` in one step (a previous make-data
+    output, or nothing); returns what write returned."""
     _check_out(out, shown)
     out.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
     try:
         os.chmod(tmp, 0o755)
-        n_train, n_test = _generate(tmp, seed, hotels, masks, verbose, photo_size, train_per_hotel,
-                                     test_per_hotel)
+        result = write(tmp)
         _check_out(out, shown)  # it may have changed while we generated
         if out.exists():  # a directory cannot be swapped atomically: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
@@ -513,8 +525,106 @@ def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, m
         for p in (tmp, old):
             if p is not None and p.exists():
                 shutil.rmtree(p, ignore_errors=True)
+    return result
+
+
+def _megabytes(folder):
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def make_dataset(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, masks: int | None = None,
+                 verbose: bool = False, photo_size: int = 0, train_per_hotel: float = 0.0,
+                 test_per_hotel: float = 0.0) -> Path:
+    """Write the synthetic competition folder at `out` (atomically) and return its Path. photo_size: the photos'
+    longer side (0 = the demo's 128-192 px); train/test_per_hotel: mean photos per hotel (0 = the demo's ~8 / 0.86;
+    Hotel-ID 2022: 44,703 / 3,116 = 14.3 train)."""
+    _check_args(seed, hotels, photo_size, train_per_hotel, test_per_hotel)
+    shown, seed, hotels = str(out), int(seed), int(hotels)
+    masks = min(300, 10 * hotels) if masks is None else int(masks)
+    out, t0 = Path(os.path.abspath(out)), time.time()
+    n_train, n_test = _swap_in(out, shown, lambda tmp: _generate(tmp, seed, hotels, masks, verbose, photo_size,
+                                                                 train_per_hotel, test_per_hotel))
     if verbose:
-        mb = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
         print(f"make-data: wrote {shown}: {hotels} hotels, {n_train} train images, {n_test} test images, "
-              f"{masks} masks, {mb:.1f} MB, {time.time() - t0:.1f} s")
+              f"{masks} masks, {_megabytes(out):.1f} MB, {time.time() - t0:.1f} s")
+    return out
+
+
+# ---------------------------------------------------------------- an outside source (make-data --extra)
+
+LABEL_MAP = "label_map.csv"  # the outside source's map: extra_label (its hotel id), label (the competition's)
+
+
+def _write_outside_hotel(root, room_stream, palette, view_stream, hid, names, photo_size):
+    """An outside hotel's training photos, train_images/<hid>/: the room drawn from room_stream (a competition
+    hotel's own stream: the same room photographed again), viewed from view_stream (None: the room's generator
+    goes on)."""
+    hrng, room, _ = _hotel_room(room_stream, palette)
+    vrng = np.random.default_rng(view_stream) if view_stream else hrng
+    folder = root / "train_images" / str(hid)
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / f"{name}.jpg").write_bytes(_jpg(_photo(room, vrng, photo_size), vrng))
+
+
+def _generate_extra(root, seed, hotels, extra, photo_size=0, train_per_hotel=0.0):
+    """`extra` new hotels and extra // 2 (at least 1) of the competition's hotels (seed, hotels) photographed again
+    under other ids, all with 7-digit ids (the competition's have at most 6), and LABEL_MAP mapping the second
+    kind onto the competition's ids. Every draw is from the streams [seed, 6..8]: the competition's bytes are those
+    of make_dataset alone. Returns (hotels written, training photos)."""
+    from joblib import Parallel, delayed
+
+    from pipeline.data.images import default_workers
+
+    ids, palettes, chain = _hotels(np.random.default_rng([seed, 0]), hotels)  # the competition's, replayed
+    rng = np.random.default_rng([seed, 6])
+    same = sorted(int(i) for i in rng.choice(hotels, size=min(hotels, max(1, extra // 2)), replace=False))
+    n_chains = max(3, round(extra / HOTELS_PER_CHAIN))
+    new_palettes = [_chain_palette(rng) for _ in range(n_chains)]
+    new_chain = rng.integers(0, n_chains, extra)
+    outside = [int(h) + 1_000_000 for h in rng.choice(999000, size=extra + len(same), replace=False)]
+    counts = _photo_counts(rng, len(outside), train_per_hotel)
+    names = _hex_ids(rng, int(counts.sum()), set())
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rooms = [([seed, 7, j], new_palettes[new_chain[j]], None) for j in range(extra)]
+    rooms += [([seed, 1, i], palettes[chain[i]], [seed, 8, i]) for i in same]
+    Parallel(n_jobs=default_workers(), batch_size=4)(
+        delayed(_write_outside_hotel)(root, stream, pal, view, hid, names[starts[k]:starts[k + 1]], photo_size)
+        for k, ((stream, pal, view), hid) in enumerate(zip(rooms, outside)))
+    (root / LABEL_MAP).write_text("extra_label,label\n" + "".join(
+        f"{hid},{ids[i]}\n" for hid, i in zip(outside[extra:], same)))
+    meta = {"generator": "pipeline.synth", "version": VERSION, "kind": "extra", "seed": seed, "hotels": hotels,
+            "extra": extra, "photo_size": photo_size, "train_per_hotel": train_per_hotel}
+    (root / MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return len(outside), len(names)
+
+
+def extra_folder(out: str | Path) -> Path:
+    """Where make-data --extra writes the outside source of the competition folder `out`: <out>-extra beside it."""
+    out = Path(out) if Path(out).name else Path(os.path.abspath(out))  # '.' has no name to add to
+    return out.with_name(out.name + "-extra")
+
+
+def check_extra(out: str | Path, extra: object) -> None:
+    """A UserError unless `extra` outside hotels can be written at `out` (a new, empty or make-data folder)."""
+    if not isinstance(extra, numbers.Integral) or not 1 <= extra <= MAX_HOTELS:
+        raise UserError(f"--extra {extra}: must be between 1 and {MAX_HOTELS} outside hotels (0 = no outside source)")
+    _check_out(Path(os.path.abspath(out)), str(out))
+
+
+def make_extra(out: str | Path, seed: int = 0, hotels: int = DEFAULT_HOTELS, extra: int = 1, verbose: bool = False,
+               photo_size: int = 0, train_per_hotel: float = 0.0) -> Path:
+    """Write an outside source for the competition folder make_dataset writes with the same seed, hotels,
+    photo_size and train_per_hotel (a Hotel-ID layout without test images, plus LABEL_MAP; see _generate_extra) at
+    `out`, atomically; returns its Path."""
+    _check_args(seed, hotels, photo_size, train_per_hotel)
+    check_extra(out, extra)
+    shown, t0 = str(out), time.time()
+    out = Path(os.path.abspath(out))
+    n_hotels, n_train = _swap_in(out, shown, lambda tmp: _generate_extra(tmp, int(seed), int(hotels), int(extra),
+                                                                         photo_size, train_per_hotel))
+    if verbose:
+        print(f"make-data: wrote {shown}: {n_hotels} outside hotels ({n_hotels - extra} of them competition hotels "
+              f"under other ids, mapped in {LABEL_MAP}), {n_train} train images, {_megabytes(out):.1f} MB, "
+              f"{time.time() - t0:.1f} s")
     return out

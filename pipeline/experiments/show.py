@@ -10,7 +10,7 @@ from pipeline.reports.pictures import best_matches, pick_queries, thumbnail
 
 def show(cfgs, n=16, seed=None, out=None, log=print):
     """Writes the grid; returns {'path', 'queries': [val image ids], 'classes', 'scores', 'gallery': [[ids]]}."""
-    from pipeline.data.layouts import load_dataset
+    from pipeline.data.folds import gallery_items, split
     from pipeline.inference.tricks import DEFAULTS
     from pipeline.reports.plots import retrieval_grid
     from pipeline.retrieval.rank import encode
@@ -20,12 +20,12 @@ def show(cfgs, n=16, seed=None, out=None, log=print):
     need_val(inputs.val.ids, cfgs[0])
     val, gallery = inputs.val, inputs.val_gallery  # as ensemble scores
     val_ids, val_labels = val.ids, val.labels
-    ds = load_dataset(cfgs[0]["data"], cfgs[0])
+    ds = split(cfgs[0])[0]
     classes = ds.classes
     picked = pick_queries(len(val_ids), n, seed)
     cls, sc, rows = best_matches([np.asarray(v)[picked] for v in val.arrays], gallery.arrays,
                                  encode(gallery.labels, classes))
-    paths = {it.image_id: it.path for it in ds.train}
+    paths = {it.image_id: it.path for it in gallery_items(ds)}  # outside gallery rows too (extra_images)
     grid, result = [], {"queries": [], "classes": [], "scores": [], "gallery": []}
     for i, q in enumerate(picked):
         hits = [gallery.ids[r] for r in rows[i]]

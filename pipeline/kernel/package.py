@@ -151,6 +151,7 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
 
     from pipeline.config import run_dir
     from pipeline.core import checkpoint
+    from pipeline.data.transforms import preprocessing
     from pipeline.retrieval.runsets import every_run_tricks
 
     folders = [n.replace("/", "-") for n in run_names(cfgs)]  # m1, or m1-fold0 ... for fold models
@@ -162,7 +163,9 @@ def _models_dataset(root, cfgs, runs, tricks, owner, slugs, competition):
         # weights only: no optimiser, no head; clones so tied / strided tensors save as plain ones
         save_file({k: v.detach().clone().contiguous() for k, v in state["model"].items()
                    if isinstance(v, torch.Tensor)}, str(mdir / spec.WEIGHTS))
-        (mdir / spec.CONFIG).write_text(yaml.safe_dump(cfg, sort_keys=False))
+        pre = preprocessing(cfg)  # 'auto' resolved against the timm the gallery was embedded with, not Kaggle's
+        pinned = {**cfg, "interpolation": pre.interpolation, "crop_pct": pre.crop_pct}
+        (mdir / spec.CONFIG).write_text(yaml.safe_dump(pinned, sort_keys=False))
         (mdir / spec.TRAIN_CONFIG).write_text(yaml.safe_dump(state["config"], sort_keys=False))
         stem = run.stems["gallery"]
         for suffix in (".npy", ".csv"):

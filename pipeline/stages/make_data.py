@@ -12,7 +12,12 @@ files. A previous make-data output at --out is replaced; any other non-empty fol
 --train-per-hotel / --test-per-hotel set the mean photos per hotel (Hotel-ID 2022 scale: --hotels 3116
 --train-per-hotel 14.3 --test-per-hotel 1.6 gives ~44.7k train and ~5k test photos).
 
-example: ./run.sh make-data --out data/demo --seed 0
+--extra N also writes an outside source beside it, <out>-extra/ (the config's extra_data): N other hotels plus N/2
+of these hotels photographed again under other (7-digit) ids, as train_images/<id>/<image>.jpg, and label_map.csv
+(extra_label,label) mapping those ids onto these hotels. It draws from its own random streams: the folder at --out
+is byte for byte what it is without --extra.
+
+example: ./run.sh make-data --out data/demo --seed 0 [--extra 250]
 """
 from pipeline.data.synth import DEFAULT_HOTELS
 
@@ -28,10 +33,18 @@ def add_arguments(parser):
                         help="mean training photos per hotel (default 0: the demo's ~8)")
     parser.add_argument("--test-per-hotel", type=float, default=0.0, metavar="N",
                         help="mean test photos per hotel (default 0: the demo's ~0.86)")
+    parser.add_argument("--extra", type=int, default=0, metavar="N",
+                        help="also write <out>-extra/: N outside hotels plus N/2 of these photographed again under "
+                             "other ids, with label_map.csv (default 0: none)")
 
 
 def run(args):
-    from pipeline.data.synth import make_dataset
+    from pipeline.data.synth import check_extra, extra_folder, make_dataset, make_extra
 
+    if args.extra:  # before the competition folder is written
+        check_extra(extra_folder(args.out), args.extra)
     make_dataset(args.out, seed=args.seed, hotels=args.hotels, verbose=True, photo_size=args.photo_size,
                  train_per_hotel=args.train_per_hotel, test_per_hotel=args.test_per_hotel)
+    if args.extra:
+        make_extra(extra_folder(args.out), seed=args.seed, hotels=args.hotels, extra=args.extra, verbose=True,
+                   photo_size=args.photo_size, train_per_hotel=args.train_per_hotel)

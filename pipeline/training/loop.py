@@ -152,10 +152,11 @@ def _setup(cfg, log):
     device = pick_device(cfg["device"], distributed.main_only(log))
     amp_dtype(device, cfg["amp_dtype"])  # a bad value, or bfloat16 on a card without it, fails before the model
     steps_per_epoch, batches_per_epoch = _plan(cfg, labels, world)
-    per_class = validation.per_class(cfg, len(train_items))
+    own = labelled(train_items)  # validation's gallery: the competition's images (no pseudo-labels, no outside ones)
+    per_class = validation.per_class(cfg, len(own))
     return _Run(cfg, distributed.main_only(log), out, rank, world, device, train_items, val_items,
                 classes, codes, labels, steps_per_epoch, batches_per_epoch,
-                gallery=validation.gallery(labelled(train_items), per_class, cfg["seed"]), text=text)
+                gallery=validation.gallery(own, per_class, cfg["seed"]), text=text)
 
 
 def _build(run, resume):

@@ -1,21 +1,28 @@
 """Validation during training: which epochs validate (val_every; the last one always does), the gallery the val
 fold is ranked against (val_gallery: every training image, or at most n per class), the metrics of the model and of
 its EMA, and the seconds they take. Validation draws no random numbers (fixed per-sample seeds, an explicit loader
-generator, eval mode): skipping it changes no weights, only best.pt and the plateau cuts, which it feeds."""
+generator, eval mode): skipping it changes no weights, only best.pt and the plateau cuts, which it feeds.
+val_weights=hotels weighs each query so validation's mix of hotels is the test's (query_weights)."""
 import time
+from collections import Counter
 
 import numpy as np
 
 from pipeline.core import distributed
 from pipeline.core.errors import UserError
 from pipeline.core.progress import Progress
-from pipeline.inference.predict import map5
+from pipeline.inference.predict import predict
 from pipeline.retrieval.embeddings import item_set
 from pipeline.retrieval.forward import embed_items
+from pipeline.retrieval.metrics import average_precision_at_k
 
 _GALLERY_SALT = 0x6A11  # the gallery draw's own stream: the samplers draw from [seed, epoch]
 TEXT_COLUMNS = tuple(f"val_{way}_r{k}" for way in ("t2i", "i2t") for k in (1, 5, 10))  # a clip run's Recall@k
 _COLUMNS = ("val_loss", "val_acc", "val_map5", "ema_val_map5", "val_seconds")  # what an epoch's validation fills
+VAL_WEIGHTS = ("images", "hotels")
+# gallery sizes within a factor 1.25 share a stratum (1-6 each its own): exact sizes would leave out the hotels of
+# every size no query has, most of the big ones at Hotel-ID's scale (on the demo both read within 0.007)
+SIZE_STEP = 1.25
 
 
 def check(cfg: dict) -> None:
@@ -27,6 +34,9 @@ def check(cfg: dict) -> None:
     if v != "auto" and (isinstance(v, bool) or not isinstance(v, int)):
         raise UserError(f"val_gallery={v!r}: give a whole number >= 0 (0 = every training image, n = at most n "
                         "training images per class) or auto")
+    if cfg["val_weights"] not in VAL_WEIGHTS:
+        raise UserError(f"val_weights={cfg['val_weights']!r}: use hotels (the test's photos spread evenly over "
+                        "hotels) or images (each validation query counts once)")
 
 
 AUTO_GALLERY = (10_000, 5)  # val_gallery=auto: above this many training images, at most this many per class
@@ -61,6 +71,32 @@ def gallery(items: list, per_class: int, seed: int) -> list:
     return [items[i] for i in sorted(keep)]
 
 
+def query_weights(how: str, query_labels: list, gallery_labels: list) -> np.ndarray:
+    """Each validation query's weight in val MAP@5 (mean 1). images: 1 each. hotels: as if the test spread its
+    photos evenly over hotels (the demo's does), where a stratified fold draws queries in proportion to a hotel's
+    photos, so big, easy hotels dominate. A query's hotel has g images in the gallery, all of them trained on: it
+    stands for the hotels with g gallery images, so each stratum of g (SIZE_STEP) is weighted by its share of the
+    gallery's hotels over its share of the queries. Hotels of a stratum no query has are left out."""
+    if how == "images":
+        return np.ones(len(query_labels))
+    g = Counter(gallery_labels)
+    hotels = Counter(_stratum(n) for n in g.values())
+    strata = [_stratum(g[y]) for y in query_labels]
+    queries = Counter(strata)
+    w = np.array([hotels[s] / queries[s] for s in strata], float)
+    return w * len(w) / w.sum() if w.sum() else np.ones(len(w))
+
+
+def _stratum(size: int) -> int:
+    return round(np.log(size) / np.log(SIZE_STEP)) if size > 0 else -1
+
+
+def weighted_map5(predictions: list, truth: list, weights: np.ndarray) -> float:
+    """MAP@5 with each query's average precision weighted (query_weights)."""
+    ap = np.array([average_precision_at_k(p, t, 5) for p, t in zip(predictions, truth)])
+    return float(ap @ weights / weights.sum()) if len(ap) else 0.0
+
+
 def plan(cfg: dict, gallery_size: int, train_size: int) -> str:
     """The start line's note on validation where it differs from the default (each epoch, every training image)."""
     every = f", validating every {cfg['val_every']} epochs" if cfg["val_every"] > 1 else ""
@@ -85,8 +121,9 @@ def evaluate(model, head, gallery_items, val_items, classes, codes, tfms, cfg, d
         keep.update(queries=q, gallery=g)
     metrics = None
     if q is not None:
-        score = map5(item_set(q, val_items), item_set(g, gallery_items), classes, max_memory=cfg["max_memory"],
-                     log=lambda *a: None)
+        truth, gallery_labels = [it.label for it in val_items], [it.label for it in gallery_items]
+        preds = predict([q], item_set(g, gallery_items), classes, max_memory=cfg["max_memory"], log=lambda *a: None)
+        score = weighted_map5(preds, truth, query_weights(cfg["val_weights"], truth, gallery_labels))
         metrics = {"val_loss": (stats or {}).get("loss"), "val_acc": (stats or {}).get("acc"), "val_map5": score}
         if captions is not None:
             from pipeline.model.clip import encode_texts
