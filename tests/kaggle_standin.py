@@ -12,7 +12,10 @@ Served (kagglesdk method: what it answers):
             and the log), GET of an output file
   compets.  ListDataFiles (every file of the competition with its size), DownloadDataFiles (a 302 redirect to the
             archive on another host, storage.localhost, as Kaggle's is on Google storage: the client then drops its
-            Authorization header), GET of <slug>.zip, CreateCodeSubmission, ListSubmissions
+            Authorization header), GET of <slug>.zip (with Accept-Ranges, an ETag and Last-Modified; a Range
+            `bytes=N-` or `bytes=N-M` is answered 206 with those bytes, unless an If-Range names another version
+            of the archive: then 200 and the whole file; a range past its end 416), CreateCodeSubmission,
+            ListSubmissions
 Anything else answers 404 "the stand-in does not serve <Method>".
 
 Knobs (plain attributes; set them before or between client calls):
@@ -22,6 +25,10 @@ Knobs (plain attributes; set them before or between client calls):
   max_page_size       the most items a list call answers, whatever page size the client asks (None: no cap)
   download_delay      seconds to sleep after each 16 KiB of an archive (to interrupt a download);
                       `download_started` (threading.Event) is set once the first chunk went out
+  download_stall_at   a byte offset (None: off): an archive answer stops there (at the end of the 16 KiB chunk
+                      that reaches it) and holds the connection until the knob is set back to None or the server
+                      closes, so that the client has written a known part of the file when it is killed
+                      (the client writes 1 MiB at a time); `download_stalled` (threading.Event) is set when it stops
   fail_blobs          blob file names (e.g. "wheels.zip", "kernel.json") whose upload PUT is refused with 400: the
                       client then leaves the file out of the version without an error (a partial version)
   kernel_states       the states GetKernelSessionStatus answers, one per call, the last one repeated
@@ -36,9 +43,13 @@ Knobs (plain attributes; set them before or between client calls):
   score               its publicScore once scored (default "0.61234"); submission_error: if set, it ends ERROR
                       with this errorDescription instead
 State it keeps: blobs {token: bytes}, blob_names {token: name}, datasets {ref: [create/version request bodies]},
-dataset_files {ref: {path: bytes}}, kernels {ref: [SaveKernel bodies]}, submissions {competition: [records]}."""
+dataset_files {ref: {path: bytes}}, kernels {ref: [SaveKernel bodies]}, submissions {competition: [records]},
+archive_answers [(status, first byte, end byte)], one per GET of an archive, in order (206: the range sent; 200: 0
+and the archive's size, whether the client read it all or not; 416: 0, 0)."""
+import hashlib
 import io
 import json
+import re
 import threading
 import time
 import zipfile
@@ -48,18 +59,23 @@ from urllib.parse import urlsplit
 
 STORAGE = "http://storage.localhost"
 CHUNK = 16 * 1024
+LAST_MODIFIED = "Mon, 02 May 2022 10:00:00 GMT"  # the archives' date
 LOCAL, CENTRAL = b"PK\x03\x04", b"PK\x01\x02"  # zip header signatures
 FAULTS = ("corrupt", "encrypted", "method99")
 
 
 def zip_of(files: dict, fault: str | None = None) -> bytes:
-    """files {path: bytes} as a deflated zip; fault breaks its last member as a damaged or foreign archive would:
-    'corrupt' (its deflate stream starts with an invalid block), 'encrypted' (its encryption flag set), 'method99'
-    (compression method 99, WinZip AES, which zipfile cannot read). Names and sizes stay as listed."""
+    """files {path: bytes} as a deflated zip (the same bytes for the same files); fault breaks its last member as a
+    damaged or foreign archive would: 'corrupt' (its deflate stream starts with an invalid block), 'encrypted' (its
+    encryption flag set), 'method99' (compression method 99, WinZip AES, which zipfile cannot read). Names and sizes
+    stay as listed."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for path, data in files.items():
-            z.writestr(path, data)
+            # dated as the archive (not now), so the same files make the same bytes: a resumed download's rest
+            info = zipfile.ZipInfo(path, date_time=(2022, 5, 2, 10, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o600 << 16
+            z.writestr(info, data)
     data = bytearray(buf.getvalue())
     if fault is None:
         return bytes(data)
@@ -90,6 +106,10 @@ class StandIn:
         self.max_page_size = None
         self.download_delay = 0.0
         self.download_started = threading.Event()
+        self.download_stall_at = None
+        self.download_stalled = threading.Event()
+        self.archive_answers = []
+        self._closing = False
         self.fail_blobs = set()
         self.kernel_states, self.kernel_failure = ["COMPLETE"], ""
         self.unsaved_kernels = set()
@@ -282,17 +302,42 @@ class StandIn:
                 self._reply(404, {"code": 404, "message": "not found"})
 
             def _archive(self, data):
-                self.send_response(200)
+                size, etag = len(data), f'"{hashlib.sha256(data).hexdigest()[:32]}"'
+                start, end, status = 0, size, 200
+                asked, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+                if asked and (if_range is None or if_range in (etag, LAST_MODIFIED)):
+                    m = re.fullmatch(r"bytes=(\d+)-(\d*)", asked.strip())
+                    if m and int(m.group(1)) < size:
+                        start, status = int(m.group(1)), 206
+                        end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+                    elif m:
+                        with standin._lock:
+                            standin.archive_answers.append((416, 0, 0))
+                        return self._reply(416, {}, headers=[("Content-Range", f"bytes */{size}")])
+                with standin._lock:
+                    standin.archive_answers.append((status, start, end))
+                self.send_response(status)
                 self.send_header("Content-Type", "application/zip")
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Last-Modified", "Mon, 02 May 2022 10:00:00 GMT")
+                self.send_header("Content-Length", str(end - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", LAST_MODIFIED)
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
                 self.end_headers()
-                for i in range(0, len(data), CHUNK):
-                    self.wfile.write(data[i:i + CHUNK])
-                    self.wfile.flush()
-                    standin.download_started.set()
-                    if standin.download_delay:
-                        time.sleep(standin.download_delay)
+                try:
+                    for i in range(start, end, CHUNK):
+                        self.wfile.write(data[i:min(i + CHUNK, end)])
+                        self.wfile.flush()
+                        standin.download_started.set()
+                        if standin.download_delay:
+                            time.sleep(standin.download_delay)
+                        while standin.download_stall_at is not None and i + CHUNK >= standin.download_stall_at \
+                                and not standin._closing:
+                            standin.download_stalled.set()
+                            time.sleep(0.02)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client went away (killed, or it dropped an answer it did not need)
 
         return Handler
 
@@ -301,5 +346,6 @@ class StandIn:
         return self
 
     def __exit__(self, *exc):
+        self._closing = True  # a stalled archive answer ends
         self.server.shutdown()
         self.server.server_close()

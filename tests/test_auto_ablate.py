@@ -2,10 +2,12 @@
 A of the validation images, confirmed on half B, written as a best.json that kernel --from-report takes), on the
 tiny runs. The trick rows are cut to a few ranking-time ones so the tests stay fast; the rows themselves are the
 registry's."""
+import hashlib
 import json
 import statistics
 
 import pytest
+from test_scoring import brute_predictions, kaggle_map5
 
 from pipeline.config import load_config
 from pipeline.experiments import ablate as ablate_module
@@ -49,9 +51,6 @@ def test_auto_chooses_on_half_a_confirms_on_half_b_and_kernel_takes_it(trained, 
                                                                       monkeypatch):
     from pipeline.cli import main
     from pipeline.experiments.subsets import load_best
-    from pipeline.inference.predict import oof_predictions
-    from pipeline.retrieval.metrics import map_at_k
-    from pipeline.retrieval.runsets import load_fold_sets
 
     tiny, runs = trained
     cfgs = [load_config(str(runs / f"{n}.yaml"), tiny_overrides(tiny, runs, "epochs=1")) for n in "ab"]
@@ -62,18 +61,24 @@ def test_auto_chooses_on_half_a_confirms_on_half_b_and_kernel_takes_it(trained, 
     assert all(b["half_a"] > a["half_a"] for a, b in zip(kept[:-2], kept[1:-1]))
     assert kept[-1]["half_a"] >= kept[-2]["half_a"] and steps[-1]["models"] == "a+b"
     assert record["models"] == chosen["models"].split("+")
-    # half A / half B recomputed from the predictions with the chosen tricks: the halves are the seeded hash's
-    runs_set, tricks = load_best(tmp_path / "rep", log=lambda *a: None)
-    sets = load_fold_sets([c for c in cfgs if c["name"] in record["models"]], tricks, log=lambda *a: None)
+    # half A / half B recomputed independently: the chosen subset's predictions by the float64 brute force of its
+    # cached embeddings with the chosen tricks, the halves by the seeded hash written out (sha1 of "seed|image id",
+    # even: half A)
+    _, tricks = load_best(tmp_path / "rep", log=lambda *a: None)
     from pipeline.data.layouts import load_dataset
 
-    per_fold, ids = oof_predictions(sets, load_dataset(cfgs[0]["data"]).classes, tricks, 1 << 30, lambda *a: None)
-    preds, truth = per_fold[0]
-    side = [ablate_module.in_half_a(i, 3) for i in ids]
+    assert set(tricks) == set(DEFAULTS) and tricks["weights"] is None
+    assert {k: v for k, v in tricks.items() if k not in ("agg", "agg_k", "dba", "knn_alpha")} == {
+        k: v for k, v in DEFAULTS.items() if k not in ("agg", "agg_k", "dba", "knn_alpha")}  # only ROWS' keys move
+    ids, preds, truth = brute_predictions(runs, record["models"], load_dataset(tiny / "data").classes,
+                                          agg_k=tricks["agg_k"] if tricks["agg"] == "sum" else 0,
+                                          dba=tuple(tricks["dba"]), alpha=tricks["knn_alpha"])
+    side = [int(hashlib.sha1(f"3|{i}".encode()).hexdigest(), 16) % 2 == 0 for i in ids]
     assert 0 < sum(side) < len(side)
-    a = map_at_k([p for p, s in zip(preds, side) if s], [t for t, s in zip(truth, side) if s])
-    b = map_at_k([p for p, s in zip(preds, side) if not s], [t for t, s in zip(truth, side) if not s])
-    assert (a, b) == pytest.approx((chosen["half_a"], chosen["half_b"]))
+    a = kaggle_map5([p for p, s in zip(preds, side) if s], [t for t, s in zip(truth, side) if s])
+    b = kaggle_map5([p for p, s in zip(preds, side) if not s], [t for t, s in zip(truth, side) if not s])
+    assert (chosen["half_a"], chosen["half_b"]) == pytest.approx((a, b), abs=1e-12)
+    assert chosen["val_map5"] == pytest.approx(kaggle_map5(preds, truth), abs=1e-12)
     # kernel --from-report packages exactly that choice
     monkeypatch.chdir(tmp_path)
     code = main(["kernel", "auto-kernel", "--from-report", str(tmp_path / "rep"), "--owner", "tester", "--no-verify",

@@ -165,28 +165,96 @@ def _rgb_of(tmp_path, name, save):
     path = _image(tmp_path, name, lambda p: save(img, p))
     out = _read(path)
     assert out.shape == (40, 30, 3) and out.dtype == np.uint8
-    return out
+    return img, out
+
+
+def _blocks(grid, side=16):
+    """An image of flat side x side blocks, grid[i][j] the colour of block (i, j): JPEG's 8x8 (and 16x16 chroma)
+    blocks never straddle two colours, so a lossy decode keeps each block's colour within a level or two."""
+    return np.concatenate([np.concatenate([np.full((side, side, len(c)), c, np.uint8) for c in row], 1)
+                           for row in grid], 0)
+
+
+def _block_means(img, rows, cols):
+    """The mean colour of each of rows x cols equal blocks of img, as an int array (rows, cols, channels)."""
+    h, w = img.shape[0] // rows, img.shape[1] // cols
+    return np.array([[img[i * h:(i + 1) * h, j * w:(j + 1) * w].reshape(-1, img.shape[2]).mean(0)
+                      for j in range(cols)] for i in range(rows)]).round().astype(int)
 
 
 def test_grayscale_image(tmp_path):
-    out = _rgb_of(tmp_path, "g.png", lambda im, p: im.convert("L").save(p))
-    assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+    img, out = _rgb_of(tmp_path, "g.png", lambda im, p: im.convert("L").save(p))
+    grey = np.asarray(img.convert("L"))  # the stored levels (PNG is lossless): each copied to R, G and B
+    for ch in range(3):
+        np.testing.assert_array_equal(out[..., ch], grey)
 
 
 def test_rgba_image(tmp_path):
-    _rgb_of(tmp_path, "a.png", lambda im, p: im.convert("RGBA").save(p))
+    """Alpha dropped (docs/kaggle.md): every pixel is its stored R, G, B whatever its alpha, transparent ones
+    included; not composited onto black (which would give R*A/255) or white."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(1, 255, (40, 30, 3), dtype=np.uint8)
+    alpha = np.tile(np.array([0, 1, 128, 254, 255], np.uint8), 40 * 30 // 5).reshape(40, 30)
+    path = _image(tmp_path, "a.png", lambda p: Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(p))
+    with Image.open(path) as im:
+        assert im.mode == "RGBA"
+    out = _read(path)
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[alpha == 0], rgb[alpha == 0])  # fully transparent: the colour all the same
+    np.testing.assert_array_equal(out, rgb)
+
+
+# CMYK ink -> the RGB it prints as: (255 - C)(255 - K)/255 per channel (PIL's CMYK -> RGB conversion, by hand)
+CMYK_TO_RGB = [((0, 255, 255, 0), (255, 0, 0)),  # magenta + yellow: red
+               ((255, 0, 0, 0), (0, 255, 255)),  # cyan
+               ((0, 0, 0, 0), (255, 255, 255)),  # no ink: white
+               ((0, 0, 0, 128), (127, 127, 127)),  # half black
+               ((64, 128, 192, 64), (143, 95, 47)),
+               ((255, 255, 255, 255), (0, 0, 0))]
 
 
 def test_cmyk_jpeg(tmp_path):
-    _rgb_of(tmp_path, "c.jpg", lambda im, p: im.convert("CMYK").save(p))
+    """Converted to RGB: each ink patch reads as the colour it prints as (K darkens all three), not its C, M, Y
+    numbers taken as R, G, B. Within 3 levels: JPEG's rounding, and OpenCV's conversion divides by 256."""
+    from PIL import Image
+
+    for cmyk, rgb in CMYK_TO_RGB:  # the hand values are PIL's own
+        assert Image.new("CMYK", (1, 1), cmyk).convert("RGB").getpixel((0, 0)) == rgb, cmyk
+    grid = [[c for c, _ in CMYK_TO_RGB[:3]], [c for c, _ in CMYK_TO_RGB[3:]]]
+    path = _image(tmp_path, "c.jpg", lambda p: Image.fromarray(_blocks(grid), "CMYK").save(p, quality=95))
+    with Image.open(path) as im:
+        assert (im.format, im.mode) == ("JPEG", "CMYK")
+    out = _read(path)
+    assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+    want = np.array([[r for _, r in CMYK_TO_RGB[:3]], [r for _, r in CMYK_TO_RGB[3:]]])
+    got = out.reshape(2, 16, 3, 16, 3).transpose(0, 2, 1, 3, 4).reshape(2, 3, 256, 3).astype(int)
+    err = np.abs(got - want[:, :, None]).max((2, 3))
+    assert (err <= 3).all(), (err, _block_means(out, 2, 3).tolist())
 
 
 def test_16bit_png(tmp_path):
+    """Scaled to 8-bit: a 16-bit level v reads as its high byte v >> 8 (0x8000 -> 128), not wrapped to its low byte
+    (0x8000 & 0xFF = 0). The levels are ones where v >> 8 and round(v * 255 / 65535) agree; the colour image shows
+    R, G and B kept apart and in order."""
     import cv2
 
-    path = _image(tmp_path, "d.png", lambda p: cv2.imwrite(str(p), np.full((40, 30), 65535, np.uint16)))
+    levels = np.array([[0x8000, 0x4000], [0x0080, 0xFFFF]], np.uint16)  # -> 128, 64, 0, 255
+    grey = np.kron(levels, np.ones((20, 15), np.uint16))
+    path = _image(tmp_path, "d.png", lambda p: cv2.imwrite(str(p), grey))
     out = _read(path)
-    assert out.shape == (40, 30, 3) and out.dtype == np.uint8 and out.max() == 255
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8
+    want = np.kron(np.array([[128, 64], [0, 255]], np.uint8), np.ones((20, 15), np.uint8))
+    for ch in range(3):
+        np.testing.assert_array_equal(out[..., ch], want)
+
+    rgb16 = np.empty((8, 6, 3), np.uint16)
+    rgb16[:] = (0x8000, 0x2000, 0xFFFF)  # R, G, B -> 128, 32, 255
+    path = _image(tmp_path, "d3.png", lambda p: cv2.imwrite(str(p), rgb16[..., ::-1].copy()))  # cv2: B, G, R
+    out = _read(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.broadcast_to(np.array([128, 32, 255], np.uint8), (8, 6, 3)))
 
 
 def test_huge_image(tmp_path):
@@ -203,16 +271,37 @@ def test_huge_image(tmp_path):
     assert tuple(x.shape[-2:]) == (64, 64)
 
 
-def test_exif_rotated_image(tmp_path):
+# EXIF orientation 6: the stored image is shown turned 90 degrees clockwise. Stored quadrants (top-left,
+# top-right / bottom-left, bottom-right) red, green / blue, white; turned clockwise the stored bottom-left comes to
+# the top-left: blue, red / white, green. Counter-clockwise would give green, white / red, blue.
+EXIF_STORED = [[(255, 0, 0), (0, 255, 0)], [(0, 0, 255), (255, 255, 255)]]
+EXIF_SHOWN = [[(0, 0, 255), (255, 0, 0)], [(255, 255, 255), (0, 255, 0)]]
+
+
+@pytest.mark.parametrize("short_side", [0, 32])  # 32: the JPEG decoded at 1/2 scale (read_image's reduced path)
+def test_exif_rotated_image(tmp_path, short_side):
+    """EXIF orientation applied: a 128 x 64 (H x W) JPEG of four flat quadrants tagged 6 reads as 64 x 128, its
+    quadrants where a clockwise quarter turn puts them (each within a few levels: JPEG)."""
     from PIL import Image
 
+    from pipeline.data.images import read_image
+
+    stored = np.kron(np.array(EXIF_STORED, np.uint8), np.ones((64, 32, 1), np.uint8))
+    assert stored.shape == (128, 64, 3)
+
     def save(p):
-        im = Image.fromarray(np.zeros((40, 30, 3), np.uint8))
+        im = Image.fromarray(stored)
         exif = im.getexif()
         exif[0x0112] = 6  # "rotate 90 CW to display"
-        im.save(p, exif=exif)
+        im.save(p, exif=exif, quality=95, subsampling=0)
 
-    assert _read(_image(tmp_path, "e.jpg", save)).shape == (30, 40, 3)
+    out = read_image(_image(tmp_path, "e.jpg", save), short_side)
+    f = 2 if short_side else 1
+    assert out.shape == (64 // f, 128 // f, 3) and out.dtype == np.uint8
+    shown = _block_means(out, 2, 2)
+    assert np.abs(shown - np.array(EXIF_SHOWN)).max() <= 3, shown.tolist()
+    turned = np.rot90(stored, k=-1)[::f, ::f].astype(int)  # numpy's clockwise turn: the same layout, pixel for pixel
+    assert np.abs(_block_means(turned, 2, 2) - np.array(EXIF_SHOWN)).max() == 0
 
 
 def _load(data, cfg=None):
@@ -339,7 +428,7 @@ def test_unknown_backbone(data, tmp_path):
     runs = tmp_path / "newruns"
     p = cli("train", tmp_path / "fresh.yaml", *tiny_overrides(data.parent, runs, "backbone=no_such_net"))
     assert_one_line_error(p, "unknown backbone 'no_such_net'")
-    assert not runs.exists() or not list(runs.rglob("*.pt"))
+    assert not runs.exists(), sorted(str(q.relative_to(runs)) for q in runs.rglob("*"))  # no run folder, no runs_dir
 
 
 def test_unknown_head(data, tmp_path):

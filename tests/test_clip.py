@@ -155,12 +155,27 @@ def test_a_clip_run_logs_recall_and_search_text_finds_images(clip_run, tiny_data
     for col in ("val_t2i_r1", "val_t2i_r5", "val_i2t_r10", "val_map5"):
         assert 0 <= metrics[col].iloc[-1] <= 1, metrics.columns
     png = runs / "hits.png"
-    p = cli("search-text", runs / "c.yaml", "a bed with white sheets and two lamps", "--k", "3", "--out", png,
+    sentence = "a bed with white sheets and two lamps"
+    p = cli("search-text", runs / "c.yaml", sentence, "--k", "3", "--out", png,
             "--overrides", *tiny_overrides(tiny_data, runs, *TINY_TEXT))
     assert p.returncode == 0, p.stderr
     lines = [line for line in p.stdout.splitlines() if line[:2] in ("1.", "2.", "3.")]
     assert len(lines) == 3 and all("class" in line for line in lines), p.stdout
     assert png.is_file() and png.stat().st_size > 1000
+    # the answers are the cosine brute force (float64, numpy) of the sentence's embedding by the run's text tower
+    # against every training image's cached embedding, best first
+    from pipeline.model.clip import encode_texts
+    from pipeline.text.retrieval import text_head
+
+    cfg = load_config(runs / "c.yaml", tiny_overrides(tiny_data, runs, *TINY_TEXT))
+    text = encode_texts(text_head(cfg), [sentence], "cpu")[0].astype(np.float64)
+    emb = runs / "c" / "fold0" / "embeddings"
+    gallery = pd.read_csv(emb / "gallery.csv", dtype=str)
+    cos = np.load(emb / "gallery.npy").astype(np.float64) @ text
+    best = np.argsort(-cos, kind="stable")[:3]
+    got = [line.split() for line in lines]  # "1. <image id>  class <label>  cosine <score>"
+    assert [(w[1], w[3]) for w in got] == [(gallery["image_id"][j], gallery["label"][j]) for j in best], p.stdout
+    assert [float(w[5]) for w in got] == pytest.approx(cos[best], abs=6e-4)
 
 
 def test_evaluate_text_has_the_untrained_reference_row(clip_run, tiny_data):
@@ -170,9 +185,17 @@ def test_evaluate_text_has_the_untrained_reference_row(clip_run, tiny_data):
     cfg = load_config(runs / "c.yaml", tiny_overrides(tiny_data, runs, *TINY_TEXT))
     rows = evaluate_runs([cfg], ["text"], [1, 5], log=lambda *a: None)
     assert [r["model"] for r in rows] == ["untrained c", "c"]
+    # chance's top-5 hit rate: 5 / the classes of the gallery the captions search (fold 0's training images
+    # without the validation ones), read from the run's cached embeddings
+    emb = runs / "c" / "fold0" / "embeddings"
+    val_ids = set(pd.read_csv(emb / "val.csv", dtype=str)["image_id"])
+    gallery = pd.read_csv(emb / "gallery.csv", dtype=str)
+    n_classes = gallery.loc[~gallery["image_id"].isin(val_ids), "label"].nunique()
+    assert n_classes == 10  # the tiny dataset's 10 hotels all have training images in fold 0
     for r in rows:
         assert {"t2i_r1", "t2i_r5", "i2t_r5", "t2c_map5", "t2c_top5", "t2c_top5_chance"} <= set(r)
         assert 0 <= r["t2i_r1"] <= r["t2i_r5"] <= 1
+        assert r["t2c_top5_chance"] == 5 / n_classes == 0.5
 
 
 def test_search_text_needs_a_clip_run(trained):

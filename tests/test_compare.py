@@ -3,7 +3,14 @@ import csv
 import json
 import statistics
 
+import numpy as np
+import pytest
 import torch
+from test_evaluate import brute_metrics
+
+from pipeline.config import load_config
+from pipeline.data.folds import split
+from pipeline.data.layouts import load_dataset
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 
@@ -21,6 +28,21 @@ def test_compare_two_recipes_over_seeds(tiny_data, tmp_path):
     report = json.loads((out / "compare.json").read_text())
     assert [r["model"] for r in report["rows"]] == ["zero-shot test_efficientnet", "arc", "sup"]
     assert sorted((r["model"], r["seed"]) for r in report["runs"]) == [("arc", 1), ("arc", 2), ("sup", 1), ("sup", 2)]
+    # the zero-shot row against the float64 brute force on its cached features (gallery.npy: the training images
+    # in the dataset's order, val_fold0.npy: fold 0's validation images), queries against the gallery without them
+    cfg = load_config(str(tmp_path / "arc.yaml"), tiny_overrides(tiny_data, tmp_path, "epochs=1"))
+    _, _, val_items, classes = split(cfg)
+    [cache] = (tmp_path / "zero-shot" / "test_efficientnet").iterdir()
+    g, q = (np.load(cache / f"{f}.npy").astype(np.float64) for f in ("gallery", "val_fold0"))
+    everything = load_dataset(tiny_data / "data").train
+    assert len(g) == len(everything) and len(q) == len(val_items) > 0
+    val_ids = {it.image_id for it in val_items}
+    keep = np.array([it.image_id not in val_ids for it in everything])
+    want = brute_metrics(q, g[keep], [it.label for it in val_items],
+                         [it.label for it, k in zip(everything, keep) if k], classes, [1, 5])
+    zero = report["rows"][0]
+    assert {k: zero[f"{k}_mean"] for k in want} == pytest.approx(want, abs=1e-12)
+    assert all(zero[f"{k}_std"] == 0 for k in want)
     # the table's mean and std are those of the per-seed runs
     for entry in report["rows"][1:]:
         vals = [r["map@5"] for r in report["runs"] if r["model"] == entry["model"]]

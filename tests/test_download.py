@@ -1,8 +1,9 @@
 """`./run.sh download` with the real kaggle client against the loopback stand-in (tests/kaggle_standin.py): offline
-is one line within seconds; a download killed midway leaves no folder that looks complete; the next run unpacks a
-loadable competition folder with its marker and prints its counts; the one after does nothing; no credential in any
-byte sent, written or printed."""
+is one line within seconds; a download killed midway leaves no folder that looks complete; the next run resumes its
+partial archive (a Range request from the partial's end, answered 206), unpacks a loadable competition folder with
+its marker and prints its counts; the one after does nothing; no credential in any byte sent, written or printed."""
 import os
+import random
 import subprocess
 import sys
 import time
@@ -16,13 +17,15 @@ from pipeline.data.synth import make_dataset
 from pipeline.kaggle.download import present
 
 from conftest import assert_one_line_error, cli
-from kaggle_standin import StandIn
+from kaggle_standin import CHUNK, StandIn
 
 SLUG = "tiny-hotel-id"
 
 
 def test_download_is_atomic_counts_the_layout_and_runs_once(tmp_path):
     src = make_dataset(tmp_path / "src", seed=1, hotels=5, masks=2)
+    # 1.5 MB that do not compress, beside the photos: an archive of more than 1 MiB, to be interrupted past its first
+    (src / "noise.bin").write_bytes(random.Random(0).randbytes(1_500_000))
     ds = load_dataset(src)
     work = tmp_path / "project"
     work.mkdir()
@@ -37,23 +40,27 @@ def test_download_is_atomic_counts_the_layout_and_runs_once(tmp_path):
     with StandIn() as s:
         s.add_competition(SLUG, src)
         env = kaggle_env(tmp_path, s)
-        s.download_delay = 0.5  # 16 KiB per half second: time to kill it midway
+        # the client writes the archive 1 MiB at a time: its answer stops just past the first MiB, so the run killed
+        # there leaves a partial archive of 1 MiB, which the next run must resume from, not fetch again
+        s.download_stall_at = 2**20 + CHUNK
+        size = len(s.archive(SLUG))
         cmd = [sys.executable, "-m", "pipeline", "download", "--competition", SLUG, "--out", "data/hotel"]
         partial = work / "data" / ".hotel.download" / f"{SLUG}.zip"
         proc = subprocess.Popen(cmd, cwd=work, env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            assert s.download_started.wait(60)
+            assert s.download_stalled.wait(60)
             deadline = time.monotonic() + 30
-            while not partial.is_file() and time.monotonic() < deadline:
+            while not (partial.is_file() and partial.stat().st_size) and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             proc.kill()
             proc.wait()
-        assert partial.is_file() and partial.stat().st_size < len(s.archive(SLUG))
+        kept = partial.stat().st_size
+        assert 0 < kept < size, (kept, size)
         assert not out.exists()  # interrupted: nothing at data/hotel, the partial archive aside
 
-        s.download_delay = 0
+        s.download_stall_at = None
         p = cli("download", "--competition", SLUG, "--out", "data/hotel", cwd=work, env=env)
         assert p.returncode == 0, p.stdout + p.stderr
         assert (f"({'hotelid'} layout): {len(ds.train)} train images of {len(ds.classes)} classes, {len(ds.test)} "
@@ -63,9 +70,14 @@ def test_download_is_atomic_counts_the_layout_and_runs_once(tmp_path):
         want = sorted(f.relative_to(src).as_posix() for f in src.rglob("*") if f.is_file())
         assert got == sorted(want + [".download.json"])
         assert all((out / f).read_bytes() == (src / f).read_bytes() for f in want)
-        archive_gets = [h for m, path, h, _ in s.requests if m == "GET" and path.endswith(f"/{SLUG}.zip")]
-        assert len(archive_gets) == 2
-        assert not any("authorization" in {k.lower() for k in h} for h in archive_gets)  # storage never sees it
+        archive_gets = [{k.lower(): v for k, v in h.items()}
+                        for m, path, h, _ in s.requests if m == "GET" and path.endswith(f"/{SLUG}.zip")]
+        # the killed run's GET; the next run's, whose answer names the same archive (ETag, size) as the partial's
+        # marker, so the client drops it and asks for the rest: a Range from the partial's end, answered 206
+        assert len(archive_gets) == 3 and "range" not in archive_gets[0], archive_gets
+        assert archive_gets[-1].get("range") == f"bytes={kept}-", archive_gets[-1]
+        assert s.archive_answers == [(200, 0, size), (200, 0, size), (206, kept, size)], s.archive_answers
+        assert not any("authorization" in h for h in archive_gets)  # storage never sees it
 
         n = len(s.requests)
         again = cli("download", "--competition", SLUG, "--out", "data/hotel", cwd=work, env=env)

@@ -1,5 +1,6 @@
 """The evaluate stage: top-k search and leave-one-out class MAP@5 against brute force; metrics of a tiny trained
-run (map@5 = ensemble's val MAP@5), the zero-shot row, the query/gallery layout, errors."""
+run (every column, leave-one-out too, against a float64 brute force from its cached embeddings; map@5 = ensemble's
+val MAP@5), the zero-shot row, the query/gallery layout, errors."""
 import csv
 import json
 
@@ -18,6 +19,46 @@ from conftest import assert_one_line_error, cli, md_lines, tiny_overrides
 def _unit(rng, n, d=16):
     x = rng.normal(size=(n, d))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+def read_embeddings(folder, stem):
+    """(float64 array, ids, labels) of a cached <stem>.npy / <stem>.csv, read with numpy and csv only."""
+    rows = list(csv.DictReader(open(folder / f"{stem}.csv")))
+    return np.load(folder / f"{stem}.npy").astype(np.float64), [r["image_id"] for r in rows], [r["label"] for r in rows]
+
+
+def brute_metrics(q, g, q_labels, g_labels, classes, ks, own=None):
+    """Every evaluate column by numpy in float64, written out from the metrics' definitions: cosine matrix, gallery
+    rows ranked by a stable argsort (ties: smaller row), own[i] the row query i may not find (leave-one-out).
+    map@5: Kaggle's class MAP@5 (classes by their best row, ties to the smaller class in `classes`, 1/rank of
+    the true class in the top 5); mAP@k: 1/min(k, M_q) * sum_{i<=k} P@i rel_i (0 where M_q = 0); acc@1;
+    precision@k = hits in the top k / k; recall@k = any hit in the top k."""
+    q, g = np.asarray(q, np.float64), np.asarray(g, np.float64)
+    S = q @ g.T
+    if own is not None:
+        S[np.arange(len(q)), own] = -np.inf
+    ql, gl = np.asarray(q_labels, object), np.asarray(g_labels, object)
+    code = {c: i for i, c in enumerate(classes)}
+    total = 0.0
+    for i in range(len(q)):
+        best = {}
+        for j in np.flatnonzero(np.isfinite(S[i])):
+            best[gl[j]] = max(best.get(gl[j], -np.inf), S[i, j])
+        top = sorted(best, key=lambda c: (-best[c], code[c]))[:5]
+        total += 1 / (top.index(ql[i]) + 1) if ql[i] in top else 0.0
+    out = {"map@5": total / len(q)}
+    order = np.argsort(-S, axis=1, kind="stable")
+    rel = (gl[order] == ql[:, None]) & np.isfinite(np.take_along_axis(S, order, 1))
+    m = np.array([(gl == x).sum() - (own is not None) for x in ql], np.float64)
+    out["acc@1"] = float(rel[:, 0].mean())
+    for k in ks:
+        hits = rel[:, :k].astype(np.float64)
+        prec_at_i = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
+        ap = [(prec_at_i[i] * hits[i]).sum() / min(k, m[i]) if m[i] > 0 else 0.0 for i in range(len(q))]
+        out[f"mAP@{k}"] = float(np.mean(ap))
+        out[f"precision@{k}"] = float((hits.sum(1) / k).mean())
+        out[f"recall@{k}"] = float(hits.any(1).mean())
+    return out
 
 
 @pytest.mark.parametrize("max_memory", [1, 3_000, 2 << 30])  # one query x one gallery row at a time .. all at once
@@ -109,11 +150,24 @@ def test_map5_equals_ensemble_and_columns(trained, tmp_path, monkeypatch):
     assert list(row) == ["model", "map@5", "mAP@1", "mAP@5", "acc@1", "precision@1", "precision@5", "recall@1",
                          "recall@5"]
     assert row["acc@1"] == row["precision@1"] == row["recall@1"] == row["mAP@1"]
-    assert all(0 <= v <= 1 for k, v in row.items() if k != "model")
+    # every column against the float64 brute force on the run's cached embeddings: the validation images against
+    # the training images without them
+    emb = runs / "a" / "fold0" / "embeddings"
+    q, q_ids, q_labels = read_embeddings(emb, "val")
+    g, g_ids, g_labels = read_embeddings(emb, "gallery")
+    keep = np.array([i not in set(q_ids) for i in g_ids])
+    g_labels = [lab for lab, k in zip(g_labels, keep) if k]
+    classes = sorted(set(g_labels) | set(q_labels))
+    want = brute_metrics(q, g[keep], q_labels, g_labels, classes, [1, 5])
+    assert {k: v for k, v in row.items() if k != "model"} == pytest.approx(
+        {k: want[k] for k in row if k != "model"}, abs=1e-12)
     monkeypatch.chdir(tmp_path)  # ensemble writes submissions/ under the working directory
     assert row["map@5"] == pytest.approx(ensemble([cfg], "e", log=quiet)["models"]["a"], abs=1e-12)
+    # leave-one-out: the validation images against each other, each query's own row skipped
     [loo] = evaluate_runs([cfg], ["map@5", "recall@k"], [5], leave_one_out=True, log=quiet)
-    assert list(loo) == ["model", "map@5", "recall@5"] and 0 <= loo["map@5"] <= 1
+    assert list(loo) == ["model", "map@5", "recall@5"]
+    want = brute_metrics(q, q, q_labels, q_labels, classes, [5], own=np.arange(len(q)))
+    assert [loo["map@5"], loo["recall@5"]] == pytest.approx([want["map@5"], want["recall@5"]], abs=1e-12)
     with pytest.raises(UserError, match="unlabelled"):  # the synthetic Hotel-ID test images have no labels
         evaluate_runs([cfg], ["acc@1"], [1], queries="test", log=quiet)
 

@@ -6,6 +6,8 @@ import csv
 import hashlib
 import shutil
 
+import pytest
+
 from conftest import PYPATH, TINY, cli
 
 KEYS = ["csv.label_column=individual_id", "csv.train_dir=train_images"]
@@ -58,4 +60,9 @@ def test_happywhale_competition_end_to_end(tiny_data, tmp_path):
     truth_csv = tmp_path / "truth.csv"
     truth_csv.write_text("image,individual_id\n" + "".join(f"{i},{w}\n" for i, w in truth.items()))
     score, n, warning = score_submission(sub, truth_csv, label_column="individual_id")
-    assert n == len(order) and warning is None and 0 <= score <= 1
+    assert n == len(order) and warning is None
+    # Happywhale's metric written out (Kaggle's MAP@5): per image 1/rank of its individual among the first 5
+    # predictions, 0 if absent; the mean over the images
+    ap = [1 / (labels.split()[:5].index(truth[image]) + 1) if truth[image] in labels.split()[:5] else 0.0
+          for image, labels in rows]
+    assert score == pytest.approx(sum(ap) / len(ap), abs=1e-12)

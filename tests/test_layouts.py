@@ -1,10 +1,11 @@
-"""Layouts follow the competition: the sample submission's header and row order, the csv layout's image folders
-(Happywhale's train.csv of bare file names), unique test ids and their clashes, and the csv keys' errors."""
+"""Layouts follow the competition: every LAYOUTS entry loads a tiny folder of its own into the expected items, the
+sample submission's header and row order, the csv layout's image folders (Happywhale's train.csv of bare file
+names), unique test ids and their clashes, and the csv keys' errors."""
 import pytest
 
 from pipeline.config import load_config
 from pipeline.core.errors import UserError
-from pipeline.data.layouts import CSV_DEFAULTS, load_dataset
+from pipeline.data.layouts import CSV_DEFAULTS, LAYOUTS, detect_layout, load_dataset
 
 HW = {"layout": "csv", "csv": {"label_column": "individual_id", "train_dir": "train_images"}}
 
@@ -22,6 +23,46 @@ def _whales(root, sample="image,predictions\nt2.jpg,new_individual\nt0.jpg,new_i
     if sample is not None:
         (root / "sample_submission.csv").write_text(sample)
     return root
+
+
+# each layout: a tiny folder (files as given, a non-image among them) -> its (id, label, path) train and test items
+# and submission columns, with no sample_submission.csv
+LAYOUT_FOLDERS = {
+    "hotelid": ({"train_images/9/c.jpg": "", "train_images/7/b.png": "", "train_images/7/a.jpg": "",
+                 "train_images/7/notes.txt": "", "test_images/q1.jpg": "", "test_images/q0.jpg": ""},
+                [("7/a.jpg", "7", "train_images/7/a.jpg"), ("7/b.png", "7", "train_images/7/b.png"),
+                 ("9/c.jpg", "9", "train_images/9/c.jpg")],
+                [("q0.jpg", None, "test_images/q0.jpg"), ("q1.jpg", None, "test_images/q1.jpg")],
+                ("image_id", "hotel_id")),
+    "csv": ({"train.csv": "image,label\nimgs/b.jpg,y\nimgs/a.jpg,x\n", "imgs/a.jpg": "", "imgs/b.jpg": "",
+             "test_images/t1.jpg": "", "test_images/sub/t0.png": "", "test_images/readme.md": ""},
+            [("imgs/b.jpg", "y", "imgs/b.jpg"), ("imgs/a.jpg", "x", "imgs/a.jpg")],  # train.csv's order
+            [("t0.png", None, "test_images/sub/t0.png"), ("t1.jpg", None, "test_images/t1.jpg")],  # unique names
+            ("image_id", "label")),
+    "query_gallery": ({"gallery/c2/b.png": "", "gallery/c1/a.png": "", "gallery/c1/z.txt": "", "query/c1/q.png": "",
+                       "query/c2/r.jpg": ""},
+                      [("c1/a.png", "c1", "gallery/c1/a.png"), ("c2/b.png", "c2", "gallery/c2/b.png")],
+                      [("c1/q.png", "c1", "query/c1/q.png"), ("c2/r.jpg", "c2", "query/c2/r.jpg")],  # labels kept
+                      ("image_id", "label")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_layout_loads_its_folder_into_the_expected_items(tmp_path, name):
+    assert name in LAYOUT_FOLDERS, f"layout {name}: add a tiny folder and its expected items to LAYOUT_FOLDERS"
+    files, train, test, columns = LAYOUT_FOLDERS[name]
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)  # images listed, never decoded, by load_dataset
+    items = lambda its: [(it.image_id, it.label, it.path.resolve()) for it in its]
+    want = lambda rows: [(i, label, (tmp_path / rel).resolve()) for i, label, rel in rows]
+    assert detect_layout(tmp_path) == name
+    for cfg in ({"layout": name}, None):  # named, and auto-detected
+        ds = load_dataset(tmp_path, cfg)
+        assert items(ds.train) == want(train)
+        assert items(ds.test) == want(test)
+        assert (ds.id_column, ds.label_column, ds.test_ids) == (*columns, [i for i, _, _ in test])
+        assert ds.classes == sorted({label for _, label, _ in train})
 
 
 def test_csv_defaults_equal_default_yaml():

@@ -1,4 +1,6 @@
-"""Parameter groups, schedulers (every registry entry), ReduceLROnPlateau against torch's, EMA, accumulation."""
+"""Parameter groups, optimisers and schedulers (every registry entry), ReduceLROnPlateau against torch's, EMA,
+accumulation."""
+import copy
 import csv
 import math
 
@@ -10,7 +12,7 @@ from pipeline.core.errors import UserError
 from pipeline.data.folds import split
 from pipeline.model.embedder import build_model
 from pipeline.model.heads import build_head
-from pipeline.training.optimizers import make_ema, make_optimizer, param_groups
+from pipeline.training.optimizers import OPTIMIZERS, make_ema, make_optimizer, param_groups
 from pipeline.training.schedulers import SCHEDULERS, Plateau, lr_factor
 
 from conftest import cli, tiny_overrides
@@ -33,6 +35,44 @@ def test_param_groups_partition_parameters_with_their_multipliers():
     assert any(p is model.pool.p for p in neck)  # GeM's p learns with the neck
     opt = make_optimizer(cfg, model, head)
     assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in groups]
+
+
+# each optimiser's torch class and the config's momentum / weight_decay as torch names them (adam's beta1 is momentum)
+HYPER = ["lr=0.01", "momentum=0.8", "weight_decay=0.01"]
+TORCH_OPTIMIZERS = {"sgd": (torch.optim.SGD, {"momentum": 0.8, "weight_decay": 0.01}),
+                    "adam": (torch.optim.Adam, {"betas": (0.8, 0.999), "weight_decay": 0.01}),
+                    "adamw": (torch.optim.AdamW, {"betas": (0.8, 0.999), "weight_decay": 0.01})}
+
+
+def _steps(model, head, opt, n=3):
+    """n optimiser steps on the same seeded batches of 4 and dropout masks (two copies see the same gradients)."""
+    torch.manual_seed(0)
+    for _ in range(n):
+        x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+        opt.zero_grad()
+        head(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_takes_the_configs_momentum_weight_decay_and_betas(name):
+    assert name in TORCH_OPTIMIZERS, f"optimizer {name}: add its torch class and hyperparameters to TORCH_OPTIMIZERS"
+    cls, want = TORCH_OPTIMIZERS[name]
+    cfg, model, head = _tiny(f"optimizer={name}", *HYPER)
+    ref_model, ref_head = copy.deepcopy(model), copy.deepcopy(head)
+    opt = make_optimizer(cfg, model, head)
+    assert type(opt) is cls
+    for where in (opt.defaults, *opt.param_groups):  # every group, not only the defaults a group may override
+        assert {k: where[k] for k in want} == want, where.get("name", "defaults")
+    before = {id(p): p.detach().clone() for g in opt.param_groups for p in g["params"]}
+    _steps(model, head, opt)
+    for g in opt.param_groups:  # a step moves every group
+        assert any(not torch.equal(p, before[id(p)]) for p in g["params"]), g["name"]
+    # the same steps through torch's own class with the config's values give the same weights
+    ref = cls(param_groups(ref_model, ref_head, cfg), lr=cfg["lr"], **want)
+    _steps(ref_model, ref_head, ref)
+    for a, b in zip([*model.parameters(), *head.parameters()], [*ref_model.parameters(), *ref_head.parameters()]):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))

@@ -66,7 +66,10 @@ def test_ensemble_report_scores_every_subset(trained):
                         EmbeddingSet([x["g"][i] for i in subset], x["g_ids"], x["g_labels"]), x["classes"],
                         log=lambda *a: None)
         assert r["val_map5"] == expected, (r, expected)
-    assert rows[2]["val_map5"] == pytest.approx(_brute_force_map5(x), abs=1e-12)
+    # ... and each row, the single models too, is the float64 brute force of its subset's embeddings
+    for r, subset in zip(rows, ([0], [1], [0, 1])):
+        sub = dict(x, q=[x["q"][i] for i in subset], g=[x["g"][i] for i in subset])
+        assert r["val_map5"] == pytest.approx(_brute_force_map5(sub), abs=1e-12), (r, subset)
     # ... and what `./run.sh ensemble a b` reports for each model alone and for the pair
     p = cli("ensemble", runs / "a.yaml", runs / "b.yaml", "--out", "ens_ab", "--overrides", *_overrides(trained))
     assert p.returncode == 0, p.stderr
