@@ -94,6 +94,7 @@ def test_no_gpu_causes(monkeypatch):
         device.pick_device("cpu0")
 
 
+@pytest.mark.pypi
 def test_kernel_on_an_unusable_gpu_falls_back_in_one_line(kernel_package, trained, monkeypatch, tmp_path):
     """The kernel (in this process, torch.cuda doubled as a P100 on Kaggle's torch) runs on the CPU, says why in one
     line, and writes the offline check's submission byte for byte."""

@@ -11,26 +11,24 @@ import torch.nn.functional as F
 
 from pipeline.core.errors import UserError
 
-from conftest import assert_one_line_error, cli, tiny_overrides
+from conftest import assert_one_line_error, cli, copy_runs, tiny_overrides
 
 DEFAULT_FILES = {f"{s}.{ext}" for s in ("gallery", "val", "test", "centers") for ext in ("npy", "csv")} | {
     "manifest.json"}
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
+def trained(trained, tmp_path_factory):
     """(config, loaded model, checkpoint state, {split: items}) of a tiny run trained for one epoch."""
     from pipeline.config import load_config, run_dir
     from pipeline.core import checkpoint
     from pipeline.data.folds import split
     from pipeline.model.embedder import build_model
 
-    runs = tmp_path_factory.mktemp("runs")
-    cfg_path = runs / "v.yaml"
-    cfg_path.write_text("# embed variants test\n")
+    tiny_data, _ = trained
+    runs = copy_runs(trained, tmp_path_factory.mktemp("runs"))  # the session's run a: a copy, its caches its own
+    cfg_path = runs / "a.yaml"
     overrides = tiny_overrides(tiny_data, runs, "epochs=1")
-    p = cli("train", cfg_path, *overrides)
-    assert p.returncode == 0, p.stderr
     cfg = load_config(str(cfg_path), overrides)
     state = checkpoint.load(run_dir(cfg) / f"{cfg['checkpoint']}.pt", cfg)
     model, _ = build_model(state["config"], with_weights=False)

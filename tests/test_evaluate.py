@@ -13,7 +13,7 @@ from pipeline.experiments.zero_shot import zero_shot_row
 from pipeline.retrieval.knn import nearest
 from pipeline.retrieval.metrics import class_map5_leave_one_out, map_at_k
 
-from conftest import assert_one_line_error, cli, md_lines, tiny_overrides
+from conftest import assert_one_line_error, cli, copy_runs, md_lines, tiny_overrides
 
 
 def _unit(rng, n, d=16):
@@ -125,13 +125,10 @@ def test_parse_errors():
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    cfg_path = runs / "a.yaml"
-    cfg_path.write_text("# test config\n")
-    p = cli("train", cfg_path, *tiny_overrides(tiny_data, runs, "epochs=1"))
-    assert p.returncode == 0, p.stderr
-    return tiny_data, runs
+def trained(trained, tmp_path_factory):
+    """The session's run a (one epoch), copied into this module's own runs folder."""
+    tiny_data, _ = trained
+    return tiny_data, copy_runs(trained, tmp_path_factory.mktemp("runs"))
 
 
 def _cfg(tiny_data, runs, name="a"):

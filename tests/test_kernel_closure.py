@@ -81,6 +81,7 @@ def test_read_baseline_refuses_a_line_that_is_no_pin(tmp_path):
         baseline_target(bad)
 
 
+@pytest.mark.pypi
 def test_requirements_file_matches_the_wheels(kernel_package):
     _, pkg = kernel_package
     lines = (pkg / "code" / "requirements-kernel.txt").read_text().splitlines()
@@ -124,6 +125,7 @@ def test_baseline_venv_sees_the_baseline_and_nothing_else(tmp_path):
     assert "No module named 'timm'" in r.stderr
 
 
+@pytest.mark.pypi
 @pytest.mark.parametrize("dist, unlisted", [("stringzilla", False), ("albucore", True)])
 def test_check_fails_when_a_dependency_wheel_is_removed(kernel_package, trained, tmp_path, dist, unlisted):
     """The wheel removed from the package; unlisted: from the kernel's list too (a closure that missed it), so

@@ -9,6 +9,8 @@ import json
 import shutil
 import zipfile
 
+import pytest
+
 from conftest import PYPATH, assert_one_line_error, cli
 from kaggle_standin import StandIn
 
@@ -69,6 +71,7 @@ def _copy(kernel_package, tmp_path):
     return work, work / "kernels" / "tiny-kernel"
 
 
+@pytest.mark.pypi
 def test_upload_creates_verifies_versions_and_pushes_without_leaking(kernel_package, tmp_path):
     work, pkg = _copy(kernel_package, tmp_path)
     with StandIn() as s:
@@ -124,6 +127,7 @@ def test_upload_creates_verifies_versions_and_pushes_without_leaking(kernel_pack
         assert_no_credential(s, [first, second, status, lost], [pkg])
 
 
+@pytest.mark.pypi
 def test_dry_run_calls_nothing_and_lists_files(kernel_package, tmp_path):
     work, _ = kernel_package
     with StandIn() as s:
@@ -134,6 +138,7 @@ def test_dry_run_calls_nothing_and_lists_files(kernel_package, tmp_path):
     assert "dry run: nothing was uploaded" in p.stdout
 
 
+@pytest.mark.pypi
 def test_missing_credentials_is_one_line(kernel_package, tmp_path):
     work, _ = kernel_package
     with StandIn() as s:
@@ -142,6 +147,7 @@ def test_missing_credentials_is_one_line(kernel_package, tmp_path):
     assert_one_line_error(p, "no Kaggle credentials", "kaggle.json", "KAGGLE_USERNAME")
 
 
+@pytest.mark.pypi
 def test_unverified_or_missing_package_is_refused(kernel_package, tmp_path):
     work, pkg = kernel_package
     copy = tmp_path / "kernels" / "copy-kernel"
