@@ -23,7 +23,7 @@ RECIPES = {
     "triplet_vitb8": 32,
     "triplet_swinb": 64,
     "triplet_resmlp36": 64,
-    "m1_losstransform": 64,
+    "m1_losstransform": 64,  # m1 itself plus a sampler and a loss term: this is where m1's eca_nfnet_l2 trains
     "peer_best": 64,
     "projection_resnet50": 64,
     "clip_resnet50": 64,  # clip_efficientnet and clip_inception differ from it in the backbone alone (below)
