@@ -1,6 +1,7 @@
 """What a user sees: help for every stage, and one-line errors (no traceback, non-zero exit) for bad input."""
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -21,6 +22,21 @@ def test_stage_help_has_an_example(stage):
     p = cli(stage, "--help")
     assert p.returncode == 0, p.stderr
     assert f"example: ./run.sh {stage}" in p.stdout
+
+
+HEAVY = ("torch", "albumentations", "timm", "pandas")
+
+
+@pytest.mark.parametrize("argv", [["score", "missing.csv", "--truth", "t.csv"], ["train", "m1", "batch_size=big"],
+                                  ["ensemble", "m1", "--dba", "x"], ["evaluate", "m1", "--metrics", "bad"]],
+                         ids=["score", "train", "ensemble", "evaluate"])
+def test_a_command_line_mistake_costs_no_heavy_import(argv):
+    """Every ./run.sh command builds the whole parser, the trick flags included: neither it nor a stage's checks of
+    its arguments and config may import torch or albumentations (they were 1.8 s of a 2.6 s `./run.sh score`)."""
+    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+            f"print(rc, sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "2 []", p.stdout + p.stderr
 
 
 def test_run_sh_is_a_fast_noop_when_set_up():

@@ -242,7 +242,8 @@ def test_each_variant_caches_separately_and_cli_flags(trained):
     from pipeline.data.transforms import apply, build_transform
     from pipeline.retrieval.embeddings import load_split
 
-    _embed(trained)
+    for kw in ({}, {"flip": True}, {"multicrop": 5}, {"multicrop": 9}):  # cached where this worker's earlier tests
+        _embed(trained, **kw)                                              # made them; xdist may run this one alone
     r = _embed(trained, gallery_pipeline="val")
     assert r.stems == {"gallery": "gallery.galval", "val": "val", "test": "test"}
     assert r.computed == ["gallery.galval"]

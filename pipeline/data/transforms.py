@@ -16,10 +16,10 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.data.images import read_masks, red_mask
+from pipeline.data.query_views import OCCLUSION_FILLS
 
 RED = (255, 0, 0)
 MASK_SOURCES = ("train_masks", "coarse_dropout")
-OCCLUSION_FILLS = ("none", "blendflip", "inpaint")
 FILL_GROW = 2  # px the red region grows by before a fill: JPEG leaves a pinkish fringe that red_mask misses
 FEATHER = 2  # px either side of a blendflip seam that are blurred together
 INPAINT_SIDE = 256  # inpaint at this longer side (a 1024-px photo: 0.05-0.1 s instead of 0.8 s), the fill upsampled
@@ -317,7 +317,6 @@ def apply(transform: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
 
 
 # --- multi-crop queries (SPEC Appendix D, the 7th-place Hotel-ID variant) ---------------------------------------
-MULTICROPS = (0, 5, 9)  # 0 = off
 MAX_RED = 0.5  # a crop more than half red (the occlusion rectangle) is dropped
 
 

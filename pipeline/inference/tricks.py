@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pipeline.core.errors import UserError
-from pipeline.data.transforms import OCCLUSION_FILLS
+from pipeline.data.query_views import OCCLUSION_FILLS
 from pipeline.inference.logits import check_alpha
 from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS
 

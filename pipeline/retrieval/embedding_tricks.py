@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.core.errors import UserError
-from pipeline.data.transforms import MULTICROPS, OCCLUSION_FILLS
+from pipeline.data.query_views import MULTICROPS, OCCLUSION_FILLS
 
 SPLITS = ("gallery", "val", "test")
 QUERY_SPLITS = ("val", "test")

@@ -20,7 +20,6 @@ import numpy as np
 
 from pipeline.core.errors import UserError
 from pipeline.core.io import take_rows
-from pipeline.data import decode
 from pipeline.retrieval.embedding_tricks import EMBEDDING_TRICKS, SPLITS
 
 if TYPE_CHECKING:
@@ -181,6 +180,7 @@ def ensure_embeddings(cfg: dict, variant: Variant = Variant(), log=print) -> Run
     from pipeline.config import run_dir
     from pipeline.core import checkpoint, distributed
     from pipeline.core.device import pick_device
+    from pipeline.data import decode
     from pipeline.data.folds import gallery_items, split
     from pipeline.data.image_cache import ImageReader, image_reader, short_side
     from pipeline.retrieval.forward import EMBEDDING_DTYPE, chunking, embed_in_chunks

@@ -35,12 +35,15 @@ def add_arguments(p):
 def run(args):
     from pipeline.config import load_config, load_folds
     from pipeline.core.distributed import run_stage
-    from pipeline.training.cross_validation import train_folds
-    from pipeline.training.loop import train
 
-    if args.folds is not None:  # config errors before launching
+    # config errors first, before training's imports (torch, albumentations: seconds) and before launching
+    if args.folds is not None:
         cfgs = load_folds(args.config, args.folds, args.overrides, data=args.data)
+        from pipeline.training.cross_validation import train_folds
+
         run_stage(args.nproc, args._argv, lambda: train_folds(cfgs, resume=args.resume))
         return
     cfg = load_config(args.config, args.overrides, data=args.data, fold=args.fold)
+    from pipeline.training.loop import train
+
     run_stage(args.nproc, args._argv, lambda: train(cfg, resume=args.resume))
