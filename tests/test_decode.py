@@ -163,6 +163,9 @@ def test_what_decode_gpu_leaves_to_the_cpu_path_is_said_once(photos, tiny_data, 
     assert decode.plan(cfg, val, None, "cpu") is None
     assert decode.plan(cfg, build_transform("test", cfg, SIZE, "blendflip"), None, "cpu") is None
     assert decode.plan(cfg, MultiCrop("test", 5, SIZE), None, "cpu") is None
+    for keys in ({"resize": "longest"}, {"resize": "shortest"}, {"interpolation": "bicubic"}, {"crop_pct": 0.875}):
+        other = _test_tfm(_cfg(decode="gpu", **keys))  # the preprocessing keys' other choices: the CPU's pixels
+        assert decode.plan(cfg, other, None, "cpu") is None and decode.describe(cfg, other) == "", keys
     cached = ImageReader(96, tiny_data / "no-cache", "memmap", splits=())  # a reader of an image cache's folder
     assert decode.plan(cfg, _test_tfm(cfg), cached, "cpu") is None
     assert decode.describe(cfg, _test_tfm(cfg)) == "|decode gpu" and decode.describe(cfg, val) == ""

@@ -9,12 +9,13 @@ their source files: the gallery and test splits of embed and the kernel, and val
 is honoured: a photo whose shorter side is longer is first area-reduced to it on the device, as the CPU reader's
 reduced decode + INTER_AREA does (close, not bit-equal: libjpeg's DCT scaling is not an area average).
 
-What stays on the CPU path (said once per process, never refused): any other pipeline (the val queries' simulated
-hole, a fill, multi-crop: cut and painted on the decoded image by the workers) and the image cache (image_cache=true
-already hands over decoded pixels; decode=gpu is about reading source files). Per image, a loader worker decodes on
-the CPU exactly as decode=cpu does every file that is not a plain 8-bit RGB or grey JPEG (PNG, WebP, CMYK, a JPEG
-with an EXIF rotation: cv2 applies it, nvJPEG does not) and, in the main process, one the device decoder rejects (a
-truncated file). Without a GPU the same code decodes on the CPU with torchvision (device='cpu'): what tests run."""
+What stays on the CPU path (said once per process, never refused): any other pipeline (the val queries' simulated hole,
+a fill, multi-crop: cut and painted on the decoded image by the workers; the preprocessing keys' other choices: resize
+longest or shortest, an interpolation other than bilinear, crop_pct below 1) and the image cache (image_cache=true
+already hands over decoded pixels; decode=gpu is about reading source files). Per image, a loader worker decodes on the
+CPU exactly as decode=cpu does every file that is not a plain 8-bit RGB or grey JPEG (PNG, WebP, CMYK, a JPEG with an
+EXIF rotation: cv2 applies it, nvJPEG does not) and, in the main process, one the device decoder rejects (a truncated
+file). Without a GPU the same code decodes on the CPU with torchvision (device='cpu'): what tests run."""
 import io
 import warnings
 from typing import TYPE_CHECKING
@@ -80,8 +81,9 @@ def plan(cfg: dict, transform: object, reader: ImageReader | None, device: str) 
     if check(cfg) == "cpu":
         return None
     if square_size(transform) is None:
-        note("decode=gpu: a pipeline other than the plain test resize (the val queries' hole, a fill, multi-crop) "
-             "decodes in the loader workers on the CPU, as decode=cpu")
+        note("decode=gpu: a pipeline other than the plain test resize (the val queries' hole, a fill, multi-crop; "
+             "resize longest/shortest, interpolation other than bilinear, crop_pct < 1) decodes in the loader "
+             "workers on the CPU, as decode=cpu")
         return None
     reader = reader or ImageReader()
     if reader.folder is not None:
