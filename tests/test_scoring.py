@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from test_evaluate import read_embeddings
 
 from conftest import assert_one_line_error, cli, tiny_overrides
 
@@ -33,11 +34,6 @@ ABLATION_REFERENCES = {
     "kNN 0.5 + class weights 0.5": dict(alpha=0.5),
     "class weights only (logits)": dict(alpha=0.0),
 }
-
-
-def _read(folder, stem):
-    rows = list(csv.DictReader(open(folder / f"{stem}.csv")))
-    return np.load(folder / f"{stem}.npy").astype(np.float64), [r["image_id"] for r in rows], [r["label"] for r in rows]
 
 
 def _l2(x):
@@ -119,8 +115,8 @@ def brute_predictions(runs, names, classes, query="val", gallery="gallery", view
     """(query ids, brute_top5's predictions, true labels) of fold 0's validation images against the training images
     without them, from the runs' cached files."""
     dirs = [runs / n / "fold0" / "embeddings" for n in names]
-    qv = [[_read(d, stem) for d in dirs] for stem in (query, *views)]
-    gs = [_read(d, gallery) for d in dirs]
+    qv = [[read_embeddings(d, stem) for d in dirs] for stem in (query, *views)]
+    gs = [read_embeddings(d, gallery) for d in dirs]
     q_ids, q_labels = qv[0][0][1], qv[0][0][2]
     assert all(x[1] == q_ids for v in qv for x in v) and all(x[1] == gs[0][1] for x in gs)
     keep = np.array([i not in set(q_ids) for i in gs[0][1]])
